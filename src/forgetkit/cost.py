@@ -1,0 +1,70 @@
+"""Wall time and peak memory of a block of work: the denominators of every cost ratio.
+
+On CPU the peak is the process's resident set (Linux ``VmHWM``, reset at the start of the
+block through ``/proc/self/clear_refs`` so each block gets its own peak); on GPU it is
+``torch.cuda.max_memory_allocated``.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class Cost:
+    wall_time_s: float = 0.0
+    peak_memory_mb: float = 0.0
+    memory_kind: str = "cpu_rss"
+
+    def to_dict(self) -> dict:
+        return {
+            "wall_time_s": round(self.wall_time_s, 3),
+            "peak_memory_mb": round(self.peak_memory_mb, 1),
+            "memory_kind": self.memory_kind,
+        }
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_peak_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+@contextmanager
+def measure(device: torch.device | str | None = None) -> Iterator[Cost]:
+    """Measure the block: ``with measure(device) as cost: ...`` then read ``cost``."""
+    cost = Cost()
+    on_gpu = device is not None and torch.device(device).type == "cuda"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+        cost.memory_kind = "cuda_max_allocated"
+    else:
+        _reset_rss_peak()
+    start = time.perf_counter()
+    try:
+        yield cost
+    finally:
+        cost.wall_time_s = time.perf_counter() - start
+        if on_gpu:
+            cost.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
+        else:
+            cost.peak_memory_mb = _rss_peak_mb()

@@ -1,0 +1,150 @@
+"""Prompt formatting and tokenisation with answer-only labels.
+
+A QA record becomes ``prompt + answer + EOS``. The prompt is the tokenizer's chat template
+when it has one, else ``Question: …\\nAnswer:``. Labels are the answer tokens and EOS; the
+prompt and padding are masked with -100 so that no loss or metric ever counts them.
+Records longer than ``max_length`` are truncated (answer end first) and counted, never
+silently: a record whose prompt alone fills ``max_length`` keeps no answer and is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from forgetkit.data.records import QARecord, TextRecord
+
+IGNORE_INDEX = -100
+PLAIN_TEMPLATE = "Question: {question}\nAnswer:"
+log = logging.getLogger("forgetkit")
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def format_prompt(tokenizer, question: str) -> str:
+    """The text the model sees before its answer."""
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+    return PLAIN_TEMPLATE.format(question=question)
+
+
+def _answer_text(tokenizer, question: str, answer: str, prompt: str) -> str:
+    """The text after the prompt: the rendered assistant turn, or ``" " + answer``."""
+    if has_chat_template(tokenizer):
+        full = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+            tokenize=False,
+        )
+        if full.startswith(prompt):
+            return full[len(prompt) :]
+        return answer  # a template that rewrites earlier turns: fall back to the bare answer
+    return " " + answer
+
+
+def prompt_ids(tokenizer, question: str) -> list[int]:
+    """Token ids of the prompt (with BOS where the tokenizer adds one, and no chat template does)."""
+    prompt = format_prompt(tokenizer, question)
+    return tokenizer(prompt, add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
+
+
+def encode_qa(tokenizer, question: str, answer: str) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)`` of one QA pair, untruncated; labels are -100 outside the answer."""
+    prompt = format_prompt(tokenizer, question)
+    p_ids = prompt_ids(tokenizer, question)
+    a_ids = tokenizer(_answer_text(tokenizer, question, answer, prompt), add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None and (not a_ids or a_ids[-1] != tokenizer.eos_token_id):
+        a_ids = a_ids + [tokenizer.eos_token_id]
+    return p_ids + a_ids, [IGNORE_INDEX] * len(p_ids) + a_ids
+
+
+@dataclass
+class TokenizedSet:
+    """Tokenised examples of one set, with the bookkeeping of what truncation did."""
+
+    examples: list[dict] = field(default_factory=list)  # each: input_ids, labels, index
+    n_truncated: int = 0
+    n_dropped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(e["input_ids"]) for e in self.examples)
+
+
+def tokenize_qa(
+    tokenizer,
+    records: Sequence[QARecord],
+    max_length: int,
+    answer_field: str = "answer",
+    question_field: str = "question",
+    name: str = "set",
+) -> TokenizedSet:
+    """Tokenise QA records, using ``answer_field`` (e.g. ``paraphrased_answer``) as the answer."""
+    out = TokenizedSet()
+    for i, rec in enumerate(records):
+        ids, labels = encode_qa(tokenizer, getattr(rec, question_field), getattr(rec, answer_field))
+        _add(out, ids, labels, i, max_length)
+    _report(out, name, max_length)
+    return out
+
+
+def tokenize_text(tokenizer, records: Sequence[TextRecord], max_length: int, name: str = "set") -> TokenizedSet:
+    """Tokenise plain texts for language modelling: every token is a label, EOS appended."""
+    out = TokenizedSet()
+    for i, rec in enumerate(records):
+        ids = tokenizer(rec.text, add_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id]
+        _add(out, ids, list(ids), i, max_length)
+    _report(out, name, max_length)
+    return out
+
+
+def _add(out: TokenizedSet, ids: list[int], labels: list[int], index: int, max_length: int) -> None:
+    if len(ids) > max_length:
+        out.n_truncated += 1
+        ids, labels = ids[:max_length], labels[:max_length]
+        if all(lab == IGNORE_INDEX for lab in labels[1:]):
+            out.n_dropped += 1
+            return
+    out.examples.append({"input_ids": ids, "labels": labels, "index": index})
+
+
+def _report(out: TokenizedSet, name: str, max_length: int) -> None:
+    if out.n_truncated:
+        log.warning(
+            "%s: %d record(s) longer than max_length=%d were truncated (%d dropped: no answer token left)",
+            name,
+            out.n_truncated,
+            max_length,
+            out.n_dropped,
+        )
+
+
+def collate(examples: Sequence[dict], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad a batch: ``input_ids``, ``attention_mask``, ``labels`` (padding labelled -100)."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids, mask, labels = [], [], []
+    for e in examples:
+        n = len(e["input_ids"])
+        pad = width - n
+        if padding_side == "left":
+            ids.append([pad_token_id] * pad + list(e["input_ids"]))
+            mask.append([0] * pad + [1] * n)
+            labels.append([IGNORE_INDEX] * pad + list(e["labels"]))
+        else:
+            ids.append(list(e["input_ids"]) + [pad_token_id] * pad)
+            mask.append([1] * n + [0] * pad)
+            labels.append(list(e["labels"]) + [IGNORE_INDEX] * pad)
+    return {
+        "input_ids": torch.tensor(ids, dtype=torch.long),
+        "attention_mask": torch.tensor(mask, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+    }

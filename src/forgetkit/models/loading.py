@@ -1,0 +1,74 @@
+"""Loading and saving causal LMs from local directories: never a network call.
+
+Any Hugging Face causal LM directory (Llama, GPT-2, Qwen2, Mistral, Phi, ...) loads through
+``AutoModelForCausalLM`` with ``local_files_only``; remote code stays off unless asked for.
+Weights are written as safetensors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Set before transformers/huggingface_hub read them: forgetkit never reaches a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel  # noqa: E402
+
+from forgetkit.errors import ForgetkitError  # noqa: E402
+from forgetkit.io import atomic_path  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _model_dir(path: str | os.PathLike, what: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise ForgetkitError(f"{path}: {what} directory not found (models load from local directories only)")
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise ForgetkitError(f"{path}: not a Hugging Face {what} directory (no config.json)")
+    return path
+
+
+def load_model(
+    path: str | os.PathLike,
+    adapter: str | os.PathLike | None = None,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+):
+    """Load ``(model, tokenizer)`` from a local directory, with an optional peft adapter on top.
+
+    ``dtype`` is ``float32``, ``bfloat16`` or ``float16`` (or a torch dtype).
+    """
+    path = _model_dir(path, "model")
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ForgetkitError(f"unknown dtype '{dtype}' (known: {', '.join(DTYPES)})")
+        dtype = DTYPES[dtype]
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(_model_dir(adapter, "adapter")), is_trainable=False)
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def save_model(model: PreTrainedModel, tokenizer, out_dir: str | os.PathLike) -> Path:
+    """Write model (or peft adapter) and tokenizer to ``out_dir`` atomically, weights as safetensors."""
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return out_dir

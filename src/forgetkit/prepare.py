@@ -1,0 +1,281 @@
+"""``forgetkit prepare``: the starting point every unlearning run needs, built once and cached.
+
+Stages, each in its own directory of the run directory, each written atomically and reused
+when its key (the hash of its own config and of the stages it builds on) is unchanged:
+
+1. ``benchmark/``  the synthetic benchmark (``forgetkit.data.synthetic``);
+2. ``tokenizer/``  a byte-level BPE tokenizer trained on the benchmark's text;
+3. ``base/``       a tiny causal LM pre-trained on world facts and generic people;
+4. ``target/``     the base fine-tuned on all benchmark people (full weights, or a LoRA
+                   adapter when ``target_mode=lora``);
+5. ``oracle_<split>/`` the same recipe from the same base on the retain split only.
+
+Every training records its wall time and peak memory in its ``stage.json``: the
+denominators of all later cost ratios. ``summary.json`` holds greedy exact-match accuracy
+of the target and the oracles on forget and holdout answers, the proof that memorisation
+is real and that the oracle never saw the forget set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from forgetkit.adapters.lora import LoraSettings, attach_lora
+from forgetkit.config import config_hash, load_config
+from forgetkit.data.formatting import TokenizedSet, tokenize_qa, tokenize_text
+from forgetkit.data.readers import read_records
+from forgetkit.data.synthetic import SyntheticConfig, person_of, write_benchmark
+from forgetkit.errors import ConfigError
+from forgetkit.eval.generation import exact_match, greedy_answers
+from forgetkit.io import atomic_path, write_json
+from forgetkit.models import build_tiny_model, load_model, save_model, train_tokenizer
+from forgetkit.train import TrainConfig, fine_tune
+
+log = logging.getLogger("forgetkit")
+TARGET_MODES = ("full", "lora")
+FORGET_SPLITS = ("forget01", "forget05", "forget10")
+
+
+@dataclass
+class ModelSettings:
+    family: str = "llama"
+    size: str = "small"
+    vocab_size: int = 2048
+    max_length: int = 64
+
+
+@dataclass
+class PrepareConfig:
+    run_dir: str = "runs/small"
+    seed: int = 0
+    device: str = "auto"
+    benchmark: SyntheticConfig = field(default_factory=SyntheticConfig)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    target_mode: str = "full"
+    target: TrainConfig = field(default_factory=TrainConfig)
+    target_lora: LoraSettings = field(default_factory=LoraSettings)
+    train_narratives: bool = True
+    oracle_splits: list[str] = field(default_factory=lambda: ["forget10"])
+    max_new_tokens: int = 40
+
+    def __post_init__(self) -> None:
+        if self.target_mode not in TARGET_MODES:
+            raise ConfigError(f"target_mode must be one of {', '.join(TARGET_MODES)}, got '{self.target_mode}'")
+        for split in self.oracle_splits:
+            if split not in FORGET_SPLITS:
+                raise ConfigError(f"oracle_splits: unknown split '{split}' (known: {', '.join(FORGET_SPLITS)})")
+
+
+def load_prepare_config(name_or_path: str, overrides: list[str] | None = None) -> PrepareConfig:
+    return load_config(name_or_path, overrides, PrepareConfig)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def holdout_of(split: str) -> str:
+    return "holdout" + split[len("forget") :]
+
+
+def retain_of(split: str) -> str:
+    return {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}[split]
+
+
+class Stages:
+    """Runs each stage at most once per key; an interrupted stage leaves nothing behind."""
+
+    def __init__(self, run_dir: Path, quiet: bool) -> None:
+        self.run_dir = run_dir
+        self.quiet = quiet
+        self.records: dict[str, dict] = {}
+
+    def run(self, name: str, settings: object, parents: list[str], build: Callable[[Path], dict]) -> dict:
+        key = config_hash({"settings": asdict(settings) if hasattr(settings, "__dataclass_fields__") else settings,
+                           "parents": [self.records[p]["key"] for p in parents]})
+        path = self.run_dir / name
+        record_file = path / "stage.json"
+        if record_file.is_file():
+            record = json.loads(record_file.read_text())
+            if record.get("key") == key:
+                self._say(f"[{name}] cached ({path})")
+                self.records[name] = record
+                return record
+        self._say(f"[{name}] building ...")
+        start = time.perf_counter()
+        with atomic_path(path) as tmp:
+            tmp.mkdir()
+            record = {"stage": name, "key": key, **build(tmp)}
+            record["stage_wall_time_s"] = round(time.perf_counter() - start, 2)
+            write_json(tmp / "stage.json", record)
+        self._say(f"[{name}] done in {record['stage_wall_time_s']:.1f}s")
+        self.records[name] = record
+        return record
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+
+def _concat(*sets: TokenizedSet) -> TokenizedSet:
+    out = TokenizedSet()
+    for s in sets:
+        out.examples.extend(s.examples)
+        out.n_truncated += s.n_truncated
+        out.n_dropped += s.n_dropped
+    return out
+
+
+def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
+    """Build (or reuse) every stage of ``config`` and return the summary."""
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    stages = Stages(run_dir, quiet)
+    bench_dir = run_dir / "benchmark"
+    max_len = config.model.max_length
+
+    def build_benchmark(tmp: Path) -> dict:
+        manifest = write_benchmark(config.benchmark, tmp / "data")
+        for item in (tmp / "data").iterdir():
+            item.rename(tmp / item.name)
+        (tmp / "data").rmdir()
+        return {"manifest": manifest}
+
+    stages.run("benchmark", config.benchmark, [], build_benchmark)
+
+    def split(name: str, kind: str = "qa"):
+        return read_records(bench_dir / f"{name}.jsonl", kind=kind)
+
+    def build_tokenizer(tmp: Path) -> dict:
+        texts = []
+        for name in ("pretrain", "full", "holdout10", "world_facts"):
+            for r in split(name):
+                texts.append(f"Question: {r.question}\nAnswer: {r.answer}")
+                texts.extend(t for t in (r.paraphrased_answer, r.paraphrased_question, r.vague_answer) if t)
+                texts.extend(r.perturbed_answer)
+        texts.extend(r.text for r in split("narratives", "text"))
+        tokenizer = train_tokenizer(texts, config.model.vocab_size)
+        tokenizer.save_pretrained(tmp)
+        return {"vocab_size": len(tokenizer), "texts": len(texts)}
+
+    stages.run("tokenizer", config.model.vocab_size, ["benchmark"], build_tokenizer)
+
+    def build_base(tmp: Path) -> dict:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", local_files_only=True)
+        model = build_tiny_model(tokenizer, config.model.family, config.model.size, seed=config.seed)
+        data = tokenize_qa(tokenizer, split("pretrain"), max_len, name="pretrain")
+        stats = fine_tune(model, data, config.pretrain, tokenizer.pad_token_id, desc="pre-train base", quiet=quiet)
+        save_model(model, tokenizer, tmp / "model")
+        _flatten(tmp)
+        params = sum(p.numel() for p in model.parameters())
+        return {"parameters": params, "train": stats.to_dict(), "examples": len(data)}
+
+    stages.run("base", {"model": config.model, "pretrain": config.pretrain, "seed": config.seed},
+               ["tokenizer"], build_base)
+
+    def fine_tune_on(qa_split: str) -> Callable[[Path], dict]:
+        def build(tmp: Path) -> dict:
+            model, tokenizer = load_model(run_dir / "base")
+            if config.target_mode == "lora":
+                model = attach_lora(model, config.target_lora)
+            qa = split(qa_split)
+            data = tokenize_qa(tokenizer, qa, max_len, name=qa_split)
+            if config.train_narratives:
+                people = {person_of(r.id) for r in qa}
+                texts = [r for r in split("narratives", "text") if person_of(r.id) in people]
+                data = _concat(data, tokenize_text(tokenizer, texts, max_len, name=f"{qa_split} narratives"))
+            stats = fine_tune(model, data, config.target, tokenizer.pad_token_id, desc=f"fine-tune on {qa_split}",
+                              quiet=quiet)
+            save_model(model, tokenizer, tmp / "model")
+            _flatten(tmp)
+            return {"mode": config.target_mode, "trained_on": qa_split, "train": stats.to_dict(),
+                    "examples": len(data), "truncated": data.n_truncated}
+        return build
+
+    recipe = {"mode": config.target_mode, "train": config.target, "lora": config.target_lora,
+              "narratives": config.train_narratives}
+    stages.run("target", {**recipe, "on": "full"}, ["base"], fine_tune_on("full"))
+    for forget in config.oracle_splits:
+        stages.run(f"oracle_{forget}", {**recipe, "on": retain_of(forget)}, ["base"],
+                   fine_tune_on(retain_of(forget)))
+
+    summary = _memorisation_summary(config, run_dir, stages, device, split)
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _flatten(tmp: Path) -> None:
+    """Move ``tmp/model/*`` up into ``tmp`` so a stage directory is itself a model directory."""
+    for item in (tmp / "model").iterdir():
+        item.rename(tmp / item.name)
+    (tmp / "model").rmdir()
+
+
+def load_stage_model(run_dir: Path, stage: str, mode: str, device: torch.device):
+    """The model a stage produced: a full model directory, or base + the stage's LoRA adapter."""
+    if mode == "lora" and stage != "base":
+        model, tok = load_model(run_dir / "base", adapter=run_dir / stage)
+    else:
+        model, tok = load_model(run_dir / stage)
+    return model.to(device), tok
+
+
+def _memorisation_summary(config: PrepareConfig, run_dir: Path, stages: Stages, device, split) -> dict:
+    """Greedy exact match of target and oracles on forget and holdout answers."""
+    models = ["target"] + [f"oracle_{s}" for s in config.oracle_splits]
+    accuracy: dict[str, dict[str, float]] = {}
+    for stage in models:
+        model, tokenizer = load_stage_model(run_dir, stage, config.target_mode, device)
+        accuracy[stage] = {}
+        for forget in config.oracle_splits:
+            for name in (forget, holdout_of(forget), retain_of(forget)):
+                if name in accuracy[stage]:
+                    continue
+                records = split(name)[: 200]  # retain sets are large: the first 200 suffice
+                preds = greedy_answers(model, tokenizer, [r.question for r in records], config.max_new_tokens)
+                hits = exact_match(preds, [r.answer for r in records])
+                accuracy[stage][name] = round(sum(hits) / len(hits), 4)
+        del model
+    costs = {
+        name: {k: rec["train"][k] for k in ("wall_time_s", "peak_memory_mb", "memory_kind", "tokens_per_s",
+                                           "steps", "trainable_parameters")}
+        for name, rec in stages.records.items() if "train" in rec
+    }
+    return {
+        "config": asdict(config),
+        "exact_match": accuracy,
+        "training_cost": costs,
+        "stage_keys": {name: rec["key"] for name, rec in stages.records.items()},
+        "note": "exact match of greedy answers; retain accuracy on its first 200 records",
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """A short table of what ``prepare`` built and what the models know."""
+    acc = summary["exact_match"]
+    columns = list(next(iter(acc.values())).keys())
+    width = max(len(c) for c in columns) + 2
+    lines = ["Greedy exact-match accuracy (fraction of answers reproduced exactly):",
+             f"{'model':<18}" + "".join(f"{c:>{width}}" for c in columns)]
+    for model, row in acc.items():
+        lines.append(f"{model:<18}" + "".join(f"{row[c]:>{width}.3f}" for c in columns))
+    lines.append("")
+    lines.append("Training cost (the denominators of later cost ratios):")
+    lines.append(f"{'stage':<18}{'wall s':>10}{'peak MB':>10}{'tokens/s':>10}{'trainable':>12}")
+    for name, c in summary["training_cost"].items():
+        lines.append(f"{name:<18}{c['wall_time_s']:>10.1f}{c['peak_memory_mb']:>10.0f}{c['tokens_per_s']:>10.0f}"
+                     f"{c['trainable_parameters']:>12,}")
+    return "\n".join(lines)
