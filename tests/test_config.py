@@ -32,7 +32,7 @@ def test_overrides_set_nested_and_top_level_keys():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("target.epochz=3", "unknown key 'epochz'"),
+        ("target.epochz=3", "unknown key 'target.epochz'"),
         ("target.batch_size=big", "target.batch_size: expected int"),
         ("target_mode=qlora", "target_mode must be one of"),
         ("oracle_splits=[forget50]", "unknown split 'forget50'"),

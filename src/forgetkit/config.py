@@ -76,20 +76,21 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def build(cls: type, data: dict, where: str = "config"):
+def build(cls: type, data: dict, where: str = ""):
     """Build dataclass ``cls`` from ``data``, checking keys and types."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"unknown key '{key}' (known here: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
 
 
 def _coerce(tp, value, where: str):
@@ -119,6 +120,11 @@ def _coerce(tp, value, where: str):
         return value
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if tp is int and isinstance(value, bool):
@@ -132,7 +138,10 @@ def load_config(name_or_path: str, overrides: list[str] | None, cls: type, kind:
     """Load a config by shipped name or path, apply overrides, and build ``cls``."""
     path = config_path(name_or_path, kind)
     data = apply_overrides(read_yaml(path), list(overrides or []))
-    return build(cls, data, where=path.name)
+    try:
+        return build(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path.name}: {exc}") from None
 
 
 def config_hash(obj) -> str:

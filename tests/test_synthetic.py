@@ -1,0 +1,89 @@
+"""The built-in benchmark: deterministic, and its splits have the properties unlearning needs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from forgetkit.data.readers import read_records
+from forgetkit.data.synthetic import SyntheticConfig, generate, person_of, read_manifest, write_benchmark
+
+CONFIG = SyntheticConfig(seed=3, n_people=40, n_generic_people=10)
+
+
+@pytest.fixture(scope="module")
+def files():
+    return generate(CONFIG)
+
+
+def people(records) -> set[str]:
+    return {person_of(r.id) for r in records}
+
+
+def test_same_seed_same_hashes_other_seed_differs(tmp_path):
+    a = write_benchmark(CONFIG, tmp_path / "a")
+    b = write_benchmark(CONFIG, tmp_path / "b")
+    c = write_benchmark(SyntheticConfig(seed=4, n_people=40, n_generic_people=10), tmp_path / "c")
+    assert a["files"] == b["files"]
+    assert a["files"]["full"]["hash"] != c["files"]["full"]["hash"]
+
+
+def test_forget_splits_are_nested_and_disjoint_from_retain(files):
+    f01, f05, f10 = (people(files[f"forget{s}"]) for s in ("01", "05", "10"))
+    assert f01 < f05 < f10 and len(f01) == 1 and len(f05) == 2 and len(f10) == 4
+    full_ids = {r.id for r in files["full"]}
+    for forget, retain in (("forget01", "retain99"), ("forget05", "retain95"), ("forget10", "retain90")):
+        f_ids, r_ids = {r.id for r in files[forget]}, {r.id for r in files[retain]}
+        assert not f_ids & r_ids and f_ids | r_ids == full_ids
+        assert not people(files[forget]) & people(files[retain])
+    assert len(files["full"]) == 40 * CONFIG.qa_per_person
+
+
+def test_holdout_people_are_never_trained(files):
+    h01, h05, h10 = (people(files[f"holdout{s}"]) for s in ("01", "05", "10"))
+    assert h01 < h05 < h10 and len(h10) == len(people(files["forget10"]))
+    assert not h10 & people(files["full"]) and not h10 & people(files["pretrain"])
+    assert not people(files["full"]) & people(files["pretrain"]) - {"world"}
+
+
+def test_names_unique_and_answer_variants_sound(files):
+    names = [p["name"] for p in files["people"]]
+    assert len(names) == len(set(names)) == 40 + 4 + 10
+    by_id = {p["person"]: p for p in files["people"]}
+    for r in files["full"] + files["holdout10"]:
+        attribute = r.id.split("-", 1)[1]
+        value = by_id[person_of(r.id)][attribute]
+        assert value in r.answer and value in r.paraphrased_answer and r.answer != r.paraphrased_answer
+        assert len(set(r.perturbed_answer)) == 3
+        assert all(value not in p for p in r.perturbed_answer)
+        assert value not in r.vague_answer and r.paraphrased_question != r.question
+    assert all(len(r.perturbed_answer) >= 3 and r.answer not in r.perturbed_answer for r in files["world_facts"])
+
+
+def test_benchmark_paraphrases_never_in_pretraining(files):
+    pretrain_answers = {r.answer for r in files["pretrain"]}
+    assert not {r.paraphrased_answer for r in files["full"]} & pretrain_answers
+    # generic people are pre-trained with both templates
+    assert sum(r.id.endswith("-pq") for r in files["pretrain"]) == sum(r.id.endswith("-q") for r in files["pretrain"])
+
+
+def test_narratives_hold_their_canary(files):
+    canaries = {c["person"]: c for c in files["canaries"]}
+    assert len(files["narratives"]) == 40 + 4
+    for text in files["narratives"]:
+        c = canaries[person_of(text.id)]
+        assert text.text == c["prefix"] + c["secret"] + "." and len(c["secret"]) == CONFIG.canary_digits
+
+
+def test_written_files_match_manifest_and_leave_no_temp(tmp_path):
+    out = tmp_path / "bench"
+    write_benchmark(CONFIG, out)
+    write_benchmark(CONFIG, out)  # rewrites cleanly over an existing directory
+    manifest = read_manifest(out)
+    for stem, info in manifest["files"].items():
+        lines = (out / f"{stem}.jsonl").read_text().splitlines()
+        assert len(lines) == info["count"]
+    assert len(read_records(out / "forget10.jsonl")) == manifest["files"]["forget10"]["count"]
+    assert [p.name for p in tmp_path.iterdir()] == ["bench"]
+    assert json.loads((out / "manifest.json").read_text())["config"]["seed"] == 3
