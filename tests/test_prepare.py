@@ -24,7 +24,7 @@ def test_prepare_builds_every_stage(micro_run):
     assert (micro_run / "target" / "model.safetensors").is_file()
     summary = json.loads((micro_run / "summary.json").read_text())
     assert set(summary["exact_match"]) == {"target", "oracle_forget10"}
-    assert set(summary["exact_match"]["target"]) == {"forget10", "holdout10", "retain90"}
+    assert set(summary["exact_match"]["target"]) == {"forget10", "holdout10", "retain90", "world_facts"}
     for stage in ("base", "target", "oracle_forget10"):
         cost = summary["training_cost"][stage]
         assert cost["wall_time_s"] > 0 and cost["peak_memory_mb"] > 0

@@ -63,12 +63,18 @@ class PrepareConfig:
     target: TrainConfig = field(default_factory=TrainConfig)
     target_lora: LoraSettings = field(default_factory=LoraSettings)
     train_narratives: bool = True
+    # World facts are the utility set: pre-training repeats them so the base knows them, and the
+    # fine-tunes replay them once per epoch so a tiny model keeps them (target and oracle alike).
+    pretrain_world_facts_repeat: int = 4
+    train_world_facts: bool = True
     oracle_splits: list[str] = field(default_factory=lambda: ["forget10"])
     max_new_tokens: int = 40
 
     def __post_init__(self) -> None:
         if self.target_mode not in TARGET_MODES:
             raise ConfigError(f"target_mode must be one of {', '.join(TARGET_MODES)}, got '{self.target_mode}'")
+        if self.pretrain_world_facts_repeat < 1:
+            raise ConfigError("pretrain_world_facts_repeat must be at least 1")
         for split in self.oracle_splits:
             if split not in FORGET_SPLITS:
                 raise ConfigError(f"oracle_splits: unknown split '{split}' (known: {', '.join(FORGET_SPLITS)})")
@@ -176,15 +182,18 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
 
         tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", local_files_only=True)
         model = build_tiny_model(tokenizer, config.model.family, config.model.size, seed=config.seed)
-        data = tokenize_qa(tokenizer, split("pretrain"), max_len, name="pretrain")
+        pretrain = split("pretrain")
+        world = [r for r in pretrain if r.id.startswith("world-")]
+        data = tokenize_qa(tokenizer, pretrain + world * (config.pretrain_world_facts_repeat - 1), max_len,
+                           name="pretrain")
         stats = fine_tune(model, data, config.pretrain, tokenizer.pad_token_id, desc="pre-train base", quiet=quiet)
         save_model(model, tokenizer, tmp / "model")
         _flatten(tmp)
         params = sum(p.numel() for p in model.parameters())
         return {"parameters": params, "train": stats.to_dict(), "examples": len(data)}
 
-    stages.run("base", {"model": config.model, "pretrain": config.pretrain, "seed": config.seed},
-               ["tokenizer"], build_base)
+    stages.run("base", {"model": config.model, "pretrain": config.pretrain, "seed": config.seed,
+                        "world_facts_repeat": config.pretrain_world_facts_repeat}, ["tokenizer"], build_base)
 
     def fine_tune_on(qa_split: str) -> Callable[[Path], dict]:
         def build(tmp: Path) -> dict:
@@ -197,6 +206,8 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
                 people = {person_of(r.id) for r in qa}
                 texts = [r for r in split("narratives", "text") if person_of(r.id) in people]
                 data = _concat(data, tokenize_text(tokenizer, texts, max_len, name=f"{qa_split} narratives"))
+            if config.train_world_facts:
+                data = _concat(data, tokenize_qa(tokenizer, split("world_facts"), max_len, name="world_facts"))
             stats = fine_tune(model, data, config.target, tokenizer.pad_token_id, desc=f"fine-tune on {qa_split}",
                               quiet=quiet)
             save_model(model, tokenizer, tmp / "model")
@@ -206,7 +217,7 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
         return build
 
     recipe = {"mode": config.target_mode, "train": config.target, "lora": config.target_lora,
-              "narratives": config.train_narratives}
+              "narratives": config.train_narratives, "world_facts": config.train_world_facts}
     stages.run("target", {**recipe, "on": "full"}, ["base"], fine_tune_on("full"))
     for forget in config.oracle_splits:
         stages.run(f"oracle_{forget}", {**recipe, "on": retain_of(forget)}, ["base"],
@@ -241,7 +252,7 @@ def _memorisation_summary(config: PrepareConfig, run_dir: Path, stages: Stages, 
         model, tokenizer = load_stage_model(run_dir, stage, config.target_mode, device)
         accuracy[stage] = {}
         for forget in config.oracle_splits:
-            for name in (forget, holdout_of(forget), retain_of(forget)):
+            for name in (forget, holdout_of(forget), retain_of(forget), "world_facts"):
                 if name in accuracy[stage]:
                     continue
                 records = split(name)[: 200]  # retain sets are large: the first 200 suffice

@@ -37,11 +37,14 @@ class TinyModelSize:
     intermediate_size: int
 
 
-# ``micro`` keeps tests in seconds (< 0.5 M parameters with a 512-token vocabulary);
-# ``small`` is the demo's model (a few M parameters), sized from reference/cpu-figures.md.
+# ``micro`` keeps tests in seconds (< 0.5 M parameters with a 512-token vocabulary).
+# ``small`` is the demo's model: ~0.8 M parameters with a 1024-token vocabulary, the size that
+# memorises 200 people in ~2 minutes on 2 CPU cores (measured: docs/results.md); ``medium``
+# (~1.6 M with a 2048-token vocabulary) is the next step up for machines with more time.
 SIZES = {
     "micro": TinyModelSize(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64),
-    "small": TinyModelSize(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512),
+    "small": TinyModelSize(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=512),
+    "medium": TinyModelSize(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512),
 }
 
 
