@@ -69,7 +69,8 @@ def test_every_format_reads_the_same_records(tmp_path, fmt):
 
 
 def test_datasets_dict_needs_a_split(tmp_path):
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(_rectangular(ROWS)), "test": datasets.Dataset.from_list(_rectangular(ROWS))})
+    table = datasets.Dataset.from_list(_rectangular(ROWS))
+    dd = datasets.DatasetDict({"train": table, "test": table})
     dd.save_to_disk(str(tmp_path / "dd"))
     assert len(read_records(tmp_path / "dd", split="test")) == 3
     with pytest.raises(DataError, match="available: train, test"):
@@ -98,7 +99,8 @@ def test_field_remapping_and_text_records(tmp_path):
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ('{"question": "Q", "answer": "A"}\n{"question": "Q2"}\n', ["bad.jsonl", "line 2", "field 'answer'", "missing"]),
+        ('{"question": "Q", "answer": "A"}\n{"question": "Q2"}\n',
+         ["bad.jsonl", "line 2", "field 'answer'", "missing"]),
         ('{"question": "Q", "answer": ""}\n', ["line 1", "field 'answer'", "empty"]),
         ('{"question": "Q", "answer": 3}\n', ["line 1", "field 'answer'", "expected a string, got int"]),
         ('{"question": "Q", "answer": "A", "perturbed_answer": ["x", 2]}\n',
@@ -136,7 +138,8 @@ def test_bad_json_list_and_csv_positions(tmp_path):
     path.write_text("question,answer\nQ,A\nQ2,\n")
     with pytest.raises(DataError, match=r"bad.csv: line 3: field 'answer': missing"):
         read_records(path)
-    path = _write(tmp_path / "bad.parquet", "parquet", [{"question": "Q", "answer": "A"}, {"question": "Q", "answer": None}])
+    rows = [{"question": "Q", "answer": "A"}, {"question": "Q", "answer": None}]
+    path = _write(tmp_path / "bad.parquet", "parquet", rows)
     with pytest.raises(DataError, match=r"bad.parquet: record 1: field 'answer': missing"):
         read_records(path)
 
