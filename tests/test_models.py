@@ -65,3 +65,11 @@ def test_unknown_family_and_size(bpe_tokenizer):
         build_tiny_model(bpe_tokenizer, "bert", "micro")
     with pytest.raises(ConfigError, match="unknown tiny model size"):
         build_tiny_model(bpe_tokenizer, "llama", "huge")
+
+
+def test_forgetkit_switches_hugging_face_offline():
+    import os
+
+    import forgetkit  # noqa: F401
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"

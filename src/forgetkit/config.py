@@ -146,5 +146,9 @@ def load_config(name_or_path: str, overrides: list[str] | None, cls: type, kind:
 
 def config_hash(obj) -> str:
     """Stable hash of a (nested) dataclass or plain value: the key of a cached stage."""
-    plain = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
-    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    def plain(value):
+        if dataclasses.is_dataclass(value):
+            return dataclasses.asdict(value)
+        raise TypeError(f"cannot hash a {type(value).__name__} config value")
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=plain).encode()).hexdigest()[:16]

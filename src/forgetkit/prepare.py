@@ -107,8 +107,7 @@ class Stages:
         self.records: dict[str, dict] = {}
 
     def run(self, name: str, settings: object, parents: list[str], build: Callable[[Path], dict]) -> dict:
-        key = config_hash({"settings": asdict(settings) if hasattr(settings, "__dataclass_fields__") else settings,
-                           "parents": [self.records[p]["key"] for p in parents]})
+        key = config_hash({"settings": settings, "parents": [self.records[p]["key"] for p in parents]})
         path = self.run_dir / name
         record_file = path / "stage.json"
         if record_file.is_file():

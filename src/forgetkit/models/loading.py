@@ -1,4 +1,5 @@
-"""Loading and saving causal LMs from local directories: never a network call.
+"""Loading and saving causal LMs from local directories: never a network call
+(``forgetkit/__init__`` sets the Hugging Face offline switches).
 
 Any Hugging Face causal LM directory (Llama, GPT-2, Qwen2, Mistral, Phi, ...) loads through
 ``AutoModelForCausalLM`` with ``local_files_only``; remote code stays off unless asked for.
@@ -10,16 +11,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# Set before transformers/huggingface_hub read them: forgetkit never reaches a hub.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel  # noqa: E402
-
-from forgetkit.errors import ForgetkitError  # noqa: E402
-from forgetkit.io import atomic_path  # noqa: E402
+from forgetkit.errors import ForgetkitError
+from forgetkit.io import atomic_path
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
