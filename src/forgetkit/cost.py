@@ -23,13 +23,6 @@ class Cost:
     peak_memory_mb: float = 0.0
     memory_kind: str = "cpu_rss"
 
-    def to_dict(self) -> dict:
-        return {
-            "wall_time_s": round(self.wall_time_s, 3),
-            "peak_memory_mb": round(self.peak_memory_mb, 1),
-            "memory_kind": self.memory_kind,
-        }
-
 
 def _reset_rss_peak() -> bool:
     try:

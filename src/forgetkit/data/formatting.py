@@ -75,10 +75,6 @@ class TokenizedSet:
     def __len__(self) -> int:
         return len(self.examples)
 
-    @property
-    def n_tokens(self) -> int:
-        return sum(len(e["input_ids"]) for e in self.examples)
-
 
 def tokenize_qa(
     tokenizer,
