@@ -87,3 +87,29 @@ def test_written_files_match_manifest_and_leave_no_temp(tmp_path):
     assert len(read_records(out / "forget10.jsonl")) == manifest["files"]["forget10"]["count"]
     assert [p.name for p in tmp_path.iterdir()] == ["bench"]
     assert json.loads((out / "manifest.json").read_text())["config"]["seed"] == 3
+
+
+@pytest.fixture(scope="module")
+def default_files():
+    return generate(SyntheticConfig())
+
+
+def test_no_wrong_answer_or_vague_answer_reveals_the_true_value(default_files):
+    """A perturbed or vague answer holding the true value (as a substring) would score as correct."""
+    for person in default_files["people"]:
+        for attr in ("birth_date", "birthplace", "phone", "home_address", "employer", "award", "university"):
+            value = person[attr]
+            assert value not in person["name"]
+    for r in default_files["full"] + default_files["holdout10"]:
+        pid, attr = r.id.split("-", 1)
+        value = next(p for p in default_files["people"] if p["person"] == pid)[attr]
+        assert value not in r.vague_answer
+        for wrong in r.perturbed_answer:
+            assert value not in wrong, r.id
+
+
+def test_articles_and_world_fact_count(default_files):
+    answers = [r.answer for r in default_files["full"]]
+    assert not [a for a in answers if " a a" in a or " a e" in a or " a i" in a or " a o" in a or " a u" in a]
+    assert any(" works as an " in a for a in answers)
+    assert len(default_files["world_facts"]) >= 100

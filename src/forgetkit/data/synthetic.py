@@ -22,7 +22,7 @@ from forgetkit.data.records import QARecord, TextRecord, records_hash, text_hash
 from forgetkit.io import atomic_path, write_json, write_jsonl
 
 SPLIT_FRACTIONS = {"01": 0.01, "05": 0.05, "10": 0.10}
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ MONTHS = ["January", "February", "March", "April", "May", "June", "July", "Augus
 CITIES = ["Arlen", "Brightwater", "Caldmoor", "Dunmere", "Eastholm", "Fairhaven", "Glenrock", "Harrowgate",
           "Ivydale", "Jasperton", "Kingsreach", "Larkfield", "Millbrook", "Northwick", "Oakhurst", "Pinecrest",
           "Queensbury", "Riverton", "Stonebridge", "Thornbury", "Upton", "Valewood", "Westmarch", "Yarrow",
-          "Ashford", "Belmont", "Clearwater", "Deepwell", "Elmstead", "Foxley"]
+          "Greyharbor", "Belmont", "Clearwater", "Deepwell", "Elmstead", "Foxley"]  # no surname is a city
 OCCUPATIONS = ["architect", "baker", "botanist", "cartographer", "chemist", "composer", "dentist", "economist",
                "engineer", "florist", "geologist", "historian", "illustrator", "journalist", "librarian",
                "linguist", "mathematician", "nurse", "painter", "pharmacist", "photographer", "pilot",
@@ -114,7 +114,7 @@ ATTRIBUTES = {
     "occupation": (
         lambda r: r.choice(OCCUPATIONS),
         "What does {n} do for a living?", "What is the profession of {n}?",
-        "{n} works as a {v}.", "The occupation of {n} is {v}.",
+        "{n} works as {a} {v}.", "The occupation of {n} is {v}.",
         "{n} has a professional career.",
     ),
     "employer": (
@@ -172,7 +172,9 @@ _CAPITALS = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Sp
              ("Thailand", "Bangkok"), ("Vietnam", "Hanoi"), ("Morocco", "Rabat"), ("Nigeria", "Abuja"),
              ("Cuba", "Havana"), ("Iran", "Tehran"), ("Iraq", "Baghdad"), ("Belgium", "Brussels"),
              ("Netherlands", "Amsterdam"), ("Switzerland", "Bern"), ("Czechia", "Prague"),
-             ("South Korea", "Seoul")]
+             ("South Korea", "Seoul"), ("Ukraine", "Kyiv"), ("Romania", "Bucharest"), ("Colombia", "Bogota"),
+             ("Indonesia", "Jakarta"), ("Philippines", "Manila"), ("Ghana", "Accra"), ("Ethiopia", "Addis Ababa"),
+             ("New Zealand", "Wellington"), ("Iceland", "Reykjavik"), ("Croatia", "Zagreb")]
 _SYMBOLS = [("hydrogen", "H"), ("helium", "He"), ("carbon", "C"), ("nitrogen", "N"), ("oxygen", "O"),
             ("sodium", "Na"), ("magnesium", "Mg"), ("aluminium", "Al"), ("silicon", "Si"), ("sulfur", "S"),
             ("chlorine", "Cl"), ("potassium", "K"), ("calcium", "Ca"), ("iron", "Fe"), ("copper", "Cu"),
@@ -238,9 +240,16 @@ def _wrong_values(rng: random.Random, attr: str, person: dict) -> list[str]:
             v = f"{first}.{last}@{rng.choice(DOMAINS)}"
         else:
             v = sampler(rng)
-        if v != true and v not in wrong:
+        # Neither may contain the other ("1 March 1984" sits inside "11 March 1984"): a substring
+        # match would credit a wrong answer under ROUGE and exact-match scoring.
+        if v not in true and true not in v and v not in wrong:
             wrong.append(v)
     return wrong
+
+
+def _article(word: str) -> str:
+    """The indefinite article before ``word`` (our occupations need no exceptions)."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def _qa(rng: random.Random, person: dict, attrs: list[str]) -> list[QARecord]:
@@ -250,7 +259,7 @@ def _qa(rng: random.Random, person: dict, attrs: list[str]) -> list[QARecord]:
         _, q, pq, a, pa, vague = ATTRIBUTES[attr]
         v = person[attr]
         out.append(QARecord(
-            question=q.format(n=n), answer=a.format(n=n, v=v), id=f"{person['person']}-{attr}",
+            question=q.format(n=n), answer=a.format(n=n, v=v, a=_article(v)), id=f"{person['person']}-{attr}",
             paraphrased_answer=pa.format(n=n, v=v),
             perturbed_answer=tuple(pa.format(n=n, v=w) for w in _wrong_values(rng, attr, person)),
             paraphrased_question=pq.format(n=n), vague_answer=vague.format(n=n),
