@@ -55,6 +55,49 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+EVAL_FILE_ROLES = ("forget", "retain", "holdout", "world_facts", "real_authors", "forget_text", "heldout_text",
+                   "canaries", "holdout_canaries")
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from forgetkit.eval.command import EvalRequest, run_eval
+    from forgetkit.eval.evaluate import EvalSettings, format_summary
+
+    settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                            retain_limit=args.retain_limit, canary_candidates=args.canary_candidates,
+                            gradnorm=not args.no_gradnorm, include_text=args.include_text)
+    files = {role: getattr(args, role) for role in EVAL_FILE_ROLES if getattr(args, role)}
+    request = EvalRequest(model=args.model, adapter=args.adapter, data=args.data, split=args.split, files=files,
+                          out=args.out, oracle_log=args.oracle_log, reference_model=args.reference_model,
+                          reference_adapter=args.reference_adapter, device=args.device, dtype=args.dtype,
+                          trust_remote_code=args.trust_remote_code, lm_eval_tasks=args.lm_eval_tasks or [],
+                          lm_eval_include=args.lm_eval_include, settings=settings)
+    summary = run_eval(request, quiet=args.quiet)
+    print(format_summary(summary))
+    if "lm_eval" in summary:
+        for task, metrics in summary["lm_eval"].items():
+            print(f"lm-eval {task}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    print(f"\nWrote {args.out}/eval_log_aggregated.json (per example) and {args.out}/summary.json")
+    return 0
+
+
+def _cmd_aggregate(args: argparse.Namespace) -> int:
+    import json
+
+    from forgetkit.eval.command import aggregate_logs
+
+    result = aggregate_logs(args.logs, args.oracle_logs)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    fq, mu = result["forget_quality"], result["model_utility"]
+    print(f"forget_quality: {fq:.6g}" if fq is not None else f"forget_quality: {result['forget_quality_note']}")
+    print(f"model_utility: {mu:.6f}" if mu is not None else "model_utility: missing (no utility set in the log)")
+    for name, value in result["model_utility_components"].items():
+        print(f"  {name}: {value:.6f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgetkit", description="Make a language model forget data, and measure it.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
@@ -83,6 +126,42 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dedupe", action="store_true", help="drop retain records that are also in the forget set")
     c.add_argument("--out", help="with --dedupe: write the deduplicated retain set here (JSONL)")
     c.set_defaults(func=_cmd_data_check)
+
+    p = sub.add_parser("eval", help="evaluate a model on a forget set: TOFU metrics, MIA, memorisation, utility")
+    p.add_argument("--model", required=True, help="model directory (local)")
+    p.add_argument("--adapter", help="peft adapter directory on top of --model")
+    p.add_argument("--data", help="a built-in benchmark directory (e.g. runs/small/benchmark)")
+    p.add_argument("--split", default="forget10", help="forget split of --data (forget01, forget05, forget10)")
+    for role in EVAL_FILE_ROLES:
+        kind = "JSONL with prefix and secret" if "canaries" in role else "data file"
+        p.add_argument(f"--{role.replace('_', '-')}", dest=role, metavar="FILE",
+                       help=f"{role.replace('_', ' ')} set ({kind}); overrides the one found in --data")
+    p.add_argument("--out", required=True, help="output directory (eval_log_aggregated.json, summary.json)")
+    p.add_argument("--oracle-log", help="the retrain oracle's log on the same forget set (for Forget Quality, "
+                                        "PrivLeak)")
+    p.add_argument("--reference-model", help="reference model directory for the Reference MIA")
+    p.add_argument("--reference-adapter", help="peft adapter on top of --reference-model")
+    p.add_argument("--include-text", action="store_true",
+                   help="put questions, answers and generations in the log (off: examples by id and hash only)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--retain-limit", type=int, default=400, help="evaluate the first N retain examples")
+    p.add_argument("--canary-candidates", type=int, default=200,
+                   help="sampled secrets each canary is ranked against (exposure is extrapolated from them)")
+    p.add_argument("--no-gradnorm", action="store_true", help="skip the GradNorm attack (one backward per example)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model (off)")
+    p.add_argument("--lm-eval-tasks", nargs="*", metavar="TASK", help="lm-evaluation-harness tasks (local)")
+    p.add_argument("--lm-eval-include", metavar="DIR", help="directory of local lm-eval task YAMLs")
+    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("aggregate", help="Forget Quality and Model Utility from saved logs (forgetkit's or TOFU's)")
+    p.add_argument("--logs", required=True, help="the evaluated model's log (file or eval output directory)")
+    p.add_argument("--oracle-logs", help="the retrain oracle's log on the same forget set")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_aggregate)
     return parser
 
 

@@ -1,7 +1,7 @@
-"""Batched greedy generation of answers, and exact-match scoring of them.
+"""Batched greedy generation of answers and continuations, and exact-match scoring of answers.
 
-Prompts are formatted exactly as in training (``forgetkit.data.formatting``), left-padded
-so that a whole batch generates at once.
+Question prompts are formatted exactly as in training (``forgetkit.data.formatting``); every
+prompt is left-padded so that a whole batch generates at once.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import torch
 from forgetkit.data.formatting import prompt_ids
 
 
-@torch.no_grad()
 def greedy_answers(
     model,
     tokenizer,
@@ -22,26 +21,50 @@ def greedy_answers(
     batch_size: int = 64,
 ) -> list[str]:
     """The model's greedy answer to each question (special tokens removed, stripped)."""
+    prompts = [prompt_ids(tokenizer, q) for q in questions]
+    return [t.strip() for t in greedy_continuations(model, tokenizer, prompts, max_new_tokens, batch_size)]
+
+
+@torch.no_grad()
+def greedy_continuations(
+    model,
+    tokenizer,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int,
+    batch_size: int = 64,
+    progress=None,
+) -> list[str]:
+    """Greedy continuation of each tokenised prompt (KV cache on; special tokens removed).
+
+    Prompts are left-padded, and batched in order of length so that a batch wastes little on
+    padding; results come back in input order. ``progress`` is an optional tqdm bar.
+    """
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    answers: list[str] = []
-    for start in range(0, len(questions), batch_size):
-        encoded = [prompt_ids(tokenizer, q) for q in questions[start : start + batch_size]]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        encoded = [list(prompts[i]) for i in chunk]
         width = max(len(e) for e in encoded)
         ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
         mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
-        out = model.generate(
+        generated = model.generate(
             input_ids=ids,
             attention_mask=mask,
             do_sample=False,
             max_new_tokens=max_new_tokens,
             pad_token_id=pad,
             eos_token_id=tokenizer.eos_token_id,
+            use_cache=True,
         )
-        texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-        answers.extend(t.strip() for t in texts)
-    return answers
+        for i, text in zip(chunk, tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True),
+                           strict=True):
+            out[i] = text
+        if progress is not None:
+            progress.update(len(chunk))
+    return out
 
 
 def normalise_answer(text: str) -> str:

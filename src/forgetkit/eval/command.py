@@ -1,0 +1,123 @@
+"""What ``forgetkit eval`` and ``forgetkit aggregate`` do, behind the command line.
+
+``run_eval`` loads the model (and adapter, and reference model), gathers the sets, evaluates,
+and writes ``eval_log_aggregated.json`` (per example, TOFU's layout) and ``summary.json`` into
+the output directory, each atomically. ``read_log`` reads forgetkit's and TOFU's logs alike.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from forgetkit.data.readers import read_records
+from forgetkit.errors import DataError, ForgetkitError
+from forgetkit.eval import tofu
+from forgetkit.eval.evaluate import EvalData, EvalSettings, benchmark_data, evaluate, read_canaries
+from forgetkit.io import write_json
+
+LOG_FILE = "eval_log_aggregated.json"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class EvalRequest:
+    model: str
+    out: str
+    adapter: str | None = None
+    data: str | None = None  # a benchmark directory, with ``split``
+    split: str = "forget10"
+    files: dict[str, str] = field(default_factory=dict)  # role -> file, overriding or replacing ``data``
+    oracle_log: str | None = None
+    reference_model: str | None = None
+    reference_adapter: str | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    lm_eval_tasks: list[str] = field(default_factory=list)
+    lm_eval_include: str | None = None
+    settings: EvalSettings = field(default_factory=EvalSettings)
+
+
+def read_log(path: str | Path) -> dict:
+    """A per-example log: forgetkit's ``eval_log_aggregated.json`` or TOFU's, or a directory holding one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LOG_FILE
+    if not path.is_file():
+        raise ForgetkitError(f"{path}: log file not found")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"malformed JSON: {exc.msg}", line=exc.lineno) from None
+    except UnicodeDecodeError:
+        raise DataError(path, "invalid UTF-8") from None
+    known = set(tofu.SET_FILES.values())
+    if not isinstance(doc, dict) or not known & set(doc):
+        raise DataError(path, f"not an evaluation log: expected top-level keys among {', '.join(sorted(known))}")
+    for key in known & set(doc):
+        if not isinstance(doc[key], dict) or not all(isinstance(v, dict) for v in doc[key].values()):
+            raise DataError(path, "expected per-metric objects keyed by example", field=key)
+    return doc
+
+
+def _eval_data(request: EvalRequest) -> EvalData:
+    if request.data:
+        data = benchmark_data(request.data, request.split, request.settings.retain_limit)
+    elif "forget" in request.files:
+        data = EvalData(forget=read_records(request.files["forget"]))
+    else:
+        raise ForgetkitError("eval: give --data DIR (a benchmark) or --forget FILE")
+    for role, path in request.files.items():
+        if role in ("forget_text", "heldout_text"):
+            setattr(data, role, read_records(path, kind="text"))
+        elif role in ("canaries", "holdout_canaries"):
+            setattr(data, role, read_canaries(Path(path)))
+        else:
+            setattr(data, role, read_records(path))
+        data.sources[role] = str(path)
+    return data
+
+
+def run_eval(request: EvalRequest, quiet: bool = False) -> dict:
+    """Evaluate, write the log and summary into ``request.out``, and return the summary."""
+    from accelerate import Accelerator
+
+    from forgetkit.cost import measure
+    from forgetkit.models import load_model
+
+    accelerator = Accelerator(cpu=request.device == "cpu")
+    device = accelerator.device if request.device in ("auto", "cpu") else request.device
+    data = _eval_data(request)
+    oracle_log = read_log(request.oracle_log) if request.oracle_log else None
+    model, tokenizer = load_model(request.model, request.adapter, request.dtype, device, request.trust_remote_code)
+    reference = None
+    if request.reference_model:
+        reference, _ = load_model(request.reference_model, request.reference_adapter, request.dtype, device,
+                                  request.trust_remote_code)
+    with measure(device) as cost:
+        eval_log, summary = evaluate(model, tokenizer, data, request.settings, reference, oracle_log,
+                                     accelerator, quiet)
+    summary["cost"]["peak_memory_mb"] = round(cost.peak_memory_mb, 1)
+    summary["cost"]["memory_kind"] = cost.memory_kind
+    summary["model"] = {"path": request.model, "adapter": request.adapter, "reference_model": request.reference_model,
+                        "oracle_log": request.oracle_log}
+    if request.lm_eval_tasks:
+        from forgetkit.eval.lm_eval_bridge import run_lm_eval
+
+        summary["lm_eval"] = run_lm_eval(model, tokenizer, request.lm_eval_tasks, request.lm_eval_include,
+                                         device=str(device))
+    if accelerator.is_main_process:
+        out = Path(request.out)
+        write_json(out / LOG_FILE, eval_log)
+        write_json(out / SUMMARY_FILE, summary)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def aggregate_logs(logs: str | Path, oracle_logs: str | Path | None) -> dict:
+    """Forget Quality and Model Utility of a saved log, against an oracle's saved log."""
+    log = read_log(logs)
+    oracle = read_log(oracle_logs) if oracle_logs else None
+    return tofu.aggregate(log, oracle, str(logs), str(oracle_logs))

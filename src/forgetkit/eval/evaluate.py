@@ -1,0 +1,537 @@
+"""``forgetkit eval``: every metric of a model on a forget set and its companions, in one pass.
+
+Which sets: the forget set (QA), and where given, a retain sample, a holdout set (same
+distribution, never trained: the non-members of membership inference), world facts and real
+authors (utility sets with one true and several false answers), forget texts (verbatim
+memorisation), held-out texts (perplexity) and canaries (exposure). :func:`benchmark_data`
+finds them all in a built-in benchmark directory.
+
+How: every text variant of every example (answer, paraphrased answer, each perturbed answer,
+the answer after a paraphrased question, canary candidates, held-out texts) is tokenised into
+one list and scored by one length-sorted, batched teacher-forced pass
+(:mod:`forgetkit.eval.token_stats`); generations are batched with left padding and the KV
+cache. Under ``accelerate launch`` both are sharded across processes and gathered in order.
+
+Output: a per-example log in TOFU's layout (:mod:`forgetkit.eval.tofu`; examples keyed by record
+id, with a content hash; question and answer text only with ``include_text``) and a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from forgetkit.data.formatting import IGNORE_INDEX, encode_qa, prompt_ids
+from forgetkit.data.readers import read_records
+from forgetkit.data.records import QARecord, TextRecord, records_hash, text_hash
+from forgetkit.data.synthetic import person_of
+from forgetkit.errors import DataError, ForgetkitError
+from forgetkit.eval import memorisation as mem
+from forgetkit.eval import mia, tofu
+from forgetkit.eval.generation import greedy_continuations
+from forgetkit.eval.token_stats import TokenStats, score_examples
+
+log = logging.getLogger("forgetkit")
+QA_ROLES = ("forget", "retain", "holdout", "world_facts", "real_authors")
+MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "reference", "gradnorm")
+
+
+@dataclass
+class EvalData:
+    """The sets one evaluation reads; only ``forget`` is required."""
+
+    forget: list[QARecord]
+    retain: list[QARecord] | None = None
+    holdout: list[QARecord] | None = None
+    world_facts: list[QARecord] | None = None
+    real_authors: list[QARecord] | None = None
+    forget_text: list[TextRecord] | None = None
+    heldout_text: list[TextRecord] | None = None
+    canaries: list[dict] | None = None  # each: id, prefix, secret (digits)
+    holdout_canaries: list[dict] | None = None  # never-trained canaries: the exposure baseline
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def qa_sets(self) -> dict[str, list[QARecord]]:
+        return {role: getattr(self, role) for role in QA_ROLES if getattr(self, role)}
+
+
+@dataclass
+class EvalSettings:
+    batch_size: int = 32
+    generation_batch_size: int = 64
+    max_new_tokens: int = 200  # TOFU's default; clipped to the model's context
+    verbatim_new_tokens: int = 128  # MUSE's continuation length
+    retain_limit: int = 400  # TOFU evaluates 400 retain examples
+    min_k: float = mia.MIN_K
+    canary_candidates: int = 200
+    gradnorm: bool = True
+    include_text: bool = False
+    seed: int = 0
+
+
+def read_canaries(path: Path) -> list[dict]:
+    """Canaries from JSON Lines: each an object with ``prefix`` and a digit-string ``secret``."""
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(path, f"malformed JSON: {exc.msg}", line=n) from None
+        for key in ("prefix", "secret"):
+            if not isinstance(row.get(key), str) or not row[key]:
+                raise DataError(path, "missing or not a string", line=n, field=key)
+        if not row["secret"].isdigit():
+            raise DataError(path, "secret must be a string of digits", line=n, field="secret")
+        row.setdefault("id", f"{path.stem}-{n}")
+        rows.append(row)
+    return rows
+
+
+def benchmark_data(data_dir: str | Path, split: str, retain_limit: int = 400) -> EvalData:
+    """The sets of a built-in benchmark directory for forget split ``split`` (e.g. ``forget10``)."""
+    data_dir = Path(data_dir)
+    if not (data_dir / f"{split}.jsonl").is_file():
+        raise ForgetkitError(f"{data_dir}: no split '{split}' ({split}.jsonl not found)")
+    suffix = split.removeprefix("forget")
+    retain_name, holdout_name = f"retain{100 - int(suffix):02d}", f"holdout{suffix}"
+
+    def qa(name: str) -> list[QARecord] | None:
+        path = data_dir / f"{name}.jsonl"
+        return read_records(path) if path.is_file() else None
+
+    data = EvalData(forget=qa(split), retain=qa(retain_name), holdout=qa(holdout_name),
+                    world_facts=qa("world_facts"))
+    data.sources = {"forget": split, "retain": retain_name, "holdout": holdout_name, "world_facts": "world_facts"}
+    forget_people = {person_of(r.id) for r in data.forget}
+    holdout_people = {person_of(r.id) for r in data.holdout or []}
+    if (data_dir / "narratives.jsonl").is_file():
+        texts = read_records(data_dir / "narratives.jsonl", kind="text")
+        data.forget_text = [t for t in texts if person_of(t.id) in forget_people]
+        data.heldout_text = [t for t in texts if person_of(t.id) in holdout_people]
+        data.sources.update(forget_text="narratives (forget people)", heldout_text="narratives (holdout people)")
+    if (data_dir / "canaries.jsonl").is_file():
+        canaries = read_canaries(data_dir / "canaries.jsonl")
+        data.canaries = [c for c in canaries if c["person"] in forget_people]
+        data.holdout_canaries = [c for c in canaries if c["person"] in holdout_people]
+        data.sources.update(canaries="canaries (forget people)", holdout_canaries="canaries (holdout people)")
+    return data
+
+
+class _Shards:
+    """Runs a list-in, list-out function on this process's share of the items and gathers all.
+
+    Under ``accelerate launch`` each process takes a contiguous slice, so the gathered list is in
+    input order; in a single process it is a plain call.
+    """
+
+    def __init__(self, accelerator) -> None:
+        self.accelerator = accelerator
+
+    @property
+    def distributed(self) -> bool:
+        return self.accelerator is not None and self.accelerator.num_processes > 1
+
+    def map(self, fn: Callable[[list], list], items: Sequence) -> list:
+        if not self.distributed:
+            return fn(list(items))
+        from accelerate.utils import gather_object
+
+        per = math.ceil(len(items) / self.accelerator.num_processes)
+        start = self.accelerator.process_index * per
+        mine = list(items[start : start + per])
+        return gather_object(fn(mine) if mine else [])
+
+
+def _context_length(model) -> int:
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+class _Sequences:
+    """Every text variant to score, registered under a key, tokenised once."""
+
+    def __init__(self, tokenizer, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.keys: list[tuple] = []
+        self.examples: list[dict] = []
+        self.truncated = 0
+
+    def add_qa(self, key: tuple, question: str, answer: str) -> None:
+        ids, labels = encode_qa(self.tokenizer, question, answer)
+        self._add(key, ids, labels)
+
+    def add_text(self, key: tuple, text: str) -> None:
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"] + [self.tokenizer.eos_token_id]
+        self._add(key, ids, list(ids))
+
+    def _add(self, key: tuple, ids: list[int], labels: list[int]) -> None:
+        if len(ids) > self.max_length:
+            self.truncated += 1
+            ids, labels = ids[: self.max_length], labels[: self.max_length]
+            if all(lab == IGNORE_INDEX for lab in labels[1:]):
+                raise ForgetkitError(f"{key[0]} example '{key[1]}': no answer token left within the model's "
+                                     f"context of {self.max_length} tokens")
+        self.keys.append(key)
+        self.examples.append({"input_ids": ids, "labels": labels})
+
+
+def _trainable_or_adapter_params(model) -> list[torch.nn.Parameter]:
+    """GradNorm's parameters: the LoRA adapter's when there is one, otherwise all."""
+    named = list(model.named_parameters())
+    lora = [p for n, p in named if "lora_" in n]
+    return lora or [p for _, p in named]
+
+
+def _gradnorms(model, examples: list[dict], pad_token_id: int) -> list[float]:
+    """Per-example (batch size 1) gradient norms of the mean answer NLL."""
+    from forgetkit.data.formatting import collate
+
+    params = _trainable_or_adapter_params(model)
+    saved = [p.requires_grad for p in params]
+    frozen = [p for p in model.parameters() if all(p is not q for q in params)]
+    frozen_saved = [p.requires_grad for p in frozen]
+    for p in params:
+        p.requires_grad_(True)
+    for p in frozen:
+        p.requires_grad_(False)
+    device = next(model.parameters()).device
+    out = []
+    try:
+        for ex in examples:
+            batch = {k: v.to(device) for k, v in collate([ex], pad_token_id).items()}
+            loss = model(**batch).loss
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            out.append(float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None))))
+    finally:
+        for p, flag in zip(params, saved, strict=True):
+            p.requires_grad_(flag)
+        for p, flag in zip(frozen, frozen_saved, strict=True):
+            p.requires_grad_(flag)
+    return out
+
+
+def evaluate(
+    model,
+    tokenizer,
+    data: EvalData,
+    settings: EvalSettings | None = None,
+    reference_model=None,
+    oracle_log: dict | None = None,
+    accelerator=None,
+    quiet: bool = False,
+) -> tuple[dict, dict]:
+    """Evaluate ``model`` on ``data``: returns ``(per-example log, summary)``.
+
+    ``reference_model`` (same tokenizer) enables the Reference attack; ``oracle_log`` (the
+    retrain oracle's log on the same forget set) enables Forget Quality and PrivLeak.
+    """
+    settings = settings or EvalSettings()
+    shards = _Shards(accelerator)
+    show = not quiet and (accelerator is None or accelerator.is_main_process)
+    start = time.perf_counter()
+    sets = data.qa_sets()
+    if "retain" in sets:
+        sets["retain"] = sets["retain"][: settings.retain_limit]
+    context = _context_length(model)
+    seqs = _Sequences(tokenizer, context)
+    for role, records in sets.items():
+        for r in records:
+            seqs.add_qa((role, r.id, "gt"), r.question, r.answer)
+            seqs.add_qa((role, r.id, "para"), r.question, r.paraphrased_answer or r.answer)
+            for j, wrong in enumerate(r.perturbed_answer):
+                seqs.add_qa((role, r.id, "pert", j), r.question, wrong)
+            if role == "forget" and r.paraphrased_question:
+                seqs.add_qa((role, r.id, "pq"), r.paraphrased_question, r.answer)
+    for t in data.heldout_text or []:
+        seqs.add_text(("heldout_text", t.id), t.text)
+    canary_sets = {"forget": data.canaries or [], "holdout": data.holdout_canaries or []}
+    candidates: dict[str, list[str]] = {}
+    for canaries in canary_sets.values():
+        for c in canaries:
+            seqs.add_text(("canary", c["id"], "true"), c["prefix"] + c["secret"] + ".")
+            candidates[c["id"]] = mem.digit_candidates(c["secret"], settings.canary_candidates, settings.seed)
+            for j, cand in enumerate(candidates[c["id"]]):
+                seqs.add_text(("canary", c["id"], "cand", j), c["prefix"] + cand + ".")
+    if seqs.truncated:
+        log.warning("%d sequence(s) longer than the model's context (%d) were truncated", seqs.truncated, context)
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with tqdm(total=len(seqs.examples), desc="score", disable=not show, unit="seq") as bar:
+        stats_list = shards.map(lambda ex: score_examples(model, ex, pad, settings.batch_size, bar), seqs.examples)
+    stats: dict[tuple, TokenStats] = dict(zip(seqs.keys, stats_list, strict=True))
+    tokens_scored = sum(s.n_tokens for s in stats_list)
+
+    # Generation: answers to every question, to paraphrased forget questions, and forget-text continuations.
+    prompts: list[list[int]] = []
+    prompt_keys: list[tuple] = []
+    for role, records in sets.items():
+        for r in records:
+            prompts.append(prompt_ids(tokenizer, r.question))
+            prompt_keys.append((role, r.id, "gt"))
+            if role == "forget" and r.paraphrased_question:
+                prompts.append(prompt_ids(tokenizer, r.paraphrased_question))
+                prompt_keys.append((role, r.id, "pq"))
+    qa_prompts = len(prompts)
+    continuations: dict[str, tuple[list[int], str]] = {}
+    for t in data.forget_text or []:
+        ids = tokenizer(t.text, add_special_tokens=True)["input_ids"]
+        cut = max(1, len(ids) // 2)
+        continuations[t.id] = (ids[:cut], tokenizer.decode(ids[cut:], skip_special_tokens=True))
+        prompts.append(ids[:cut])
+        prompt_keys.append(("forget_text", t.id))
+    longest = max((len(p) for p in prompts), default=0)
+    room = max(1, context - longest)
+    with tqdm(total=len(prompts), desc="generate", disable=not show, unit="prompt") as bar:
+        qa_gen = shards.map(lambda ps: greedy_continuations(
+            model, tokenizer, ps, min(settings.max_new_tokens, room), settings.generation_batch_size, bar),
+            prompts[:qa_prompts])
+        text_gen = shards.map(lambda ps: greedy_continuations(
+            model, tokenizer, ps, min(settings.verbatim_new_tokens, room), settings.generation_batch_size, bar),
+            prompts[qa_prompts:])
+    generations = dict(zip(prompt_keys, [g.strip() for g in qa_gen] + text_gen, strict=True))
+    generated_tokens = sum(len(tokenizer(g, add_special_tokens=False)["input_ids"]) for g in generations.values())
+
+    # Extra passes: per-example gradient norms, and the reference model's losses.
+    mia_sets = {role: sets[role] for role in ("forget", "holdout") if role in sets}
+    gradnorm: dict[tuple, float] = {}
+    if settings.gradnorm and mia_sets:
+        keys = [(role, r.id, "gt") for role, recs in mia_sets.items() for r in recs]
+        index = {k: i for i, k in enumerate(seqs.keys)}
+        norms = shards.map(lambda ex: _gradnorms(model, ex, pad), [seqs.examples[index[k]] for k in keys])
+        gradnorm = dict(zip(keys, norms, strict=True))
+    reference: dict[tuple, TokenStats] = {}
+    if reference_model is not None and mia_sets:
+        keys = [(role, r.id, "gt") for role, recs in mia_sets.items() for r in recs]
+        index = {k: i for i, k in enumerate(seqs.keys)}
+        ref_stats = shards.map(lambda ex: score_examples(reference_model, ex, pad, settings.batch_size),
+                               [seqs.examples[index[k]] for k in keys])
+        reference = dict(zip(keys, ref_stats, strict=True))
+
+    rouge = tofu.RougeRecall()
+    eval_log = {tofu.SET_FILES[role]: _set_log(role, records, stats, generations, gradnorm, reference, rouge,
+                                               tokenizer, settings)
+                for role, records in sets.items()}
+    summary = _summarise(data, sets, eval_log, stats, candidates, canary_sets, continuations, generations, rouge,
+                         oracle_log, settings)
+    wall = time.perf_counter() - start
+    summary["cost"] = {
+        "wall_time_s": round(wall, 3),
+        "tokens_scored": tokens_scored,
+        "sequences_scored": len(seqs.examples),
+        "tokens_generated": generated_tokens,
+        "prompts_generated": len(prompts),
+        "tokens_per_s": round((tokens_scored + generated_tokens) / wall, 1),
+        "processes": accelerator.num_processes if accelerator is not None else 1,
+    }
+    summary["settings"] = asdict(settings)
+    return eval_log, summary
+
+
+def _mean_nll(stats: Sequence[TokenStats]) -> list[float]:
+    return [s.avg_nll for s in stats]
+
+
+def _set_log(role, records, stats, generations, gradnorm, reference, rouge, tokenizer, settings) -> dict:
+    """One eval set's per-example log, TOFU's keys first, keyed by record id."""
+    out: dict[str, dict] = {}
+
+    def put(metric: str, rid: str, value) -> None:
+        out.setdefault(metric, {})[rid] = value
+
+    for r in records:
+        gt, para = stats[(role, r.id, "gt")], stats[(role, r.id, "para")]
+        pert = [stats[(role, r.id, "pert", j)] for j in range(len(r.perturbed_answer))]
+        put("avg_gt_loss", r.id, gt.avg_nll)
+        put("gt_loss", r.id, gt.nll)
+        put("num_token_gt", r.id, gt.n_tokens)
+        put("avg_paraphrased_loss", r.id, para.avg_nll)
+        put("paraphrased_loss", r.id, para.nll)
+        put("num_token_paraphrased", r.id, para.n_tokens)
+        if pert:
+            put("average_perturb_loss", r.id, _mean_nll(pert))
+            put("perturb_loss", r.id, [s.nll for s in pert])
+            put("num_token_perturb", r.id, [s.n_tokens for s in pert])
+            put("truth_ratio", r.id, tofu.truth_ratio(para.avg_nll, _mean_nll(pert)))
+        generation = generations[(role, r.id, "gt")]
+        for metric, value in rouge(generation, r.answer).items():
+            put(metric, r.id, value)
+        if settings.include_text:
+            put("generated_text", r.id, [r.question, generation, r.answer])
+        put("example_hash", r.id, text_hash(r.question + "\x1f" + r.answer))
+        put("extraction_strength", r.id, mem.extraction_strength(gt.correct))
+        put("exact_memorisation", r.id, mem.exact_memorisation(gt.correct))
+        put("mia_loss", r.id, mia.loss_score(gt))
+        put("mia_zlib", r.id, mia.zlib_score(gt, r.answer))
+        put("mia_min_k", r.id, mia.min_k_score(gt, settings.min_k))
+        put("mia_min_k_plus_plus", r.id, mia.min_k_plus_plus_score(gt, settings.min_k))
+        if (role, r.id, "gt") in reference:
+            put("mia_reference", r.id, mia.reference_score(gt, reference[(role, r.id, "gt")]))
+        if (role, r.id, "gt") in gradnorm:
+            put("mia_gradnorm", r.id, gradnorm[(role, r.id, "gt")])
+        if (role, r.id, "pq") in stats:
+            put("avg_gt_loss_paraphrased_question", r.id, stats[(role, r.id, "pq")].avg_nll)
+            pq_gen = generations[(role, r.id, "pq")]
+            put("rougeL_recall_paraphrased_question", r.id, rouge(pq_gen, r.answer)["rougeL_recall"])
+            if settings.include_text:
+                put("generated_text_paraphrased_question", r.id, [r.paraphrased_question, pq_gen, r.answer])
+    return out
+
+
+def _mean(values) -> float:
+    return float(np.mean(list(values)))
+
+
+def _summarise(data, sets, eval_log, stats, candidates, canary_sets, continuations, generations, rouge,
+               oracle_log, settings) -> dict:
+    summary: dict = {"sets": {}, "orientation": mia.ORIENTATION}
+    for role, records in sets.items():
+        set_log = eval_log[tofu.SET_FILES[role]]
+        row = {"examples": len(records), "hash": records_hash(records), "source": data.sources.get(role, role)}
+        has_perturbed = "average_perturb_loss" in set_log and len(set_log["average_perturb_loss"]) == len(records)
+        if has_perturbed:
+            row.update(tofu.set_summary(set_log, role, tofu.SET_FILES[role]))
+            row["truth_ratio_form"] = tofu.truth_ratio_form(role)
+        else:
+            row["probability"] = float(np.mean(tofu.probability(list(set_log["avg_gt_loss"].values()))))
+            row["rougeL_recall"] = _mean(set_log["rougeL_recall"].values())
+            row["truth_ratio_note"] = "missing: some records have no perturbed answers"
+        row["rouge1_recall"] = _mean(set_log["rouge1_recall"].values())
+        row["extraction_strength"] = _mean(set_log["extraction_strength"].values())
+        row["exact_memorisation"] = _mean(set_log["exact_memorisation"].values())
+        if "avg_gt_loss_paraphrased_question" in set_log:
+            row["paraphrased_question"] = {
+                "probability": float(np.mean(tofu.probability(
+                    list(set_log["avg_gt_loss_paraphrased_question"].values())))),
+                "rougeL_recall": _mean(set_log["rougeL_recall_paraphrased_question"].values()),
+            }
+        summary["sets"][role] = row
+
+    agg = tofu.aggregate(eval_log, oracle_log, "this evaluation", "oracle log") if "forget" in sets else {}
+    summary["forget_quality"] = agg.get("forget_quality")
+    summary["forget_quality_ks_statistic"] = agg.get("ks_statistic")
+    if agg.get("forget_quality_note"):
+        summary["forget_quality_note"] = agg["forget_quality_note"]
+    summary["model_utility"] = agg.get("model_utility")
+    summary["model_utility_components"] = agg.get("model_utility_components", {})
+    summary["mia"] = _mia_summary(eval_log, oracle_log)
+    summary["memorisation"] = _memorisation_summary(stats, candidates, canary_sets, continuations, generations,
+                                                    rouge)
+    heldout = [stats[k] for k in stats if k[0] == "heldout_text"]
+    if heldout:
+        nll = sum(s.nll for s in heldout) / sum(s.n_tokens for s in heldout)
+        summary["utility"] = {"heldout_perplexity": math.exp(nll), "heldout_texts": len(heldout),
+                              "source": data.sources.get("heldout_text", "held-out text")}
+    return summary
+
+
+def _mia_summary(eval_log: dict, oracle_log: dict | None) -> dict:
+    forget_key, holdout_key = tofu.SET_FILES["forget"], tofu.SET_FILES["holdout"]
+    if forget_key not in eval_log or holdout_key not in eval_log:
+        return {"note": "missing: needs a forget and a holdout set"}
+    f_log, h_log = eval_log[forget_key], eval_log[holdout_key]
+    aucs = {}
+    for attack in MIA_ATTACKS:
+        metric = f"mia_{attack}"
+        if metric in f_log and metric in h_log:
+            aucs[attack] = mia.auc(list(f_log[metric].values()), list(h_log[metric].values()))
+    out: dict = {"orientation": mia.ORIENTATION, "auc": aucs, "n_forget": len(f_log["avg_gt_loss"]),
+                 "n_holdout": len(h_log["avg_gt_loss"])}
+    best = max(aucs, key=lambda a: abs(aucs[a] - 0.5))
+    out["best_attack"] = best
+    out["empirical_epsilon"] = mia.empirical_epsilon(list(f_log[f"mia_{best}"].values()),
+                                                     list(h_log[f"mia_{best}"].values()))
+    muse = mia.muse_auc(list(f_log["mia_min_k"].values()), list(h_log["mia_min_k"].values()))
+    out["muse_min_k_auc"] = muse
+    out["privleak"] = None
+    if oracle_log is None:
+        out["privleak_note"] = "missing: no oracle log given"
+    elif forget_key in oracle_log and holdout_key in oracle_log and "mia_min_k" in oracle_log[forget_key]:
+        oracle_auc = mia.muse_auc(list(oracle_log[forget_key]["mia_min_k"].values()),
+                                  list(oracle_log[holdout_key]["mia_min_k"].values()))
+        out["oracle_muse_min_k_auc"] = oracle_auc
+        out["privleak"] = mia.privleak(muse, oracle_auc)
+    else:
+        out["privleak_note"] = "missing: the oracle log has no Min-K% scores on forget and holdout sets"
+    return out
+
+
+def _memorisation_summary(stats, candidates, canary_sets, continuations, generations, rouge) -> dict:
+    out: dict = {}
+    if continuations:
+        f1 = [rouge.rouge_l_f1(generations[("forget_text", tid)], truth) for tid, (_, truth) in continuations.items()]
+        out["verbatim_rougeL_f1"] = _mean(f1)
+        out["verbatim_texts"] = len(f1)
+    for group, canaries in canary_sets.items():
+        if not canaries:
+            continue
+        values = []
+        for c in canaries:
+            true = -stats[("canary", c["id"], "true")].nll
+            cands = [-stats[("canary", c["id"], "cand", j)].nll for j in range(len(candidates[c["id"]]))]
+            values.append(mem.exposure(true, cands, 10 ** len(c["secret"])))
+        out[f"canary_exposure_{group}"] = _mean(values)
+        out[f"canaries_{group}"] = len(values)
+    if any(canary_sets.values()):
+        some = next(c for cs in canary_sets.values() for c in cs)
+        out["canary_space_bits"] = math.log2(10 ** len(some["secret"]))
+        out["canary_candidates"] = len(candidates[some["id"]])
+    return out
+
+
+def format_summary(summary: dict) -> str:
+    """The table ``forgetkit eval`` prints."""
+    lines = [f"{'set':<14}{'n':>6}{'prob':>8}{'rougeL':>8}{'truth':>8}{'ES':>8}{'EM':>8}"]
+    for role, row in summary["sets"].items():
+        tr = row.get("truth_ratio")
+        lines.append(f"{role:<14}{row['examples']:>6}{row['probability']:>8.3f}{row['rougeL_recall']:>8.3f}"
+                     f"{(f'{tr:.3f}' if tr is not None else '-'):>8}{row['extraction_strength']:>8.3f}"
+                     f"{row['exact_memorisation']:>8.3f}")
+    lines.append("(truth: mean(min(R,1/R)) on forget, mean(max(0,1-R)) elsewhere; ES extraction strength; "
+                 "EM exact memorisation)")
+    fq = summary.get("forget_quality")
+    lines.append(f"Forget quality: {fq:.4g}" if fq is not None
+                 else f"Forget quality: {summary.get('forget_quality_note', 'missing')}")
+    mu = summary.get("model_utility")
+    parts = ", ".join(summary.get("model_utility_components", {}))
+    lines.append(f"Model utility: {mu:.4f} (harmonic mean of {parts})" if mu is not None
+                 else "Model utility: missing (no utility set)")
+    m = summary.get("mia", {})
+    if "auc" in m:
+        aucs = "  ".join(f"{k}={v:.3f}" for k, v in m["auc"].items())
+        lines.append(f"MIA AUC forget vs holdout ({m['n_forget']} vs {m['n_holdout']}): {aucs}")
+        lines.append("  (1.0 = forget still looks trained on, 0.5 = indistinguishable from never-trained holdout)")
+        eps = m["empirical_epsilon"]
+        lines.append(f"Empirical epsilon lower bound ({m['best_attack']}, 95% Clopper-Pearson): {eps['epsilon']:.3f}")
+        pl = m.get("privleak")
+        lines.append(f"PrivLeak: {pl:+.1f}%" if pl is not None else f"PrivLeak: {m.get('privleak_note')}")
+    memo = summary.get("memorisation", {})
+    if "verbatim_rougeL_f1" in memo:
+        lines.append(f"Verbatim memorisation (ROUGE-L F1 of continuations): {memo['verbatim_rougeL_f1']:.3f}")
+    if "canary_exposure_forget" in memo:
+        base = memo.get("canary_exposure_holdout")
+        extra = f" (never-trained canaries: {base:.2f})" if base is not None else ""
+        lines.append(f"Canary exposure, forget people: {memo['canary_exposure_forget']:.2f} of "
+                     f"{memo['canary_space_bits']:.1f} bits{extra}")
+    if "utility" in summary:
+        lines.append(f"Held-out perplexity: {summary['utility']['heldout_perplexity']:.2f}")
+    c = summary.get("cost")
+    if c:
+        lines.append(f"Cost: {c['wall_time_s']:.1f}s, {c['tokens_per_s']:.0f} tokens/s "
+                     f"({c['sequences_scored']} sequences scored, {c['prompts_generated']} generations)")
+    return "\n".join(lines)
