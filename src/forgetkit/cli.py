@@ -73,6 +73,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                           trust_remote_code=args.trust_remote_code, lm_eval_tasks=args.lm_eval_tasks or [],
                           lm_eval_include=args.lm_eval_include, settings=settings)
     summary = run_eval(request, quiet=args.quiet)
+    if summary is None:  # not the main process of a multi-process launch
+        return 0
     print(format_summary(summary))
     if "lm_eval" in summary:
         for task, metrics in summary["lm_eval"].items():

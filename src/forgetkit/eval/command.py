@@ -80,14 +80,22 @@ def _eval_data(request: EvalRequest) -> EvalData:
     return data
 
 
-def run_eval(request: EvalRequest, quiet: bool = False) -> dict:
-    """Evaluate, write the log and summary into ``request.out``, and return the summary."""
+def run_eval(request: EvalRequest, quiet: bool = False) -> dict | None:
+    """Evaluate, write the log and summary into ``request.out``, and return the summary.
+
+    Under a multi-process launch every process evaluates its share; the main process writes the
+    files and returns the summary, the others return None.
+    """
+    import torch
     from accelerate import Accelerator
 
     from forgetkit.cost import measure
     from forgetkit.models import load_model
 
-    accelerator = Accelerator(cpu=request.device == "cpu")
+    # On a machine without an accelerator, accelerate only forms a multi-process (gloo) group when
+    # told it runs on CPU; so "auto" there means CPU, and torchrun-style launches shard the work.
+    on_cpu = request.device == "cpu" or (request.device == "auto" and not torch.accelerator.is_available())
+    accelerator = Accelerator(cpu=on_cpu)
     device = accelerator.device if request.device in ("auto", "cpu") else request.device
     data = _eval_data(request)
     oracle_log = read_log(request.oracle_log) if request.oracle_log else None
@@ -113,7 +121,7 @@ def run_eval(request: EvalRequest, quiet: bool = False) -> dict:
         write_json(out / LOG_FILE, eval_log)
         write_json(out / SUMMARY_FILE, summary)
     accelerator.wait_for_everyone()
-    return summary
+    return summary if accelerator.is_main_process else None
 
 
 def aggregate_logs(logs: str | Path, oracle_logs: str | Path | None) -> dict:
