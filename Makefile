@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine with only Python 3:
-#   make demo   build the built-in benchmark's starting point (prepare --config small) and summarise it
+#   make demo   build the built-in benchmark's starting point (prepare --config small) and evaluate
+#               its target against the retrain oracle (forgetkit eval)
 #   make test   run the test suite
 VENV   ?= .venv
 PYTHON ?= python3
@@ -18,12 +19,16 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/forgetkit prepare --config small
+	$(BIN)/forgetkit eval --model runs/small/oracle_forget10 --data runs/small/benchmark --split forget10 \
+		--out runs/small/eval/oracle_forget10
+	$(BIN)/forgetkit eval --model runs/small/target --data runs/small/benchmark --split forget10 \
+		--oracle-log runs/small/eval/oracle_forget10 --out runs/small/eval/target
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 
 clean-runs:
 	rm -rf runs

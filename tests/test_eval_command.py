@@ -84,8 +84,10 @@ def test_user_files_and_include_text(micro_run, tmp_path, capsys):
     bench = micro_run / "benchmark"
     out = tmp_path / "files"
     assert main(["eval", "--model", str(micro_run / "target"), "--forget", str(bench / "forget01.jsonl"),
-                 "--holdout", str(bench / "holdout01.jsonl"), "--include-text", "--out", str(out), *FAST]) == 0
+                 "--holdout", str(bench / "holdout01.jsonl"), "--reference-model", str(micro_run / "base"),
+                 "--include-text", "--out", str(out), *FAST]) == 0
     printed = capsys.readouterr().out
+    assert "reference=" in printed
     assert "Forget quality: missing: no oracle log given" in printed and "MIA AUC" in printed
     log = json.loads((out / LOG_FILE).read_text())
     assert set(log) == {"eval_log_forget.json", "eval_log_holdout.json"}
@@ -144,3 +146,34 @@ def test_two_processes_give_the_results_of_one(micro_run, tmp_path):
     s1, s2 = (json.loads((outs[n] / SUMMARY_FILE).read_text()) for n in (1, 2))
     assert s2["cost"]["processes"] == 2
     assert s1["mia"]["auc"] == pytest.approx(s2["mia"]["auc"])
+
+
+def test_lm_eval_tasks_from_the_command_line(micro_run, tmp_path, capsys):
+    tasks = Path(__file__).parent / "fixtures" / "lm_eval_tasks"
+    include = tmp_path / "tasks"
+    include.mkdir()
+    # lm_eval resolves a task's data_files against the working directory: point it at the fixture.
+    yaml_text = (tasks / "forgetkit_tiny_mc.yaml").read_text()
+    (include / "forgetkit_tiny_mc.yaml").write_text(
+        yaml_text.replace("test: tiny_mc.jsonl", f"test: {tasks / 'tiny_mc.jsonl'}"))
+    out = tmp_path / "lm"
+    assert main(["eval", "--model", str(micro_run / "target"), "--forget", str(micro_run / "benchmark" /
+                 "forget01.jsonl"), "--no-gradnorm", "--lm-eval-tasks", "forgetkit_tiny_mc", "--lm-eval-include",
+                 str(include), "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "lm-eval forgetkit_tiny_mc: " in printed and "acc,none=" in printed
+    metrics = json.loads((out / SUMMARY_FILE).read_text())["lm_eval"]["forgetkit_tiny_mc"]
+    assert metrics["sample_len"] == 8 and 0 <= metrics["acc,none"] <= 1
+
+
+def test_eval_speed_benchmark_runs_and_checks_equality(micro_run, tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_speed.py"
+    out = tmp_path / "speed.json"
+    result = subprocess.run([sys.executable, str(script), "--run-dir", str(micro_run), "--limit", "3",
+                             "--max-new-tokens", "4", "--json", str(out), "--quiet"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "speed-up" in result.stdout
+    speed = json.loads(out.read_text())
+    assert speed["max_abs_diff_avg_nll"] <= 1e-4 and speed["generation_mismatches"] == 0
+    assert speed["texts_scored"] > 0 and speed["batched_s"]["total"] > 0
