@@ -1,0 +1,18 @@
+"""Unlearning methods, one module each, registered by name (``forgetkit methods`` lists them)."""
+
+from forgetkit.methods import (  # noqa: F401  (each module registers its method)
+    ga,
+    graddiff,
+    idk_dpo,
+    idk_nll,
+    kl,
+    npo,
+    relearn,
+    retrain,
+    rmu,
+    simnpo,
+    undial,
+)
+from forgetkit.methods.base import METHODS, Method, Reference, UnlearnBatch, build_method
+
+__all__ = ["METHODS", "Method", "Reference", "UnlearnBatch", "build_method"]

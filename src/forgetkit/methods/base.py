@@ -1,0 +1,115 @@
+"""What every unlearning method is: a named loss over a paired forget/retain batch, and a registry.
+
+A method is a dataclass of its hyper-parameters (checked like any config) with class-level
+facts the engine reads: whether it needs retain batches, the reference model π_ref, and
+alternative answers to the forget questions ("idk" refusals or the benchmark's "vague" answers).
+Its :meth:`Method.loss` returns the total loss and the named terms to log. It knows nothing of
+optimisers, devices or processes: the training loop does.
+
+π_ref is the model before unlearning. With LoRA it is the same network with its adapters
+disabled (no second copy of the weights); in full mode, a frozen copy (:class:`Reference`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from forgetkit.config import build
+from forgetkit.errors import ConfigError
+from forgetkit.methods import losses
+
+
+@dataclass
+class UnlearnBatch:
+    """One step's data: forget examples, retain examples, and alternative answers to the forget questions.
+
+    Each part is a collated dict (``input_ids``, ``attention_mask``, ``labels``); ``alternate[i]``
+    answers the question of ``forget[i]`` differently (a refusal or a vague answer).
+    """
+
+    forget: dict[str, torch.Tensor]
+    retain: dict[str, torch.Tensor] | None = None
+    alternate: dict[str, torch.Tensor] | None = None
+
+
+def forward(model, part: dict[str, torch.Tensor], hidden_states: bool = False):
+    return model(input_ids=part["input_ids"], attention_mask=part["attention_mask"],
+                 output_hidden_states=hidden_states)
+
+
+class Reference:
+    """π_ref's outputs, without gradients: the adapter-disabled model (LoRA) or a frozen copy (full)."""
+
+    def __init__(self, model) -> None:
+        self._lora = hasattr(model, "disable_adapter")
+        self._copy = None
+        if not self._lora:
+            self._copy = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, model, part: dict[str, torch.Tensor], hidden_states: bool = False):
+        """``model`` is the trained model, unwrapped from any DDP/FSDP wrapper."""
+        if self._copy is not None:
+            return forward(self._copy, part, hidden_states)
+        with model.disable_adapter():
+            return forward(model, part, hidden_states)
+
+
+@dataclass
+class Method:
+    """Base of every method: γ weighs the forget term, α the retain term."""
+
+    gamma: float = 1.0
+    alpha: float = 1.0
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    needs_retain: ClassVar[bool] = True
+    needs_reference: ClassVar[bool] = False
+    alternate_answers: ClassVar[str | None] = None  # "idk" or "vague"
+    starts_from_base: ClassVar[bool] = False  # retrain: fine-tune the base, not the target
+
+    def loss(self, model, batch: UnlearnBatch, reference: Reference | None) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def retain_ce(self, model, batch: UnlearnBatch) -> torch.Tensor:
+        return losses.mean_nll(forward(model, batch.retain).logits, batch.retain["labels"])
+
+    def combine(self, forget_term: torch.Tensor, retain_term: torch.Tensor | None,
+                names: tuple[str, str]) -> tuple[torch.Tensor, dict[str, float]]:
+        """γ·forget + α·retain, with both terms logged under ``names``."""
+        terms = {names[0]: float(forget_term.detach())}
+        total = self.gamma * forget_term
+        if retain_term is not None:
+            terms[names[1]] = float(retain_term.detach())
+            total = total + self.alpha * retain_term
+        return total, terms
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    if not cls.name or cls.name in METHODS:
+        raise ValueError(f"method {cls.__name__} needs a unique name")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def build_method(name: str, params: dict | None = None) -> Method:
+    """The method ``name`` with hyper-parameters ``params`` (unknown keys and wrong types: ConfigError)."""
+    import forgetkit.methods  # noqa: F401  (registers every method)
+
+    if name not in METHODS:
+        raise ConfigError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
+    return build(METHODS[name], dict(params or {}), f"method.{name}")
+
+
+def method_defaults(name: str) -> dict:
+    cls = METHODS[name]
+    return {f.name: f.default for f in dataclasses.fields(cls)}

@@ -1,0 +1,20 @@
+"""Gradient ascent: raise the forget answers' cross-entropy; nothing holds the rest in place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from forgetkit.methods import losses
+from forgetkit.methods.base import Method, UnlearnBatch, forward, register
+
+
+@register
+@dataclass
+class GradAscent(Method):
+    name = "ga"
+    summary = "gradient ascent on the forget set: L = -γ·CE(D_f)"
+    needs_retain = False
+
+    def loss(self, model, batch: UnlearnBatch, reference=None):
+        forget_ce = losses.mean_nll(forward(model, batch.forget).logits, batch.forget["labels"])
+        return self.combine(-forget_ce, None, ("neg_forget_ce", ""))

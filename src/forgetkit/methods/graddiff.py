@@ -1,0 +1,20 @@
+"""Gradient difference: gradient ascent on the forget set, descent on the retain set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from forgetkit.methods import losses
+from forgetkit.methods.base import Method, UnlearnBatch, forward, register
+
+
+@register
+@dataclass
+class GradDiff(Method):
+    name = "graddiff"
+    summary = "gradient difference: L = -γ·CE(D_f) + α·CE(D_r)"
+
+    def loss(self, model, batch: UnlearnBatch, reference=None):
+        forget_ce = losses.mean_nll(forward(model, batch.forget).logits, batch.forget["labels"])
+        total, terms = self.combine(-forget_ce, self.retain_ce(model, batch), ("neg_forget_ce", "retain_ce"))
+        return total, terms

@@ -1,0 +1,23 @@
+"""KL minimisation: gradient ascent on the forget set, KL to the reference model on the retain set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from forgetkit.methods import losses
+from forgetkit.methods.base import Method, UnlearnBatch, forward, register
+
+
+@register
+@dataclass
+class KL(Method):
+    name = "kl"
+    summary = "L = -γ·CE(D_f) + α·KL(π_ref ‖ π_θ) on D_r"
+    needs_reference = True
+
+    def loss(self, model, batch: UnlearnBatch, reference=None):
+        forget_ce = losses.mean_nll(forward(model, batch.forget).logits, batch.forget["labels"])
+        retain_logits = forward(model, batch.retain).logits
+        ref_logits = reference(model, batch.retain).logits
+        kl = losses.kl_ref_to_model(retain_logits, ref_logits, batch.retain["labels"])
+        return self.combine(-forget_ce, kl, ("neg_forget_ce", "retain_kl"))
