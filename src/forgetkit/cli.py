@@ -28,6 +28,44 @@ def _cmd_configs(args: argparse.Namespace) -> int:
 
     for name in shipped_configs():
         print(name)
+    print("unlearn recipes (forgetkit unlearn --config NAME): " + ", ".join(shipped_configs("unlearn")))
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from forgetkit.methods import METHODS
+
+    for name, cls in sorted(METHODS.items()):
+        print(f"{name:<10} {cls.summary}")
+    return 0
+
+
+def _cmd_unlearn(args: argparse.Namespace) -> int:
+    from forgetkit.config import load_config, shipped_configs
+    from forgetkit.unlearn import UnlearnConfig, UnlearnRequest, run_unlearn
+
+    recipe = args.config or (args.method if args.method in shipped_configs("unlearn") else None)
+    overrides = list(args.overrides) + ([f"method={args.method}"] if args.method else [])
+    if recipe:
+        config = load_config(recipe, overrides, UnlearnConfig, kind="unlearn")
+    else:
+        from forgetkit.config import apply_overrides, build
+
+        config = build(UnlearnConfig, apply_overrides({}, overrides))
+    request = UnlearnRequest(out=args.out, config=config, model=args.model, adapter=args.adapter, forget=args.forget,
+                             retain=args.retain, run=args.run, split=args.split, evaluate=args.eval,
+                             device=args.device)
+    summary = run_unlearn(request, quiet=args.quiet)
+    print(f"{summary['method']} ({summary['mode']}): {summary['steps']} steps in {summary['wall_time_s']:.1f}s, "
+          f"peak {summary['peak_memory_mb']:.0f} MB, {summary['trainable_parameters']:,} trainable parameters; "
+          f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}")
+    if "eval" in summary:
+        ev = summary["eval"]
+        fq = ev["forget_quality"]
+        print(f"forget quality: {fq:.4g}" if fq is not None else "forget quality: missing (no oracle log)")
+        if ev["model_utility"] is not None:
+            print(f"model utility: {ev['model_utility']:.4f}")
+    print(f"Wrote {args.out}: adapter or model, train_log.jsonl, summary.json, audit.json")
     return 0
 
 
@@ -114,6 +152,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("configs", help="list the shipped configs")
     p.set_defaults(func=_cmd_configs)
+
+    p = sub.add_parser("methods", help="list the unlearning methods")
+    p.set_defaults(func=_cmd_methods)
+
+    p = sub.add_parser("unlearn", help="make a model forget a set: train an adapter with a method")
+    p.add_argument("--method", help="method name (forgetkit methods); its shipped recipe is the default config")
+    p.add_argument("--config", help="unlearn recipe: a shipped name (forgetkit configs) or a YAML path")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. params.beta=0.2 train.lr=1e-4 mode=full lora.r=16")
+    p.add_argument("--model", help="model directory (local)")
+    p.add_argument("--adapter", help="peft adapter on --model (merged into the frozen starting point)")
+    p.add_argument("--forget", help="forget set file")
+    p.add_argument("--retain", help="retain set file")
+    p.add_argument("--run", help="a prepared run directory (built-in benchmark) instead of --model/--forget/--retain")
+    p.add_argument("--split", default="forget10", help="with --run: the forget split")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--eval", action="store_true", help="evaluate the result (forgetkit eval's metrics)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_unlearn)
 
     p = sub.add_parser("data", help="data utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)

@@ -1,33 +1,55 @@
-"""The training loop: one readable fine-tuning loop on Hugging Face ``accelerate``.
+"""The training loop: one readable loop on Hugging Face ``accelerate`` for every gradient-based job.
 
-``fine_tune`` trains a causal LM (all weights, or only its peft adapters) on one tokenised
-set with the model's own next-token loss on the labelled tokens. It is what ``prepare``
-uses for the base, the target and the oracle. Accelerate places the model, wraps it for
-DDP/FSDP/DeepSpeed under ``accelerate launch``, and handles gradient accumulation.
-A non-finite loss stops the run before the step is applied (:class:`DivergenceError`).
+``train_loop`` minimises a loss function over paired batches (``forget``, ``retain`` and
+``alternate`` parts of :class:`~forgetkit.methods.base.UnlearnBatch`); it knows nothing of
+methods. ``fine_tune`` (the base, target and oracle of ``prepare``) is the same loop with the
+model's cross-entropy on one set.
+
+- Data order is a function of (seed, step): the set that drives the epochs (forget when
+  present, else retain) is read in a seeded permutation per epoch, and the retain set in its own
+  permutation, cycled. So a resumed run sees exactly the batches an uninterrupted one would.
+- Under ``accelerate launch`` each process takes an interleaved share of every batch; DDP
+  averages the gradients. Gradient accumulation, mixed precision (``mixed_precision``), the LR
+  schedule and gradient clipping are the usual ones.
+- Each optimiser step is logged (loss terms, gradient norm before clipping, trainable-weight
+  norm, learning rate) to ``train_log.jsonl`` when a run directory is given, and a checkpoint
+  (trainable weights in safetensors, optimiser and scheduler state, RNG state, step) is written
+  atomically every ``checkpoint_every`` steps; rerunning resumes from it.
+- A non-finite loss, or a gradient norm above ``abort_grad_norm``, stops the run before the
+  step is applied, writes the last good state as a checkpoint, and raises
+  :class:`DivergenceError` (exit code 3).
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from forgetkit.cost import measure
 from forgetkit.data.formatting import TokenizedSet, collate
 from forgetkit.errors import ConfigError, ForgetkitError
+from forgetkit.io import atomic_path
+from forgetkit.methods.base import UnlearnBatch
 
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+PRECISIONS = ("no", "bf16", "fp16")
+CHECKPOINT_DIR = "checkpoint"
+LOG_FILE = "train_log.jsonl"
 
 
 class DivergenceError(ForgetkitError):
-    """The loss became NaN/inf: the run stopped and the last good state was kept."""
+    """The loss became NaN/inf (or the gradient norm passed its bound): stopped, last good state kept."""
 
     exit_code = 3
 
@@ -36,19 +58,27 @@ class DivergenceError(ForgetkitError):
 class TrainConfig:
     epochs: float = 1.0
     batch_size: int = 16
+    retain_batch_size: int | None = None  # None: batch_size
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
     scheduler: str = "constant"
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # clipping; 0 = off
+    abort_grad_norm: float | None = None  # a pre-clip gradient norm above this stops the run
     grad_accum: int = 1
+    mixed_precision: str = "no"
+    checkpoint_every: int = 0  # optimiser steps between checkpoints (0: none before the end)
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"unknown scheduler '{self.scheduler}' (known: {', '.join(SCHEDULERS)})")
+        if self.mixed_precision not in PRECISIONS:
+            raise ConfigError(f"unknown mixed_precision '{self.mixed_precision}' (known: {', '.join(PRECISIONS)})")
         if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0 or self.grad_accum <= 0:
             raise ConfigError("epochs, batch_size, lr and grad_accum must be positive")
+        if self.checkpoint_every < 0 or (self.retain_batch_size is not None and self.retain_batch_size <= 0):
+            raise ConfigError("checkpoint_every must be ≥ 0 and retain_batch_size positive")
 
 
 @dataclass
@@ -62,6 +92,7 @@ class TrainStats:
     peak_memory_mb: float
     memory_kind: str
     trainable_parameters: int
+    resumed_from_step: int = 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -73,6 +104,208 @@ class TrainStats:
         return d
 
 
+@dataclass
+class PairedData:
+    """Tokenised examples of one job; ``alternate[i]`` pairs with ``forget[i]``."""
+
+    forget: Sequence[dict] | None = None
+    retain: Sequence[dict] | None = None
+    alternate: Sequence[dict] | None = None
+
+    def driver(self) -> Sequence[dict]:
+        """The set whose passes are the epochs: forget when there is one, else retain."""
+        return self.forget if self.forget else (self.retain or [])
+
+
+class EpochOrder:
+    """Items ``0..n-1`` in a fresh seeded permutation each epoch, read as one endless stream."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self._perms = n, seed, {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}
+        return self._perms[epoch]
+
+    def take(self, start: int, count: int) -> list[int]:
+        return [self._perm(p // self.n)[p % self.n] for p in range(start, start + count)]
+
+
+LossFn = Callable[[torch.nn.Module, UnlearnBatch], tuple[torch.Tensor, dict[str, float]]]
+
+
+def _trainable(model) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, data_seed: int) -> None:
+    with atomic_path(run_dir / CHECKPOINT_DIR) as tmp:
+        tmp.mkdir()
+        save_file({n: p.detach().cpu().contiguous() for n, p in _trainable(model).items()},
+                  str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state()}, tmp / "state.pt")
+        (tmp / "progress.json").write_text(json.dumps({"step": step, "data_seed": data_seed}))
+
+
+def _load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> int:
+    ckpt = run_dir / CHECKPOINT_DIR
+    if not (ckpt / "progress.json").is_file():
+        return 0
+    weights = load_file(str(ckpt / "trainable.safetensors"))
+    params = _trainable(model)
+    if set(weights) != set(params):
+        raise ForgetkitError(f"{ckpt}: checkpoint does not match this model's trainable parameters; "
+                             "remove it or use another output directory")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(weights[name])
+    state = torch.load(ckpt / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return int(json.loads((ckpt / "progress.json").read_text())["step"])
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log lines of steps ≤ ``step`` (those a resumed run does not repeat)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def train_loop(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    data: PairedData,
+    config: TrainConfig,
+    pad_token_id: int,
+    run_dir: str | Path | None = None,
+    desc: str = "train",
+    quiet: bool = False,
+) -> TrainStats:
+    """Minimise ``loss_fn`` over ``data`` with ``model``'s trainable parameters.
+
+    With ``run_dir``, the step log and checkpoints go there, and a checkpoint found there is
+    resumed from. The model is left in eval mode, unwrapped, holding the final weights.
+    """
+    driver = data.driver()
+    if len(driver) == 0:
+        raise ForgetkitError(f"{desc}: nothing to train on (empty set)")
+    run_dir = Path(run_dir) if run_dir is not None else None
+    accelerator = Accelerator(cpu=not torch.accelerator.is_available(), mixed_precision=config.mixed_precision)
+    set_seed(config.seed)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    params = list(_trainable(model).values())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    micro_per_epoch = math.ceil(len(driver) / config.batch_size)
+    total_steps = max(1, math.ceil(config.epochs * micro_per_epoch / config.grad_accum))
+    scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=round(config.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    start_step = _load_checkpoint(run_dir, model, optimizer, scheduler) if run_dir else 0
+    wrapped, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    raw = accelerator.unwrap_model(wrapped)
+    wrapped.train()
+
+    driver_order = EpochOrder(len(driver), config.seed)
+    retain_bs = config.retain_batch_size or config.batch_size
+    retain_order = EpochOrder(len(data.retain), config.seed + 1) if data.forget and data.retain else None
+
+    def part(examples: Sequence[dict], indices: list[int]) -> dict[str, torch.Tensor]:
+        mine = indices[rank::world] or indices[:1]
+        return {k: v.to(accelerator.device) for k, v in collate([examples[i] for i in mine], pad_token_id).items()}
+
+    def micro_batch(m: int) -> UnlearnBatch:
+        idx = driver_order.take(m * config.batch_size, config.batch_size)
+        if not data.forget:  # plain fine-tuning: the retain set drives
+            return UnlearnBatch(forget=None, retain=part(data.retain, idx))
+        batch = UnlearnBatch(forget=part(data.forget, idx))
+        if data.alternate:
+            batch.alternate = part(data.alternate, idx)
+        if retain_order is not None:
+            batch.retain = part(data.retain, retain_order.take(m * retain_bs, retain_bs))
+        return batch
+
+    log_path = run_dir / LOG_FILE if run_dir else None
+    if log_path and accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_log(log_path, start_step)
+    show = not quiet and accelerator.is_local_main_process
+    bar = tqdm(total=total_steps, initial=start_step, desc=desc, disable=not show, leave=False)
+    tokens = examples = 0
+    first_loss = last_loss = float("nan")
+    step = start_step
+    with measure(accelerator.device) as cost:
+        while step < total_steps:
+            step_loss, terms = 0.0, {}
+            for k in range(config.grad_accum):
+                batch = micro_batch(step * config.grad_accum + k)
+                sync = k == config.grad_accum - 1
+                with accelerator.autocast(), (accelerator.no_sync(wrapped) if not sync else nullcontext()):
+                    loss, micro_terms = loss_fn(wrapped, batch)
+                    if not torch.isfinite(loss):
+                        _stop(run_dir, step, raw, optimizer, scheduler, config, accelerator,
+                              f"{desc}: loss became {loss.item()} at step {step}")
+                    accelerator.backward(loss / config.grad_accum)
+                step_loss += loss.item() / config.grad_accum
+                for name, value in micro_terms.items():
+                    terms[name] = terms.get(name, 0.0) + value / config.grad_accum
+                for p in (batch.forget, batch.retain, batch.alternate):
+                    if p is not None:
+                        tokens += int(p["attention_mask"].sum())
+                        examples += int(p["input_ids"].shape[0])
+            clip = config.max_grad_norm if config.max_grad_norm else float("inf")
+            grad_norm = float(accelerator.clip_grad_norm_(params, clip))
+            if not math.isfinite(grad_norm) or (config.abort_grad_norm and grad_norm > config.abort_grad_norm):
+                _stop(run_dir, step, raw, optimizer, scheduler, config, accelerator,
+                      f"{desc}: gradient norm {grad_norm:.4g} at step {step} (bound {config.abort_grad_norm})")
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            if step == start_step + 1:
+                first_loss = step_loss
+            last_loss = step_loss
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}")
+            if log_path and accelerator.is_main_process:
+                weight_norm = math.sqrt(sum(float(p.detach().float().square().sum()) for p in params))
+                record = {"step": step, "loss": step_loss, **terms, "grad_norm": grad_norm, "weight_norm": weight_norm,
+                          "lr": lr}
+                with log_path.open("a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+            if run_dir and config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
+                _checkpoint(run_dir, step, raw, optimizer, scheduler, config, accelerator)
+    bar.close()
+    raw.eval()
+    return TrainStats(steps=step - start_step, examples=examples, tokens=tokens, first_loss=first_loss,
+                      final_loss=last_loss, wall_time_s=cost.wall_time_s, peak_memory_mb=cost.peak_memory_mb,
+                      memory_kind=cost.memory_kind, trainable_parameters=sum(p.numel() for p in params),
+                      resumed_from_step=start_step)
+
+
+def _checkpoint(run_dir, step, raw, optimizer, scheduler, config, accelerator) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _save_checkpoint(run_dir, step, raw, optimizer, scheduler, config.seed)
+    accelerator.wait_for_everyone()
+
+
+def _stop(run_dir, step, raw, optimizer, scheduler, config, accelerator, reason: str):
+    """Keep the state before this step (the last good one) and raise DivergenceError."""
+    optimizer.zero_grad()
+    where = ""
+    if run_dir is not None:
+        if accelerator.is_main_process:
+            _save_checkpoint(run_dir, step, raw, optimizer, scheduler, config.seed)
+        where = f"; the last good state (after step {step}) is in {run_dir / CHECKPOINT_DIR}"
+    raise DivergenceError(f"{reason}; stopped before applying it{where}")
+
+
 def fine_tune(
     model: torch.nn.Module,
     data: TokenizedSet,
@@ -81,71 +314,11 @@ def fine_tune(
     desc: str = "train",
     quiet: bool = False,
 ) -> TrainStats:
-    """Train ``model``'s trainable parameters on ``data``; return loss, time and memory figures."""
-    if len(data) == 0:
-        raise ForgetkitError(f"{desc}: nothing to train on (empty set)")
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum)
-    set_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(
-        data.examples,
-        batch_size=config.batch_size,
-        shuffle=True,
-        generator=generator,
-        collate_fn=lambda b: collate(b, pad_token_id),
-    )
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
-    total_steps = max(1, round(config.epochs * steps_per_epoch))
-    scheduler = get_scheduler(
-        config.scheduler,
-        optimizer,
-        num_warmup_steps=round(config.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    model.train()
-    step, tokens, examples = 0, 0, 0
-    first_loss = last_loss = float("nan")
-    bar = tqdm(total=total_steps, desc=desc, disable=quiet or not accelerator.is_local_main_process, leave=False)
-    with measure(accelerator.device) as cost:
-        while step < total_steps:
-            for batch in loader:
-                with accelerator.accumulate(model):
-                    loss = model(**batch).loss
-                    if not torch.isfinite(loss):
-                        raise DivergenceError(
-                            f"{desc}: loss became {loss.item()} at step {step}; stopped before applying it"
-                        )
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm:
-                        accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                tokens += int(batch["attention_mask"].sum())
-                examples += batch["input_ids"].shape[0]
-                last_loss = loss.item()
-                if not accelerator.sync_gradients:
-                    continue
-                if step == 0:
-                    first_loss = last_loss
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.3f}")
-                if step >= total_steps:
-                    break
-    bar.close()
-    model.eval()
-    return TrainStats(
-        steps=step,
-        examples=examples,
-        tokens=tokens,
-        first_loss=first_loss,
-        final_loss=last_loss,
-        wall_time_s=cost.wall_time_s,
-        peak_memory_mb=cost.peak_memory_mb,
-        memory_kind=cost.memory_kind,
-        trainable_parameters=sum(p.numel() for p in params),
-    )
+    """Train ``model``'s trainable parameters on ``data`` with its own cross-entropy."""
+
+    def cross_entropy(model, batch: UnlearnBatch):
+        loss = model(**batch.retain).loss
+        return loss, {}
+
+    return train_loop(model, cross_entropy, PairedData(retain=data.examples), config, pad_token_id, desc=desc,
+                      quiet=quiet)

@@ -32,7 +32,7 @@ class UnlearnBatch:
     answers the question of ``forget[i]`` differently (a refusal or a vague answer).
     """
 
-    forget: dict[str, torch.Tensor]
+    forget: dict[str, torch.Tensor] | None = None
     retain: dict[str, torch.Tensor] | None = None
     alternate: dict[str, torch.Tensor] | None = None
 

@@ -1,0 +1,232 @@
+"""``forgetkit unlearn``: run one method on a model, write the adapter, the logs and an audit record.
+
+The model is frozen and a LoRA adapter is trained (``mode: lora``, the default), or every
+weight is trained (``mode: full``). ``retrain`` starts from the base model instead of the
+target. The output directory holds:
+
+- ``adapter/`` (peft format, safetensors) or ``model/`` (full mode), written when training ends;
+- ``config.json`` (the resolved config), ``train_log.jsonl`` (one line per optimiser step);
+- ``summary.json`` (time, peak memory, trainable parameters, steps, losses);
+- ``audit.json``: hashes of the model, adapter and data sets, counts, method, config, start and
+  end time, the output's hash, and the evaluation summary with ``--eval``; never a record's text;
+- while running, ``checkpoint/``: rerunning the same command resumes from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+from forgetkit.adapters.lora import LoraSettings, attach_lora
+from forgetkit.config import config_hash
+from forgetkit.data.formatting import tokenize_qa
+from forgetkit.data.readers import read_records
+from forgetkit.data.records import QARecord, records_hash
+from forgetkit.errors import ConfigError, ForgetkitError
+from forgetkit.io import write_json
+from forgetkit.methods import build_method
+from forgetkit.train import CHECKPOINT_DIR, LOG_FILE, PairedData, TrainConfig, train_loop
+
+MODES = ("lora", "full")
+# For user data without vague answers: a privacy-free non-answer, ReLearn's kind of target.
+VAGUE_FALLBACK = "I am not able to share personal details about that."
+
+
+@dataclass
+class UnlearnConfig:
+    method: str = "graddiff"
+    params: dict = field(default_factory=dict)  # the method's hyper-parameters
+    mode: str = "lora"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, batch_size=16, lr=1e-3))
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+
+
+@dataclass
+class UnlearnRequest:
+    out: str
+    config: UnlearnConfig
+    model: str | None = None
+    adapter: str | None = None
+    forget: str | None = None
+    retain: str | None = None
+    run: str | None = None  # a prepared run directory (built-in benchmark)
+    split: str = "forget10"
+    evaluate: bool = False
+    device: str = "auto"
+
+
+def refusals() -> list[str]:
+    """The shipped "I don't know" answers (TOFU's, MIT; see methods/data/README.md)."""
+    text = resources.files("forgetkit.methods").joinpath("data/refusals.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def alternate_records(forget: list[QARecord], kind: str) -> list[QARecord]:
+    """The forget questions with a refusal ("idk") or their vague answer ("vague") as the answer."""
+    if kind == "idk":
+        options = refusals()
+        pick = [options[int(hashlib.sha256(r.id.encode()).hexdigest(), 16) % len(options)] for r in forget]
+    else:
+        pick = [r.vague_answer or VAGUE_FALLBACK for r in forget]
+    return [QARecord(r.question, answer, r.id) for r, answer in zip(forget, pick, strict=True)]
+
+
+def dir_hash(path: Path) -> str:
+    """SHA-256 (16 hex) over the weight and config files of a model or adapter directory."""
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.suffix in (".safetensors", ".json") and f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _resolve_inputs(request: UnlearnRequest, method) -> tuple[Path, Path | None, Path, Path | None, dict]:
+    """Model dir, adapter dir, forget file, retain file, and where each came from."""
+    if request.run:
+        run = Path(request.run)
+        bench = run / "benchmark"
+        if not (bench / f"{request.split}.jsonl").is_file():
+            raise ForgetkitError(f"{run}: no prepared benchmark split '{request.split}' (run forgetkit prepare first)")
+        start = "base" if method.starts_from_base else "target"
+        stage = json.loads((run / start / "stage.json").read_text()) if (run / start / "stage.json").is_file() else {}
+        lora_target = (run / start / "adapter_config.json").is_file()
+        model_dir, adapter = (run / "base", run / start) if lora_target else (run / start, None)
+        retain = bench / f"retain{100 - int(request.split.removeprefix('forget')):02d}.jsonl"
+        return model_dir, adapter, bench / f"{request.split}.jsonl", retain, {"run": str(run), "stage": start,
+                                                                               "stage_key": stage.get("key")}
+    if not request.model or not request.forget:
+        raise ForgetkitError("unlearn: give --model DIR and --forget FILE (and usually --retain FILE), or --run DIR")
+    return (Path(request.model), Path(request.adapter) if request.adapter else None, Path(request.forget),
+            Path(request.retain) if request.retain else None, {})
+
+
+def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
+    """Unlearn, write everything into ``request.out``, and return the summary."""
+    import torch
+
+    from forgetkit.models import load_model
+
+    config = request.config
+    method = build_method(config.method, config.params)
+    out = Path(request.out)
+    _check_output(out, config)
+    model_dir, adapter_dir, forget_path, retain_path, origin = _resolve_inputs(request, method)
+    forget = read_records(forget_path)
+    retain = read_records(retain_path) if retain_path else None
+    if (method.needs_retain or method.starts_from_base) and not retain:
+        raise ForgetkitError(f"method '{config.method}' needs a retain set (--retain FILE)")
+
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    device = "cuda" if request.device == "auto" and torch.cuda.is_available() else request.device
+    device = "cpu" if device == "auto" else device
+    torch.manual_seed(config.train.seed)
+    model, tokenizer = load_model(model_dir, adapter_dir, device=device)
+    if adapter_dir is not None:
+        model = model.merge_and_unload()  # the adapter becomes part of the frozen starting point
+    if config.mode == "lora":
+        model = attach_lora(model, config.lora)
+    else:
+        model.requires_grad_(True)
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    data = PairedData()
+    if not method.starts_from_base:
+        forget_set = tokenize_qa(tokenizer, forget, config.max_length, name="forget")
+        data.forget = forget_set.examples
+        if method.alternate_answers:
+            alt = tokenize_qa(tokenizer, alternate_records(forget, method.alternate_answers), config.max_length,
+                              name="alternate answers")
+            by_index = {e["index"]: e for e in alt.examples}
+            data.forget = [e for e in forget_set.examples if e["index"] in by_index]
+            data.alternate = [by_index[e["index"]] for e in data.forget]
+    if retain and (method.needs_retain or method.starts_from_base):
+        data.retain = tokenize_qa(tokenizer, retain, config.max_length, name="retain").examples
+
+    from forgetkit.methods import Reference
+
+    reference = Reference(model) if method.needs_reference else None
+
+    def loss_fn(wrapped, batch):
+        return method.loss(wrapped, batch, reference)
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", {"unlearn": asdict(config), "config_hash": config_hash(config)})
+    stats = train_loop(model, loss_fn, data, config.train, pad, run_dir=out, desc=f"unlearn ({config.method})",
+                       quiet=quiet)
+
+    from forgetkit.models import save_model
+
+    result_dir = out / ("adapter" if config.mode == "lora" else "model")
+    save_model(model, tokenizer, result_dir)
+    summary = {"method": config.method, "mode": config.mode, **stats.to_dict(),
+               "forget_examples": len(forget), "retain_examples": len(retain or [])}
+    if request.evaluate:
+        summary["eval"] = _evaluate(request, model, tokenizer, forget_path, out, quiet)
+    ended = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    audit = {
+        "tool": "forgetkit unlearn",
+        "method": config.method,
+        "config": asdict(config),
+        "config_hash": config_hash(config),
+        "model": {"path": str(model_dir), "hash": dir_hash(model_dir)},
+        "adapter_in": {"path": str(adapter_dir), "hash": dir_hash(adapter_dir)} if adapter_dir else None,
+        "forget": {"file": str(forget_path), "hash": records_hash(forget), "count": len(forget)},
+        "retain": {"file": str(retain_path), "hash": records_hash(retain), "count": len(retain)} if retain else None,
+        "origin": origin,
+        "output": {"path": str(result_dir), "hash": dir_hash(result_dir)},
+        "started": started,
+        "ended": ended,
+        "resumed_from_step": stats.resumed_from_step,
+        "metrics": summary.get("eval"),
+    }
+    write_json(out / "summary.json", summary)
+    write_json(out / "audit.json", audit)
+    _remove_checkpoint(out)
+    return summary
+
+
+def _check_output(out: Path, config: UnlearnConfig) -> None:
+    """Refuse to mix runs: an output directory with another config is not resumed into."""
+    existing = out / "config.json"
+    if existing.is_file() and (out / CHECKPOINT_DIR).is_dir():
+        saved = json.loads(existing.read_text()).get("config_hash")
+        if saved != config_hash(config):
+            raise ForgetkitError(f"{out}: holds an unfinished run with another config; "
+                                 "use another --out or remove it")
+    elif (out / "audit.json").is_file():
+        for name in ("audit.json", "summary.json", LOG_FILE):
+            (out / name).unlink(missing_ok=True)
+
+
+def _remove_checkpoint(out: Path) -> None:
+    import shutil
+
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+
+
+def _evaluate(request: UnlearnRequest, model, tokenizer, forget_path: Path, out: Path, quiet: bool) -> dict:
+    from forgetkit.eval.command import read_log
+    from forgetkit.eval.evaluate import EvalData, benchmark_data, evaluate
+    from forgetkit.io import write_json as write
+
+    if request.run:
+        data = benchmark_data(Path(request.run) / "benchmark", request.split)
+        oracle = Path(request.run) / "eval" / f"oracle_{request.split}"
+        oracle_log = read_log(oracle) if (oracle / "eval_log_aggregated.json").is_file() else None
+    else:
+        data, oracle_log = EvalData(forget=read_records(forget_path)), None
+    eval_log, summary = evaluate(model, tokenizer, data, reference_model=None, oracle_log=oracle_log, quiet=quiet)
+    write(out / "eval" / "eval_log_aggregated.json", eval_log)
+    write(out / "eval" / "summary.json", summary)
+    return {"forget_quality": summary.get("forget_quality"), "model_utility": summary.get("model_utility"),
+            "mia_auc": summary.get("mia", {}).get("auc"), "forget": summary["sets"].get("forget")}
