@@ -56,6 +56,8 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
                              retain=args.retain, run=args.run, split=args.split, evaluate=args.eval,
                              device=args.device)
     summary = run_unlearn(request, quiet=args.quiet)
+    if not summary:  # not the main process of a multi-process launch
+        return 0
     print(f"{summary['method']} ({summary['mode']}): {summary['steps']} steps in {summary['wall_time_s']:.1f}s, "
           f"peak {summary['peak_memory_mb']:.0f} MB, {summary['trainable_parameters']:,} trainable parameters; "
           f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}")

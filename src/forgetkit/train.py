@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -133,6 +133,16 @@ class EpochOrder:
         return [self._perm(p // self.n)[p % self.n] for p in range(start, start + count)]
 
 
+def on_cpu() -> bool:
+    """Whether accelerate should run on CPU: there is no accelerator (then a multi-process launch uses gloo)."""
+    return not torch.accelerator.is_available()
+
+
+def process_state() -> PartialState:
+    """This process's place in a launch (``is_main_process``, ``num_processes``), consistent with the loop's."""
+    return PartialState(cpu=on_cpu())
+
+
 LossFn = Callable[[torch.nn.Module, UnlearnBatch], tuple[torch.Tensor, dict[str, float]]]
 
 
@@ -196,7 +206,7 @@ def train_loop(
     if len(driver) == 0:
         raise ForgetkitError(f"{desc}: nothing to train on (empty set)")
     run_dir = Path(run_dir) if run_dir is not None else None
-    accelerator = Accelerator(cpu=not torch.accelerator.is_available(), mixed_precision=config.mixed_precision)
+    accelerator = Accelerator(cpu=on_cpu(), mixed_precision=config.mixed_precision)
     set_seed(config.seed)
     world, rank = accelerator.num_processes, accelerator.process_index
     params = list(_trainable(model).values())
@@ -250,8 +260,12 @@ def train_loop(
                         _stop(run_dir, step, raw, optimizer, scheduler, config, accelerator,
                               f"{desc}: loss became {loss.item()} at step {step}")
                     accelerator.backward(loss / config.grad_accum)
-                step_loss += loss.item() / config.grad_accum
-                for name, value in micro_terms.items():
+                # Logged values are means over processes (each saw its share of the batch).
+                names = list(micro_terms)
+                values = torch.tensor([loss.item(), *(micro_terms[n] for n in names)], device=accelerator.device)
+                values = accelerator.reduce(values, "mean").tolist() if world > 1 else values.tolist()
+                step_loss += values[0] / config.grad_accum
+                for name, value in zip(names, values[1:], strict=True):
                     terms[name] = terms.get(name, 0.0) + value / config.grad_accum
                 for p in (batch.forget, batch.retain, batch.alternate):
                     if p is not None:

@@ -29,7 +29,7 @@ from forgetkit.data.records import QARecord, records_hash
 from forgetkit.errors import ConfigError, ForgetkitError
 from forgetkit.io import write_json
 from forgetkit.methods import build_method
-from forgetkit.train import CHECKPOINT_DIR, LOG_FILE, PairedData, TrainConfig, train_loop
+from forgetkit.train import CHECKPOINT_DIR, LOG_FILE, PairedData, TrainConfig, process_state, train_loop
 
 MODES = ("lora", "full")
 # For user data without vague answers: a privacy-free non-answer, ReLearn's kind of target.
@@ -119,7 +119,9 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
     config = request.config
     method = build_method(config.method, config.params)
     out = Path(request.out)
-    _check_output(out, config)
+    main = process_state().is_main_process
+    if main:
+        _check_output(out, config)
     model_dir, adapter_dir, forget_path, retain_path, origin = _resolve_inputs(request, method)
     forget = read_records(forget_path)
     retain = read_records(retain_path) if retain_path else None
@@ -159,14 +161,17 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
     def loss_fn(wrapped, batch):
         return method.loss(wrapped, batch, reference)
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {"unlearn": asdict(config), "config_hash": config_hash(config)})
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", {"unlearn": asdict(config), "config_hash": config_hash(config)})
     stats = train_loop(model, loss_fn, data, config.train, pad, run_dir=out, desc=f"unlearn ({config.method})",
                        quiet=quiet)
 
     from forgetkit.models import save_model
 
     result_dir = out / ("adapter" if config.mode == "lora" else "model")
+    if not main:  # the main process evaluates and writes the results
+        return {}
     save_model(model, tokenizer, result_dir)
     summary = {"method": config.method, "mode": config.mode, **stats.to_dict(),
                "forget_examples": len(forget), "retain_examples": len(retain or [])}
