@@ -36,7 +36,7 @@ from forgetkit.errors import ConfigError
 from forgetkit.eval.generation import exact_match, greedy_answers
 from forgetkit.io import atomic_path, write_json
 from forgetkit.models import build_tiny_model, load_model, save_model, train_tokenizer
-from forgetkit.train import TrainConfig, fine_tune
+from forgetkit.train import TRAINER_VERSION, TrainConfig, fine_tune
 
 log = logging.getLogger("forgetkit")
 TARGET_MODES = ("full", "lora")
@@ -192,7 +192,8 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
         return {"parameters": params, "train": stats.to_dict(), "examples": len(data)}
 
     stages.run("base", {"model": config.model, "pretrain": config.pretrain, "seed": config.seed,
-                        "world_facts_repeat": config.pretrain_world_facts_repeat}, ["tokenizer"], build_base)
+                        "world_facts_repeat": config.pretrain_world_facts_repeat, "trainer": TRAINER_VERSION},
+               ["tokenizer"], build_base)
 
     def fine_tune_on(qa_split: str) -> Callable[[Path], dict]:
         def build(tmp: Path) -> dict:

@@ -42,6 +42,8 @@ from forgetkit.errors import ConfigError, ForgetkitError
 from forgetkit.io import atomic_path
 from forgetkit.methods.base import UnlearnBatch
 
+# Bumped when the loop's arithmetic or data order changes, so cached trained stages are rebuilt.
+TRAINER_VERSION = 2
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 PRECISIONS = ("no", "bf16", "fp16")
 CHECKPOINT_DIR = "checkpoint"
