@@ -226,3 +226,16 @@ def test_two_processes_follow_the_one_process_loss_trajectory(micro_run, tmp_pat
     for a, b in zip(logs[one], logs[two], strict=True):
         for term in ("neg_forget_ce", "retain_ce"):
             assert b[term] == pytest.approx(a[term], rel=0.05), (a["step"], term)
+
+
+def test_unlearn_cost_benchmark_measures_memory_and_overhead(micro_run):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "unlearn_cost.py"
+    spec = importlib.util.spec_from_file_location("unlearn_cost", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    row = bench.one_memory_run(micro_run, "npo", "lora", steps=3, batch_size=2)
+    assert row["steps"] == 3 and row["peak_mb"] > 0 and row["s_per_step"] > 0
+    over = bench.overhead(micro_run, steps=3, batch_size=2)
+    assert set(over["ms_per_step"]) == {"bare", "loop", "bare again"} and math.isfinite(over["overhead"])

@@ -32,14 +32,24 @@ def _reset_rss_peak() -> bool:
         return False
 
 
-def _rss_peak_mb() -> float:
+def _status_mb(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return None
+
+
+def _rss_peak_mb() -> float:
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def rss_mb() -> float:
+    """The process's resident set now (MB; 0 where /proc is not available)."""
+    return _status_mb("VmRSS") or 0.0
 
 
 @contextmanager
