@@ -32,7 +32,7 @@ from forgetkit.data.readers import read_records
 from forgetkit.io import write_json
 from forgetkit.models import load_model
 
-METHODS = ("ga", "npo", "kl")
+METHODS = ("ga", "graddiff", "npo", "kl")
 
 
 def _job(run_dir: Path, mode: str):

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -208,6 +209,8 @@ def train_loop(
     if len(driver) == 0:
         raise ForgetkitError(f"{desc}: nothing to train on (empty set)")
     run_dir = Path(run_dir) if run_dir is not None else None
+    if AcceleratorState._shared_state.get("_mixed_precision", config.mixed_precision) != config.mixed_precision:
+        AcceleratorState._reset_state()  # a second job in this process with another precision (keeps the process group)
     accelerator = Accelerator(cpu=on_cpu(), mixed_precision=config.mixed_precision)
     set_seed(config.seed)
     world, rank = accelerator.num_processes, accelerator.process_index

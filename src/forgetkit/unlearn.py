@@ -125,6 +125,10 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
     model_dir, adapter_dir, forget_path, retain_path, origin = _resolve_inputs(request, method)
     forget = read_records(forget_path)
     retain = read_records(retain_path) if retain_path else None
+    if request.run and retain is not None and (Path(request.run) / "benchmark" / "world_facts.jsonl").is_file():
+        # The target and the oracle replayed the world facts in training; so does the retain set here,
+        # or every method (retrain most of all) would be measured forgetting them.
+        retain = retain + read_records(Path(request.run) / "benchmark" / "world_facts.jsonl")
     if (method.needs_retain or method.starts_from_base) and not retain:
         raise ForgetkitError(f"method '{config.method}' needs a retain set (--retain FILE)")
 
