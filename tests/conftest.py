@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -23,3 +25,13 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
 def bpe_tokenizer() -> PreTrainedTokenizerFast:
     texts = [f"Question: Who is person {i}?\nAnswer: Person {i} is a poet from town {i % 7}." for i in range(100)]
     return train_tokenizer(texts, vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def unlearn_run(tmp_path_factory) -> Path:
+    """A prepared micro run (benchmark, tokenizer, base, target, oracle) for unlearning tests: read it, never write."""
+    from forgetkit.cli import main
+
+    run_dir = tmp_path_factory.mktemp("unlearn") / "micro"
+    assert main(["prepare", "--config", "micro", "--quiet", f"run_dir={run_dir}"]) == 0
+    return run_dir

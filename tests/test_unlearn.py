@@ -27,9 +27,9 @@ from forgetkit.train import CHECKPOINT_DIR, DivergenceError, PairedData, TrainCo
 from forgetkit.unlearn import alternate_records
 
 # The term of each method's loss that unlearning drives down (the forget side of the objective).
-FORGET_TERM = {"ga": "neg_forget_ce", "graddiff": "neg_forget_ce", "kl": "neg_forget_ce", "npo": "npo",
-               "simnpo": "simnpo", "idk_dpo": "idk_dpo", "idk_nll": "idk_ce", "rmu": "forget_steer_mse",
-               "undial": "undial", "relearn": "aug_ce", "retrain": "retain_ce"}
+FORGET_TERM = {"ga": "neg_forget_ce", "graddiff": "neg_forget_ce", "bounded_graddiff": "neg_forget_ce",
+               "kl": "neg_forget_ce", "npo": "npo", "simnpo": "simnpo", "idk_dpo": "idk_dpo", "idk_nll": "idk_ce",
+               "rmu": "forget_steer_mse", "undial": "undial", "relearn": "aug_ce", "retrain": "retain_ce"}
 
 
 def records(prefix: str, n: int) -> list[QARecord]:
@@ -82,7 +82,7 @@ def test_recipes_cover_every_method_and_load():
 def test_three_steps_move_the_forget_term_the_right_way(name, bpe_tokenizer, tokenized, target):
     data, alternates = tokenized
     method = build_method(name, {"layer": 1} if name == "rmu" else {})
-    model = attach_lora(copy.deepcopy(target), LoraSettings(r=4, alpha=8))
+    model = attach_lora(copy.deepcopy(target), LoraSettings(r=4, alpha=8), kind=method.default_adapter)
     base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
     alternate = alternates[method.alternate_answers] if method.alternate_answers else None
     job = PairedData(forget=None if method.starts_from_base else data.forget, retain=data.retain, alternate=alternate)
@@ -137,20 +137,13 @@ def test_divergence_stops_before_the_bad_step_and_keeps_the_last_good_state(bpe_
 # --- the command, on the micro benchmark ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def micro_run(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("unlearn") / "micro"
-    assert main(["prepare", "--config", "micro", "--quiet", f"run_dir={run_dir}"]) == 0
-    return run_dir
-
-
 def cli(*args: str) -> list[str]:
     return [os.path.join(os.path.dirname(sys.executable), "forgetkit"), "--quiet", *args]
 
 
-def test_unlearn_writes_adapter_logs_and_an_audit_without_forget_text(micro_run, tmp_path, capsys):
+def test_unlearn_writes_adapter_logs_and_an_audit_without_forget_text(unlearn_run, tmp_path, capsys):
     out = tmp_path / "npo"
-    assert main(["unlearn", "--run", str(micro_run), "--method", "npo", "--out", str(out), "--quiet",
+    assert main(["unlearn", "--run", str(unlearn_run), "--method", "npo", "--out", str(out), "--quiet",
                  "train.epochs=2", "train.batch_size=2"]) == 0
     assert "npo (lora): 6 steps" in capsys.readouterr().out
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
@@ -159,7 +152,7 @@ def test_unlearn_writes_adapter_logs_and_an_audit_without_forget_text(micro_run,
     assert [r["step"] for r in log] == list(range(1, 7))
     assert {"loss", "npo", "retain_ce", "grad_norm", "weight_norm", "lr"} <= set(log[0])
     audit = json.loads((out / "audit.json").read_text())
-    forget = read_records(micro_run / "benchmark" / "forget10.jsonl")
+    forget = read_records(unlearn_run / "benchmark" / "forget10.jsonl")
     assert audit["forget"]["count"] == len(forget) and len(audit["forget"]["hash"]) == 16
     assert audit["model"]["hash"] and audit["output"]["hash"] and audit["started"] <= audit["ended"]
     written = "".join(p.read_text() for p in out.rglob("*") if p.suffix in (".json", ".jsonl"))
@@ -167,8 +160,8 @@ def test_unlearn_writes_adapter_logs_and_an_audit_without_forget_text(micro_run,
         assert r.answer not in written and r.question not in written
 
 
-def test_bad_configs_are_one_line_errors(micro_run, tmp_path, capsys):
-    base = ["unlearn", "--run", str(micro_run), "--out", str(tmp_path / "x")]
+def test_bad_configs_are_one_line_errors(unlearn_run, tmp_path, capsys):
+    base = ["unlearn", "--run", str(unlearn_run), "--out", str(tmp_path / "x")]
     cases = [(["--method", "nope"], "unknown method 'nope'"),
              (["--method", "npo", "params.betta=1"], "unknown key 'method.npo.betta'"),
              (["--method", "npo", "train.lr=fast"], "train.lr: expected float"),
@@ -180,8 +173,8 @@ def test_bad_configs_are_one_line_errors(micro_run, tmp_path, capsys):
         assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_sigkill_then_rerun_resumes_to_the_uninterrupted_adapter(micro_run, tmp_path):
-    args = ["unlearn", "--run", str(micro_run), "--method", "graddiff", "train.epochs=40", "train.batch_size=2",
+def test_sigkill_then_rerun_resumes_to_the_uninterrupted_adapter(unlearn_run, tmp_path):
+    args = ["unlearn", "--run", str(unlearn_run), "--method", "graddiff", "train.epochs=40", "train.batch_size=2",
             "train.checkpoint_every=5"]
     straight = tmp_path / "straight"
     subprocess.run(cli(*args, "--out", str(straight)), check=True, capture_output=True, timeout=300)
@@ -208,8 +201,8 @@ def test_sigkill_then_rerun_resumes_to_the_uninterrupted_adapter(micro_run, tmp_
     assert steps == list(range(1, 121))
 
 
-def test_two_processes_follow_the_one_process_loss_trajectory(micro_run, tmp_path):
-    args = ["unlearn", "--run", str(micro_run), "--method", "graddiff", "train.epochs=9", "train.batch_size=6"]
+def test_two_processes_follow_the_one_process_loss_trajectory(unlearn_run, tmp_path):
+    args = ["unlearn", "--run", str(unlearn_run), "--method", "graddiff", "train.epochs=9", "train.batch_size=6"]
     one = tmp_path / "one"
     assert main([*args, "--out", str(one), "--quiet"]) == 0
     two = tmp_path / "two"
@@ -228,16 +221,16 @@ def test_two_processes_follow_the_one_process_loss_trajectory(micro_run, tmp_pat
             assert b[term] == pytest.approx(a[term], rel=0.1), (a["step"], term)
 
 
-def test_unlearn_cost_benchmark_measures_memory_and_overhead(micro_run):
+def test_unlearn_cost_benchmark_measures_memory_and_overhead(unlearn_run):
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "unlearn_cost.py"
     spec = importlib.util.spec_from_file_location("unlearn_cost", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    row = bench.one_memory_run(micro_run, "npo", "lora", steps=3, batch_size=2)
+    row = bench.one_memory_run(unlearn_run, "npo", "lora", steps=3, batch_size=2)
     assert row["steps"] == 3 and row["peak_mb"] > 0 and row["s_per_step"] > 0
-    over = bench.overhead(micro_run, steps=3, batch_size=2)
+    over = bench.overhead(unlearn_run, steps=3, batch_size=2)
     assert set(over["ms_per_step"]) == {"bare", "loop", "bare again"} and math.isfinite(over["overhead"])
 
 

@@ -36,7 +36,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     from forgetkit.methods import METHODS
 
     for name, cls in sorted(METHODS.items()):
-        print(f"{name:<10} {cls.summary}")
+        print(f"{name:<17} {cls.summary}")
     return 0
 
 
@@ -54,7 +54,7 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
         config = build(UnlearnConfig, apply_overrides({}, overrides))
     request = UnlearnRequest(out=args.out, config=config, model=args.model, adapter=args.adapter, forget=args.forget,
                              retain=args.retain, run=args.run, split=args.split, evaluate=args.eval,
-                             device=args.device)
+                             eval_every=args.eval_every, device=args.device)
     summary = run_unlearn(request, quiet=args.quiet)
     if not summary:  # not the main process of a multi-process launch
         return 0
@@ -68,6 +68,16 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
         if ev["model_utility"] is not None:
             print(f"model utility: {ev['model_utility']:.4f}")
     print(f"Wrote {args.out}: adapter or model, train_log.jsonl, summary.json, audit.json")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from forgetkit.models import export_merged
+
+    if not args.merge:
+        raise ForgetkitError("export: give --merge (the adapter is merged into a plain Hugging Face checkpoint)")
+    out = export_merged(args.model, args.adapter, args.out)
+    print(f"Wrote {out}: a plain Hugging Face checkpoint (safetensors) with the adapter merged in")
     return 0
 
 
@@ -171,9 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="forget10", help="with --run: the forget split")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--eval", action="store_true", help="evaluate the result (forgetkit eval's metrics)")
+    p.add_argument("--eval-every", type=int, default=0, metavar="N",
+                   help="with --run: Forget Quality and Model Utility every N steps (quick evaluation) in the step log")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_unlearn)
+
+    p = sub.add_parser("export", help="merge an adapter (lora, sine, clipped) into its model: a plain HF checkpoint")
+    p.add_argument("--model", required=True, help="the base model directory")
+    p.add_argument("--adapter", required=True, help="the adapter directory (e.g. OUT/adapter of forgetkit unlearn)")
+    p.add_argument("--merge", action="store_true", help="merge the adapter into the weights (required)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("data", help="data utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)

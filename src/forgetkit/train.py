@@ -199,11 +199,16 @@ def train_loop(
     run_dir: str | Path | None = None,
     desc: str = "train",
     quiet: bool = False,
+    after_step: Callable[[torch.nn.Module], None] | None = None,
+    on_step: Callable[[int, torch.nn.Module], dict | None] | None = None,
 ) -> TrainStats:
     """Minimise ``loss_fn`` over ``data`` with ``model``'s trainable parameters.
 
     With ``run_dir``, the step log and checkpoints go there, and a checkpoint found there is
     resumed from. The model is left in eval mode, unwrapped, holding the final weights.
+    ``after_step(model)`` runs after each optimiser step, under ``no_grad`` (e.g. adapter norm
+    clipping); ``on_step(step, model)`` may return values to add to that step's log line (e.g. a
+    periodic evaluation; it must leave the model as it found it).
     """
     driver = data.driver()
     if len(driver) == 0:
@@ -285,6 +290,9 @@ def train_loop(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
+            if after_step is not None:
+                with torch.no_grad():
+                    after_step(raw)
             step += 1
             if step == start_step + 1:
                 first_loss = step_loss
@@ -295,6 +303,8 @@ def train_loop(
                 weight_norm = math.sqrt(sum(float(p.detach().float().square().sum()) for p in params))
                 record = {"step": step, "loss": step_loss, **terms, "grad_norm": grad_norm, "weight_norm": weight_norm,
                           "lr": lr}
+                if on_step is not None:
+                    record.update(on_step(step, raw) or {})
                 with log_path.open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
             if run_dir and config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:

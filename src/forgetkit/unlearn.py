@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 
-from forgetkit.adapters.lora import LoraSettings, attach_lora
+from forgetkit.adapters.lora import ADAPTER_KINDS, LoraSettings, attach_lora, bounded_layers, clip_adapters
 from forgetkit.config import config_hash
 from forgetkit.data.formatting import tokenize_qa
 from forgetkit.data.readers import read_records
@@ -41,6 +41,7 @@ class UnlearnConfig:
     method: str = "graddiff"
     params: dict = field(default_factory=dict)  # the method's hyper-parameters
     mode: str = "lora"
+    adapter: str | None = None  # lora, sine or clipped (LoRA mode); None: the method's default
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, batch_size=16, lr=1e-3))
     max_length: int = 128
@@ -48,6 +49,8 @@ class UnlearnConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+        if self.adapter is not None and self.adapter not in ADAPTER_KINDS:
+            raise ConfigError(f"adapter must be one of {', '.join(ADAPTER_KINDS)}, got '{self.adapter}'")
 
 
 @dataclass
@@ -61,6 +64,7 @@ class UnlearnRequest:
     run: str | None = None  # a prepared run directory (built-in benchmark)
     split: str = "forget10"
     evaluate: bool = False
+    eval_every: int = 0  # with --run: Forget Quality and Model Utility every N steps, into the step log
     device: str = "auto"
 
 
@@ -118,6 +122,12 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
 
     config = request.config
     method = build_method(config.method, config.params)
+    if config.adapter is None:
+        config.adapter = method.default_adapter if config.mode == "lora" else "lora"
+    if config.mode == "full" and config.adapter != "lora":
+        raise ConfigError(f"adapter={config.adapter} needs mode=lora (full mode trains every weight, no adapter)")
+    if request.eval_every and not request.run:
+        raise ForgetkitError("unlearn: --eval-every needs --run (the benchmark's oracle log gives Forget Quality)")
     out = Path(request.out)
     main = process_state().is_main_process
     if main:
@@ -139,8 +149,14 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
     model, tokenizer = load_model(model_dir, adapter_dir, device=device)
     if adapter_dir is not None:
         model = model.merge_and_unload()  # the adapter becomes part of the frozen starting point
+    after_step = None
     if config.mode == "lora":
-        model = attach_lora(model, config.lora)
+        model = attach_lora(model, config.lora, kind=config.adapter)
+        if config.adapter == "clipped":
+            layers = bounded_layers(model, config.lora.bounded_modules)
+
+            def after_step(_model) -> None:
+                clip_adapters(layers, config.lora.clip_norm)
     else:
         model.requires_grad_(True)
 
@@ -168,8 +184,9 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {"unlearn": asdict(config), "config_hash": config_hash(config)})
+    on_step = _periodic_eval(request, tokenizer) if request.eval_every else None
     stats = train_loop(model, loss_fn, data, config.train, pad, run_dir=out, desc=f"unlearn ({config.method})",
-                       quiet=quiet)
+                       quiet=quiet, after_step=after_step, on_step=on_step)
 
     from forgetkit.models import save_model
 
@@ -221,6 +238,30 @@ def _remove_checkpoint(out: Path) -> None:
     import shutil
 
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+
+
+def _periodic_eval(request: UnlearnRequest, tokenizer):
+    """An ``on_step`` callback: every ``eval_every`` steps, Forget Quality and Model Utility from a quick
+    evaluation (forget set, first 100 retain records, world facts; answers of up to 40 tokens)."""
+    from forgetkit.eval.command import read_log
+    from forgetkit.eval.evaluate import EvalData, EvalSettings, benchmark_data, evaluate
+
+    full = benchmark_data(Path(request.run) / "benchmark", request.split, retain_limit=100)
+    data = EvalData(forget=full.forget, retain=full.retain, world_facts=full.world_facts)
+    oracle = Path(request.run) / "eval" / f"oracle_{request.split}"
+    oracle_log = read_log(oracle) if (oracle / "eval_log_aggregated.json").is_file() else None
+    settings = EvalSettings(max_new_tokens=40, retain_limit=100)
+
+    def on_step(step: int, model) -> dict | None:
+        if step % request.eval_every:
+            return None
+        was_training = model.training
+        _, summary = evaluate(model, tokenizer, data, settings, oracle_log=oracle_log, quiet=True)
+        model.train(was_training)
+        return {"forget_quality": summary.get("forget_quality"), "model_utility": summary.get("model_utility"),
+                "forget_probability": summary["sets"]["forget"]["probability"]}
+
+    return on_step
 
 
 def _evaluate(request: UnlearnRequest, model, tokenizer, forget_path: Path, out: Path, quiet: bool) -> dict:

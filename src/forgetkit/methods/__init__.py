@@ -1,6 +1,7 @@
 """Unlearning methods, one module each, registered by name (``forgetkit methods`` lists them)."""
 
 from forgetkit.methods import (  # noqa: F401  (each module registers its method)
+    bounded_graddiff,
     ga,
     graddiff,
     idk_dpo,

@@ -73,6 +73,7 @@ class Method:
     needs_reference: ClassVar[bool] = False
     alternate_answers: ClassVar[str | None] = None  # "idk" or "vague"
     starts_from_base: ClassVar[bool] = False  # retrain: fine-tune the base, not the target
+    default_adapter: ClassVar[str] = "lora"  # the adapter kind when the config does not name one
 
     def loss(self, model, batch: UnlearnBatch, reference: Reference | None) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

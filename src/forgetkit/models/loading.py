@@ -52,9 +52,9 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if adapter is not None:
-        from peft import PeftModel
+        from forgetkit.adapters.loading import load_adapter
 
-        model = PeftModel.from_pretrained(model, str(_model_dir(adapter, "adapter")), is_trainable=False)
+        model = load_adapter(model, _model_dir(adapter, "adapter"))
     model.to(device)
     model.eval()
     return model, tokenizer
@@ -68,3 +68,10 @@ def save_model(model: PreTrainedModel, tokenizer, out_dir: str | os.PathLike) ->
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return out_dir
+
+
+def export_merged(model_dir: str | os.PathLike, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Merge the adapter (plain, sine or clipped LoRA) into the model's weights and write a plain
+    Hugging Face checkpoint: the form in which any adapter, the sine kind included, reaches other tools."""
+    model, tokenizer = load_model(model_dir, adapter_dir)
+    return save_model(model.merge_and_unload(), tokenizer, out_dir)

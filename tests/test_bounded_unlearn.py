@@ -1,0 +1,124 @@
+"""Bounded adapters in the engine: bounded_graddiff, adapter=sine|lora|clipped, --eval-every, export --merge,
+and the qualitative stability check (sine keeps GradDiff's gradient norm from growing as plain LoRA's does)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from forgetkit.adapters import LoraSettings, attach_lora
+from forgetkit.cli import main
+from forgetkit.data.formatting import tokenize_qa
+from forgetkit.data.readers import read_records
+from forgetkit.methods import build_method
+from forgetkit.models import load_model
+from forgetkit.train import PairedData, TrainConfig, train_loop
+
+
+def unlearn(run, out, *extra) -> int:
+    """``extra``: options first, then overrides (argparse wants the key=value words together)."""
+    return main(["unlearn", "--run", str(run), "--out", str(out), "--quiet", *extra, "train.epochs=2",
+                 "train.batch_size=2"])
+
+
+def test_bounded_graddiff_trains_sine_mlp_adapters_and_saves_them(unlearn_run, tmp_path):
+    out = tmp_path / "bounded"
+    assert unlearn(unlearn_run, out, "--method", "bounded_graddiff") == 0
+    saved = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert saved["use_sine"] is True and set(saved["sine_modules"]) == {"gate_proj", "up_proj", "down_proj"}
+    assert json.loads((out / "config.json").read_text())["unlearn"]["adapter"] == "sine"
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert {"neg_forget_ce", "retain_ce", "grad_norm", "weight_norm"} <= set(log[-1])
+
+    # forgetkit export --merge: a plain HF checkpoint with the same outputs as base + sine adapter.
+    merged = tmp_path / "merged"
+    assert main(["export", "--model", str(unlearn_run / "target"), "--adapter", str(out / "adapter"), "--merge",
+                 "--out", str(merged)]) == 0
+    with_adapter, tokenizer = load_model(unlearn_run / "target", out / "adapter")
+    plain = AutoModelForCausalLM.from_pretrained(merged, local_files_only=True).eval()
+    assert not any("lora" in k for k in load_file(str(merged / "model.safetensors")))
+    x = torch.tensor([tokenizer("Question: Who is the poet?")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x).logits, with_adapter(x).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_clipped_adapter_keeps_each_mlp_update_within_its_norm(unlearn_run, tmp_path):
+    out = tmp_path / "clipped"
+    assert unlearn(unlearn_run, out, "--method", "graddiff", "adapter=clipped", "lora.clip_norm=0.05",
+                   "train.lr=0.05") == 0
+    weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    scaling = 16 / 8  # the recipe's lora.alpha / lora.r
+    checked = 0
+    for key, a in weights.items():
+        if "lora_A" not in key:
+            continue
+        delta = scaling * weights[key.replace("lora_A", "lora_B")] @ a
+        norm = float(torch.linalg.matrix_norm(delta))
+        if any(m in key for m in ("gate_proj", "up_proj", "down_proj")):
+            assert norm <= 0.05 * (1 + 1e-4), key
+            checked += 1
+        elif "q_proj" in key:
+            assert norm > 0.05, "attention adapters are not clipped"
+    assert checked == 6  # 2 layers × 3 MLP projections
+
+
+def test_adapter_kind_errors_are_one_line(unlearn_run, tmp_path, capsys):
+    cases = [(["--method", "graddiff", "adapter=tanh"], "adapter must be one of lora, sine, clipped"),
+             (["--method", "graddiff", "adapter=sine", "mode=full"], "adapter=sine needs mode=lora"),
+             (["--method", "graddiff", "lora.sine_omega=-1"], "must be positive")]
+    for extra, message in cases:
+        assert unlearn(unlearn_run, tmp_path / "x", *extra) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert main(["unlearn", "--model", str(unlearn_run / "target"), "--forget",
+                 str(unlearn_run / "benchmark" / "forget10.jsonl"), "--method", "ga", "--eval-every", "2",
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "--eval-every needs --run" in capsys.readouterr().err
+
+
+def test_eval_every_logs_forget_quality_and_model_utility(unlearn_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(unlearn_run, run)
+    assert main(["eval", "--model", str(run / "oracle_forget10"), "--data", str(run / "benchmark"), "--quiet",
+                 "--max-new-tokens", "8", "--canary-candidates", "50",
+                 "--out", str(run / "eval" / "oracle_forget10")]) == 0
+    out = tmp_path / "u"
+    assert unlearn(run, out, "--method", "bounded_graddiff", "--eval-every", "3") == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    evaluated = [r["step"] for r in log if "forget_quality" in r]
+    assert evaluated == [3, 6] and len(log) == 6
+    for r in log:
+        if "forget_quality" in r:
+            assert 0 < r["forget_quality"] <= 1 and 0 <= r["model_utility"] <= 1 and 0 < r["forget_probability"] < 1
+
+
+def test_sine_keeps_graddiff_gradient_norm_from_growing_like_plain_lora(unlearn_run, tmp_path):
+    """20 GradDiff steps at a large learning rate, no gradient clipping: plain LoRA's gradient norm grows
+    by orders of magnitude over its first value; sine's grows far less. (Observed here: ×431 vs ×8.)"""
+    base, tokenizer = load_model(unlearn_run / "target")
+    forget = tokenize_qa(tokenizer, read_records(unlearn_run / "benchmark" / "forget10.jsonl"), 48).examples
+    retain = tokenize_qa(tokenizer, read_records(unlearn_run / "benchmark" / "retain90.jsonl"), 48).examples
+    method = build_method("graddiff")
+    growth = {}
+    for kind in ("lora", "sine"):
+        torch.manual_seed(1)
+        model = attach_lora(copy.deepcopy(base), LoraSettings(r=8, alpha=16, sine_omega=100), kind=kind)
+        config = TrainConfig(epochs=20, batch_size=6, lr=0.1, max_grad_norm=0, seed=1)
+        train_loop(model, lambda m, b: method.loss(m, b, None), PairedData(forget=forget, retain=retain), config,
+                   tokenizer.pad_token_id, run_dir=tmp_path / kind, quiet=True)
+        norms = [json.loads(line)["grad_norm"] for line in (tmp_path / kind / "train_log.jsonl").open()]
+        assert len(norms) == 20
+        growth[kind] = max(norms) / norms[0]
+    assert growth["lora"] > 5 * growth["sine"], growth
+
+
+@pytest.mark.parametrize("kind", ["sine", "clipped"])
+def test_every_gradient_method_accepts_the_bounded_adapters(unlearn_run, tmp_path, kind):
+    assert unlearn(unlearn_run, tmp_path / kind, "--method", "npo", f"adapter={kind}") == 0
+    assert json.loads((tmp_path / kind / "summary.json").read_text())["steps"] == 6
