@@ -7,13 +7,14 @@ AUC, wall time, peak memory, and the time as a fraction of the ``retrain`` metho
 
 Usage::
 
-    python benchmarks/methods_small.py --run-dir runs/small [--methods ga npo ...] [--json FILE]
+    python benchmarks/methods_small.py --run-dir runs/small [--methods ga npo ...] [--json FILE] [--reuse]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="*", default=sorted(METHODS))
     parser.add_argument("--out", help="where the runs go (default RUN/unlearn)")
     parser.add_argument("--json", help="also write the table here")
+    parser.add_argument("--reuse", action="store_true", help="tabulate finished runs instead of rerunning them")
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     out_root = Path(args.out) if args.out else run_dir / "unlearn"
@@ -38,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.methods:
         out = out_root / f"{name}-{args.split}"
-        subprocess.run([forgetkit, "--quiet", "unlearn", "--run", str(run_dir), "--split", args.split, "--method", name,
-                        "--eval", "--out", str(out)], check=True)
+        if not (args.reuse and (out / "eval" / "summary.json").is_file() and (out / "audit.json").is_file()):
+            shutil.rmtree(out, ignore_errors=True)  # a fresh run: a resumed one would time only its remainder
+            subprocess.run([forgetkit, "--quiet", "unlearn", "--run", str(run_dir), "--split", args.split,
+                            "--method", name, "--eval", "--out", str(out)], check=True)
         summary = json.loads((out / "summary.json").read_text())
         ev = json.loads((out / "eval" / "summary.json").read_text())
         rows.append({"method": name, "mode": summary["mode"], "forget_quality": ev["forget_quality"],

@@ -250,7 +250,7 @@ def _periodic_eval(request: UnlearnRequest, tokenizer):
     data = EvalData(forget=full.forget, retain=full.retain, world_facts=full.world_facts)
     oracle = Path(request.run) / "eval" / f"oracle_{request.split}"
     oracle_log = read_log(oracle) if (oracle / "eval_log_aggregated.json").is_file() else None
-    settings = EvalSettings(max_new_tokens=40, retain_limit=100)
+    settings = EvalSettings(max_new_tokens=40, retain_limit=100, gradnorm=False)
 
     def on_step(step: int, model) -> dict | None:
         if step % request.eval_every:
