@@ -47,6 +47,14 @@ def test_second_run_reuses_every_stage(micro_run, capsys):
     assert before == after
 
 
+def test_settings_that_do_not_shape_the_target_keep_it_cached(micro_run, capsys):
+    # The target adapter is plain LoRA: the bounded-adapter settings are not part of its key.
+    assert main(["prepare", "--config", "micro", f"run_dir={micro_run}", "target_lora.sine_omega=7",
+                 "target_lora.clip_norm=3"]) == 0
+    out = capsys.readouterr().out
+    assert "[target] cached" in out and "[oracle_forget10] cached" in out
+
+
 def test_changed_recipe_rebuilds_only_what_depends_on_it(micro_run, capsys):
     assert main(["prepare", "--config", "micro", f"run_dir={micro_run}", "target.epochs=1"]) == 0
     out = capsys.readouterr().out

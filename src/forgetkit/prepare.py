@@ -216,7 +216,9 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
                     "examples": len(data), "truncated": data.n_truncated}
         return build
 
-    recipe = {"mode": config.target_mode, "train": config.target, "lora": config.target_lora,
+    lora = config.target_lora  # the target adapter is plain LoRA: only these fields shape it (and the stage key)
+    lora_key = {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules}
+    recipe = {"mode": config.target_mode, "train": config.target, "lora": lora_key,
               "narratives": config.train_narratives, "world_facts": config.train_world_facts}
     stages.run("target", {**recipe, "on": "full"}, ["base"], fine_tune_on("full"))
     for forget in config.oracle_splits:
