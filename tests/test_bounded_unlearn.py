@@ -4,8 +4,11 @@ and the qualitative stability check (sine keeps GradDiff's gradient norm from gr
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,20 +85,42 @@ def test_adapter_kind_errors_are_one_line(unlearn_run, tmp_path, capsys):
     assert "--eval-every needs --run" in capsys.readouterr().err
 
 
-def test_eval_every_logs_forget_quality_and_model_utility(unlearn_run, tmp_path):
+def test_eval_every_and_the_study_script(unlearn_run, tmp_path):
+    """``--eval-every`` puts FQ and MU into the step log; benchmarks/bounded_study.py runs the grid on it,
+    caches it, and writes its table and plots."""
     run = tmp_path / "run"
     shutil.copytree(unlearn_run, run)
     assert main(["eval", "--model", str(run / "oracle_forget10"), "--data", str(run / "benchmark"), "--quiet",
                  "--max-new-tokens", "8", "--canary-candidates", "50",
                  "--out", str(run / "eval" / "oracle_forget10")]) == 0
-    out = tmp_path / "u"
-    assert unlearn(run, out, "--method", "bounded_graddiff", "--eval-every", "3") == 0
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    evaluated = [r["step"] for r in log if "forget_quality" in r]
-    assert evaluated == [3, 6] and len(log) == 6
-    for r in log:
-        if "forget_quality" in r:
-            assert 0 < r["forget_quality"] <= 1 and 0 <= r["model_utility"] <= 1 and 0 < r["forget_probability"] < 1
+    study = _load_script("bounded_study")
+    args = ["--run-dir", str(run), "--splits", "forget10", "--ranks", "4", "--lrs", "0.01", "--steps", "6",
+            "--eval-every", "3", "--quiet"]
+    assert study.main(args) == 0
+    out = run / "bounded"
+    runs = json.loads((out / "runs.json").read_text())
+    assert [r["kind"] for r in runs] == ["lora", "clipped", "sine"] and all(r["steps"] == 6 for r in runs)
+    for r in runs:
+        log = [json.loads(line) for line in (out / r["name"] / "train_log.jsonl").read_text().splitlines()]
+        evaluated = [x for x in log if "forget_quality" in x]
+        assert [x["step"] for x in evaluated] == [3, 6]
+        for x in evaluated:
+            assert 0 < x["forget_quality"] <= 1 and 0 <= x["model_utility"] <= 1 and 0 < x["forget_probability"] < 1
+        assert r["final_fq"] == evaluated[-1]["forget_quality"] and r["max_grad_norm"] > 0
+    assert "| forget10 | sine ω=100 | 4 | 0.01 |" in (out / "table.md").read_text()
+    assert all((out / f).stat().st_size > 0 for f in ("grad_norm.png", "forget_quality.png", "fq_vs_mu.png"))
+    stamp = (out / runs[0]["name"] / "summary.json").stat().st_mtime_ns
+    assert study.main(args) == 0  # cached: nothing is rerun
+    assert (out / runs[0]["name"] / "summary.json").stat().st_mtime_ns == stamp
+
+
+def _load_script(name: str):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_sine_keeps_graddiff_gradient_norm_from_growing_like_plain_lora(unlearn_run, tmp_path):
