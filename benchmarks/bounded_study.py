@@ -104,7 +104,8 @@ def summarise(variant: Variant, out: Path) -> dict:
         "best_fq": best and best["forget_quality"], "mu_at_best": best and best["model_utility"],
         "best_step": best and best["step"],
         "final_fq": last and last["forget_quality"], "final_mu": last and last["model_utility"],
-        "max_grad_norm": max(r["grad_norm"] for r in log), "final_weight_norm": log[-1]["weight_norm"],
+        "first_grad_norm": log[0]["grad_norm"], "max_grad_norm": max(r["grad_norm"] for r in log),
+        "final_weight_norm": log[-1]["weight_norm"], "first_weight_norm": log[0]["weight_norm"],
         "max_weight_norm": max(r["weight_norm"] for r in log),
         "final_forget_ce": -log[-1].get("neg_forget_ce", float("nan")), "final_retain_ce": log[-1].get("retain_ce"),
         "log": log,
@@ -115,13 +116,16 @@ def table(rows: list[dict]) -> str:
     def num(x, fmt):
         return "–" if x is None else format(x, fmt)
 
-    lines = ["| split | adapter | rank | lr | best FQ (step) | MU at best | final FQ | final MU | max grad norm | "
-             "final weight norm | final forget CE | diverged |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| split | adapter | rank | lr | best FQ (step) | MU at best | final FQ | final MU | "
+             "grad norm: first → max (growth) | weight norm: first → final | final forget CE | diverged |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         kind = r["kind"] + (f" ω={r['omega']:g}" if r["omega"] is not None else "")
         lines.append(f"| {r['split']} | {kind} | {r['rank']} | {r['lr']:g} | {num(r['best_fq'], '.3g')} "
                      f"({r['best_step']}) | {num(r['mu_at_best'], '.3f')} | {num(r['final_fq'], '.3g')} | "
-                     f"{num(r['final_mu'], '.3f')} | {r['max_grad_norm']:.3g} | {r['final_weight_norm']:.3g} | "
+                     f"{num(r['final_mu'], '.3f')} | {r['first_grad_norm']:.3g} → {r['max_grad_norm']:.3g} "
+                     f"(×{r['max_grad_norm'] / r['first_grad_norm']:.0f}) | "
+                     f"{r['first_weight_norm']:.3g} → {r['final_weight_norm']:.3g} | "
                      f"{r['final_forget_ce']:.3g} | {'yes' if r['diverged'] else 'no'} |")
     return "\n".join(lines)
 
