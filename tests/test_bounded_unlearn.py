@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import itertools
 import json
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -124,23 +126,28 @@ def _load_script(name: str):
 
 
 def test_sine_keeps_graddiff_gradient_norm_from_growing_like_plain_lora(unlearn_run, tmp_path):
-    """20 GradDiff steps at a large learning rate, no gradient clipping: plain LoRA's gradient norm grows
-    by orders of magnitude over its first value; sine's grows far less. (Observed here: ×431 vs ×8.)"""
+    """20 GradDiff steps at a large learning rate, no gradient clipping, three seeds: plain LoRA's gradient
+    norm grows by orders of magnitude over its first value; with every adapter sine-bounded it grows far
+    less. (Observed here: medians ×228 against ×17.) With sine on the MLP projections only (the default)
+    the growth varies too much from seed to seed for a test: see the bounded-LoRA study in docs/results.md."""
     base, tokenizer = load_model(unlearn_run / "target")
     forget = tokenize_qa(tokenizer, read_records(unlearn_run / "benchmark" / "forget10.jsonl"), 48).examples
     retain = tokenize_qa(tokenizer, read_records(unlearn_run / "benchmark" / "retain90.jsonl"), 48).examples
     method = build_method("graddiff")
-    growth = {}
-    for kind in ("lora", "sine"):
-        torch.manual_seed(1)
-        model = attach_lora(copy.deepcopy(base), LoraSettings(r=8, alpha=16, sine_omega=100), kind=kind)
-        config = TrainConfig(epochs=20, batch_size=6, lr=0.1, max_grad_norm=0, seed=1)
+    every_projection = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    growth = {"lora": [], "sine": []}
+    for kind, seed in itertools.product(growth, range(3)):
+        torch.manual_seed(seed)
+        settings = LoraSettings(r=8, alpha=16, sine_omega=100, bounded_modules=every_projection)
+        model = attach_lora(copy.deepcopy(base), settings, kind=kind)
+        config = TrainConfig(epochs=20, batch_size=6, lr=0.1, max_grad_norm=0, seed=seed)
+        run_dir = tmp_path / f"{kind}{seed}"
         train_loop(model, lambda m, b: method.loss(m, b, None), PairedData(forget=forget, retain=retain), config,
-                   tokenizer.pad_token_id, run_dir=tmp_path / kind, quiet=True)
-        norms = [json.loads(line)["grad_norm"] for line in (tmp_path / kind / "train_log.jsonl").open()]
+                   tokenizer.pad_token_id, run_dir=run_dir, quiet=True)
+        norms = [json.loads(line)["grad_norm"] for line in (run_dir / "train_log.jsonl").open()]
         assert len(norms) == 20
-        growth[kind] = max(norms) / norms[0]
-    assert growth["lora"] > 5 * growth["sine"], growth
+        growth[kind].append(max(norms) / norms[0])
+    assert statistics.median(growth["lora"]) > 5 * statistics.median(growth["sine"]), growth
 
 
 @pytest.mark.parametrize("kind", ["sine", "clipped"])
