@@ -1,0 +1,116 @@
+"""Influence engine core: HVP vs finite differences, Gauss–Newton symmetric PSD, solvers vs the exact inverse."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from forgetkit.adapters import LoraSettings, attach_lora
+from forgetkit.data.formatting import collate, tokenize_qa
+from forgetkit.data.records import QARecord
+from forgetkit.influence import Curvature, InfluenceError, inverse_hvp, largest_eigenvalue, loss_gradient
+from forgetkit.influence.solvers import exact_matrix
+from forgetkit.models import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def setup(bpe_tokenizer):
+    """A micro GPT-2 in float64 (Llama's RMSNorm computes in float32) with a rank-1 LoRA on the attention
+    projections (a few hundred parameters), two batches."""
+    torch.manual_seed(0)
+    model = attach_lora(build_tiny_model(bpe_tokenizer, "gpt2", "micro", seed=0),
+                        LoraSettings(r=1, alpha=2, target_modules=["c_attn"])).double().eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.normal_(0, 0.3)
+    records = [QARecord(f"Who is person {i}?", f"Person {i} is a poet from town {i % 7}.", f"r{i}") for i in range(6)]
+    examples = tokenize_qa(bpe_tokenizer, records, 48).examples
+    pad = bpe_tokenizer.pad_token_id
+    batches = [collate(examples[:3], pad), collate(examples[3:], pad)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, params, batches
+
+
+def test_hvp_matches_finite_differences_of_the_gradient(setup):
+    model, params, batches = setup
+    curvature = Curvature(model, params, batches, kind="hessian")
+    v = torch.randn(curvature.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    eps = 1e-5
+
+    def grad_at(shift: float) -> torch.Tensor:
+        with torch.no_grad():
+            start = 0
+            for p in params:
+                p += shift * v[start:start + p.numel()].view_as(p)
+                start += p.numel()
+        g = loss_gradient(model, params, batches).double()
+        with torch.no_grad():
+            start = 0
+            for p in params:
+                p -= shift * v[start:start + p.numel()].view_as(p)
+                start += p.numel()
+        return g
+
+    finite = (grad_at(eps) - grad_at(-eps)) / (2 * eps)
+    hv = curvature(v)
+    assert float((hv - finite).norm() / finite.norm()) < 1e-4
+
+
+def test_gauss_newton_product_is_symmetric_and_positive_semidefinite(setup):
+    model, params, batches = setup
+    gn = Curvature(model, params, batches, kind="gauss_newton")
+    g = torch.Generator().manual_seed(2)
+    v, w = (torch.randn(gn.dim, dtype=torch.float64, generator=g) for _ in range(2))
+    assert float(w @ gn(v)) == pytest.approx(float(v @ gn(w)), rel=1e-8)
+    eigenvalues = torch.linalg.eigvalsh(exact_matrix(gn))
+    assert float(eigenvalues.min()) > -1e-10 * float(eigenvalues.max())
+    assert float(eigenvalues.max()) > 0
+    # and the Hessian is not the Gauss-Newton matrix away from a minimum (the test would be empty otherwise)
+    h = Curvature(model, params, batches, kind="hessian")
+    assert float((h(v) - gn(v)).norm()) > 1e-6 * float(gn(v).norm())
+
+
+def test_cg_matches_the_exact_inverse_tightly(setup):
+    model, params, batches = setup
+    curvature = Curvature(model, params, batches, kind="gauss_newton", damping=1e-3)
+    b = loss_gradient(model, params, batches[:1]).double()
+    exact = inverse_hvp(curvature, b, "exact")
+    assert exact.products == curvature.dim
+    cg = inverse_hvp(curvature, b, "cg", tol=1e-10, max_iter=2000)
+    assert float((cg.x - exact.x).norm() / exact.x.norm()) <= 1e-4
+    assert cg.products == cg.info["iterations"] < curvature.dim
+
+
+def test_lissa_matches_the_exact_inverse_loosely(setup):
+    model, params, batches = setup
+    # One batch: the series is then deterministic (with several, each step samples one: a stochastic estimate).
+    gn = Curvature(model, params, batches[:1], kind="gauss_newton")
+    damping = 0.1 * largest_eigenvalue(gn)
+    one_batch = Curvature(model, params, batches[:1], kind="gauss_newton", damping=damping)
+    b = loss_gradient(model, params, batches).double()
+    exact = inverse_hvp(one_batch, b, "exact")
+    lissa = inverse_hvp(one_batch, b, "lissa", tol=1e-3)
+    assert lissa.info["scale"] > lissa.info["lambda_max"] > 0
+    assert float((lissa.x - exact.x).norm() / exact.x.norm()) <= 5e-2
+
+
+def test_lissa_stops_when_the_series_blows_up(setup):
+    model, params, batches = setup
+    curvature = Curvature(model, params, batches, kind="gauss_newton", damping=1e-3)
+    b = loss_gradient(model, params, batches).double()
+    scale = 0.1 * largest_eigenvalue(curvature)  # far below λ_max/2: the series diverges
+    with pytest.raises(InfluenceError, match="blew up"):
+        inverse_hvp(curvature, b, "lissa", scale=scale, depth=500)
+
+
+def test_cg_refuses_an_indefinite_operator_and_exact_refuses_a_large_one(setup, bpe_tokenizer):
+    model, params, batches = setup
+    b = loss_gradient(model, params, batches).double()
+    with pytest.raises(InfluenceError, match="not positive definite"):
+        inverse_hvp(Curvature(model, params, batches, damping=-1e3), b, "cg")
+    big = build_tiny_model(bpe_tokenizer, "llama", "micro", seed=0)
+    with pytest.raises(InfluenceError, match="exact solver: .* parameters need"):
+        exact_matrix(Curvature(big, list(big.parameters()), batches))
+    with pytest.raises(InfluenceError, match="unknown inverse-HVP solver"):
+        inverse_hvp(Curvature(model, params, batches), b, "newton")
