@@ -1,5 +1,5 @@
 """Influence engine: loss gradients, Hessian and Gauss–Newton vector products over chosen parameters,
-and inverse-HVP solvers (exact, conjugate gradient, LiSSA). DataInf, influence scores and the
+and inverse-HVP solvers (exact, conjugate gradient, LiSSA, DataInf). Influence scores and the
 closed-form editors build on these (issue 6, in progress)."""
 
 from forgetkit.influence.curvature import Curvature, InfluenceError, flatten, lm_loss, loss_gradient, unflatten

@@ -1,4 +1,4 @@
-"""Inverse curvature-vector products x ≈ (H + λI)⁻¹·v: ``exact``, ``cg`` and ``lissa``.
+"""Inverse curvature-vector products x ≈ (H + λI)⁻¹·v: ``exact``, ``cg``, ``lissa`` and ``datainf``.
 
 - ``exact``: the dense matrix from one product per basis vector, solved in float64; the ground
   truth for tiny parameter counts (refused above ``EXACT_MAX_DIM``).
@@ -7,6 +7,8 @@
 - ``lissa``: the stochastic Neumann series of the founding proposal, h ← v + h − A·h/s, x = h/s,
   one batch per step; s = 1.1·λ_max from power iteration unless given; stops with an error when
   the iterate blows up (s too small or A not positive definite).
+- ``datainf``: DataInf's closed form per layer from per-example gradients (an approximation of the
+  damped empirical Fisher's inverse; no curvature products).
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from forgetkit.influence.curvature import Curvature, InfluenceError
+from forgetkit.influence.curvature import Curvature, InfluenceError, loss_gradient
 
-SOLVERS = ("exact", "cg", "lissa")
+SOLVERS = ("exact", "cg", "lissa", "datainf")
 EXACT_MAX_DIM = 4096
 
 
@@ -116,10 +118,55 @@ def solve_lissa(curvature: Curvature, vector: torch.Tensor, scale: float | None 
                        {"scale": scale, "depth": depth, "repeats": repeats, "lambda_max": lam_max})
 
 
+def layer_blocks(curvature: Curvature) -> list[torch.Tensor]:
+    """Flat-vector indices of each layer: a LoRA layer's A and B together, otherwise each module's tensors."""
+    names = {id(p): n for n, p in curvature.model.named_parameters()}
+    blocks: dict[str, list[torch.Tensor]] = {}
+    start = 0
+    for p in curvature.params:
+        name = names.get(id(p), f"parameter {start}")
+        key = name.split(".lora_", 1)[0] if ".lora_" in name else name.rsplit(".", 1)[0]
+        blocks.setdefault(key, []).append(torch.arange(start, start + p.numel()))
+        start += p.numel()
+    return [torch.cat(parts) for parts in blocks.values()]
+
+
+def per_example_gradients(curvature: Curvature) -> torch.Tensor:
+    """One row per training example: ∇ of its own loss (rows of every batch, padding kept)."""
+    rows = []
+    for batch in curvature.batches:
+        for i in range(batch["input_ids"].shape[0]):
+            one = {k: v[i:i + 1] for k, v in batch.items()}
+            rows.append(loss_gradient(curvature.model, curvature.params, [one], curvature.loss_fn))
+    return torch.stack(rows)
+
+
+def solve_datainf(curvature: Curvature, vector: torch.Tensor, damping_ratio: float = 0.1) -> SolveResult:
+    """DataInf (Kwon et al. 2024): per layer l, with per-example gradients g_i and
+    λ_l = damping_ratio · mean_i mean(g_il²), x_l = (1/(n·λ_l)) Σ_i [v_l − (v_l·g_il)/(λ_l + ‖g_il‖²) · g_il].
+
+    It inverts the layer-wise empirical Fisher (1/n)Σ g_i g_iᵀ + λ_l·I by swapping the mean and the
+    inverse: exact when the g_i agree, an approximation otherwise (no curvature products)."""
+    grads = per_example_gradients(curvature).to(vector.dtype)
+    n = grads.shape[0]
+    x = torch.zeros_like(vector)
+    lambdas = []
+    for block in layer_blocks(curvature):
+        g, v = grads[:, block], vector[block]
+        lam = damping_ratio * float(g.square().mean())
+        if lam <= 0:
+            raise InfluenceError("datainf: the gradients of a layer are all zero (nothing to invert)")
+        coefficients = (g @ v) / (lam + g.square().sum(1))
+        x[block] = (n * v - coefficients @ g) / (n * lam)
+        lambdas.append(lam)
+    return SolveResult(x, 0, {"examples": n, "layers": len(lambdas), "lambdas": lambdas})
+
+
 def inverse_hvp(curvature: Curvature, vector: torch.Tensor, solver: str = "cg", **options) -> SolveResult:
-    """x ≈ (H + λI)⁻¹·``vector`` with ``solver`` (exact, cg, lissa) and its ``options``."""
+    """x ≈ (H + λI)⁻¹·``vector`` with ``solver`` (exact, cg, lissa, datainf) and its ``options``."""
     if solver not in SOLVERS:
         raise InfluenceError(f"unknown inverse-HVP solver '{solver}' (known: {', '.join(SOLVERS)})")
     if vector.numel() != curvature.dim:
         raise InfluenceError(f"vector has {vector.numel()} entries, the parameters {curvature.dim}")
-    return {"exact": solve_exact, "cg": solve_cg, "lissa": solve_lissa}[solver](curvature, vector, **options)
+    solve = {"exact": solve_exact, "cg": solve_cg, "lissa": solve_lissa, "datainf": solve_datainf}[solver]
+    return solve(curvature, vector, **options)
