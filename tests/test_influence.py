@@ -147,3 +147,19 @@ def test_datainf_is_exact_when_the_examples_agree_and_close_otherwise(setup):
             errors.append(float((result.x[block] - exact).norm() / exact.norm()))
         worst.append(max(errors))
     assert worst == sorted(worst, reverse=True) and worst[-1] < 0.05, worst
+
+
+def test_solver_benchmark_times_products_against_a_gradient():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "influence_solvers.py"
+    spec = importlib.util.spec_from_file_location("influence_solvers", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["influence_solvers"] = bench
+    spec.loader.exec_module(bench)
+    model, params, forget, retain = bench.setup()
+    assert sum(p.numel() for p in params) == 256 and len(retain) == 2
+    cost = bench.product_cost(model, params, retain[:1], repeats=2)
+    assert cost["gradient_ms"] > 0 and cost["hvp_ratio"] > 1 and cost["gnvp_ratio"] > 1
