@@ -45,9 +45,6 @@ class Variant:
         omega = f"-w{self.omega:g}" if self.omega is not None else ""
         return f"{self.split}-{self.kind}{omega}-r{self.rank}-lr{self.lr:g}"
 
-    def label(self) -> str:
-        return f"{self.kind}{f' ω={self.omega:g}' if self.omega is not None else ''}"
-
 
 def grid(splits: list[str], ranks: list[int], omegas: list[float], default_omega: float, omega_rank: int,
          lrs: list[float], forget01_rank: int) -> list[Variant]:

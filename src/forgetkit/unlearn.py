@@ -240,16 +240,22 @@ def _remove_checkpoint(out: Path) -> None:
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
 
 
+def _oracle_log(request: UnlearnRequest) -> dict | None:
+    """The run's oracle evaluation log for the split (written by ``make demo``), if there is one."""
+    from forgetkit.eval.command import read_log
+
+    oracle = Path(request.run) / "eval" / f"oracle_{request.split}"
+    return read_log(oracle) if (oracle / "eval_log_aggregated.json").is_file() else None
+
+
 def _periodic_eval(request: UnlearnRequest, tokenizer):
     """An ``on_step`` callback: every ``eval_every`` steps, Forget Quality and Model Utility from a quick
     evaluation (forget set, first 100 retain records, world facts; answers of up to 40 tokens)."""
-    from forgetkit.eval.command import read_log
     from forgetkit.eval.evaluate import EvalData, EvalSettings, benchmark_data, evaluate
 
     full = benchmark_data(Path(request.run) / "benchmark", request.split, retain_limit=100)
     data = EvalData(forget=full.forget, retain=full.retain, world_facts=full.world_facts)
-    oracle = Path(request.run) / "eval" / f"oracle_{request.split}"
-    oracle_log = read_log(oracle) if (oracle / "eval_log_aggregated.json").is_file() else None
+    oracle_log = _oracle_log(request)
     settings = EvalSettings(max_new_tokens=40, retain_limit=100, gradnorm=False)
 
     def on_step(step: int, model) -> dict | None:
@@ -265,18 +271,14 @@ def _periodic_eval(request: UnlearnRequest, tokenizer):
 
 
 def _evaluate(request: UnlearnRequest, model, tokenizer, forget_path: Path, out: Path, quiet: bool) -> dict:
-    from forgetkit.eval.command import read_log
     from forgetkit.eval.evaluate import EvalData, benchmark_data, evaluate
-    from forgetkit.io import write_json as write
 
     if request.run:
-        data = benchmark_data(Path(request.run) / "benchmark", request.split)
-        oracle = Path(request.run) / "eval" / f"oracle_{request.split}"
-        oracle_log = read_log(oracle) if (oracle / "eval_log_aggregated.json").is_file() else None
+        data, oracle_log = benchmark_data(Path(request.run) / "benchmark", request.split), _oracle_log(request)
     else:
         data, oracle_log = EvalData(forget=read_records(forget_path)), None
     eval_log, summary = evaluate(model, tokenizer, data, reference_model=None, oracle_log=oracle_log, quiet=quiet)
-    write(out / "eval" / "eval_log_aggregated.json", eval_log)
-    write(out / "eval" / "summary.json", summary)
+    write_json(out / "eval" / "eval_log_aggregated.json", eval_log)
+    write_json(out / "eval" / "summary.json", summary)
     return {"forget_quality": summary.get("forget_quality"), "model_utility": summary.get("model_utility"),
             "mia_auc": summary.get("mia", {}).get("auc"), "forget": summary["sets"].get("forget")}

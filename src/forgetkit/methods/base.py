@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -61,7 +62,7 @@ class Reference:
 
 
 @dataclass
-class Method:
+class Method(ABC):
     """Base of every method: γ weighs the forget term, α the retain term."""
 
     gamma: float = 1.0
@@ -75,8 +76,9 @@ class Method:
     starts_from_base: ClassVar[bool] = False  # retrain: fine-tune the base, not the target
     default_adapter: ClassVar[str] = "lora"  # the adapter kind when the config does not name one
 
+    @abstractmethod
     def loss(self, model, batch: UnlearnBatch, reference: Reference | None) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError
+        """The total loss and its named terms (floats) for one batch."""
 
     def retain_ce(self, model, batch: UnlearnBatch) -> torch.Tensor:
         return losses.mean_nll(forward(model, batch.retain).logits, batch.retain["labels"])
