@@ -71,11 +71,13 @@ def test_recipes_cover_every_method_and_load():
     from forgetkit.config import load_config, shipped_configs
     from forgetkit.unlearn import UnlearnConfig
 
-    assert set(shipped_configs("unlearn")) == set(METHODS)
-    for name in METHODS:
+    from forgetkit.editors import EDITORS, build_editor
+
+    assert set(shipped_configs("unlearn")) == set(METHODS) | set(EDITORS)
+    for name in [*METHODS, *EDITORS]:
         config = load_config(name, [], UnlearnConfig, kind="unlearn")
         assert config.method == name
-        build_method(name, config.params)
+        (build_editor if name in EDITORS else build_method)(name, config.params)
 
 
 @pytest.mark.parametrize("name", sorted(FORGET_TERM))

@@ -33,9 +33,10 @@ def _cmd_configs(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
+    from forgetkit.editors import EDITORS
     from forgetkit.methods import METHODS
 
-    for name, cls in sorted(METHODS.items()):
+    for name, cls in sorted({**METHODS, **EDITORS}.items()):
         print(f"{name:<17} {cls.summary}")
     return 0
 
@@ -54,19 +55,27 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
         config = build(UnlearnConfig, apply_overrides({}, overrides))
     request = UnlearnRequest(out=args.out, config=config, model=args.model, adapter=args.adapter, forget=args.forget,
                              retain=args.retain, run=args.run, split=args.split, evaluate=args.eval,
-                             eval_every=args.eval_every, device=args.device)
+                             eval_every=args.eval_every, device=args.device, edits=args.edits)
     summary = run_unlearn(request, quiet=args.quiet)
     if not summary:  # not the main process of a multi-process launch
         return 0
-    print(f"{summary['method']} ({summary['mode']}): {summary['steps']} steps in {summary['wall_time_s']:.1f}s, "
-          f"peak {summary['peak_memory_mb']:.0f} MB, {summary['trainable_parameters']:,} trainable parameters; "
-          f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}")
+    if "request" in summary:  # a closed-form editor
+        print(f"{summary['method']} ({summary['request']}): {summary['request_examples']} examples edited in "
+              f"{summary['wall_time_s']:.1f}s, peak {summary['peak_memory_mb']:.0f} MB, "
+              f"{summary['trainable_parameters']:,} adapter parameters")
+    else:
+        print(f"{summary['method']} ({summary['mode']}): {summary['steps']} steps in {summary['wall_time_s']:.1f}s, "
+              f"peak {summary['peak_memory_mb']:.0f} MB, {summary['trainable_parameters']:,} trainable parameters; "
+              f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}")
     if "eval" in summary:
         ev = summary["eval"]
         fq = ev["forget_quality"]
         print(f"forget quality: {fq:.4g}" if fq is not None else "forget quality: missing (no oracle log)")
         if ev["model_utility"] is not None:
             print(f"model utility: {ev['model_utility']:.4f}")
+        if "success" in ev:
+            print(f"{ev['success']['request']} success: {ev['success']['success']:.3f} "
+                  f"({ev['success']['count']} examples)")
     print(f"Wrote {args.out}: adapter or model, train_log.jsonl, summary.json, audit.json")
     return 0
 
@@ -179,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retain", help="retain set file")
     p.add_argument("--run", help="a prepared run directory (built-in benchmark) instead of --model/--forget/--retain")
     p.add_argument("--split", default="forget10", help="with --run: the forget split")
+    p.add_argument("--edits", help="closed-form editors: an edit file (query or response edits); with --run, "
+                                   "'query' or 'response' name the run's edit files for the split")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--eval", action="store_true", help="evaluate the result (forgetkit eval's metrics)")
     p.add_argument("--eval-every", type=int, default=0, metavar="N",

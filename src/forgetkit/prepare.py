@@ -3,7 +3,8 @@
 Stages, each in its own directory of the run directory, each written atomically and reused
 when its key (the hash of its own config and of the stages it builds on) is unchanged:
 
-1. ``benchmark/``  the synthetic benchmark (``forgetkit.data.synthetic``);
+1. ``benchmark/``  the synthetic benchmark (``forgetkit.data.synthetic``), and ``edits/``
+                   its edit requests for each forget split (``{query,response}_<split>.jsonl``);
 2. ``tokenizer/``  a byte-level BPE tokenizer trained on the benchmark's text;
 3. ``base/``       a tiny causal LM pre-trained on world facts and generic people;
 4. ``target/``     the base fine-tuned on all benchmark people (full weights, or a LoRA
@@ -29,18 +30,20 @@ import torch
 
 from forgetkit.adapters.lora import LoraSettings, attach_lora
 from forgetkit.config import config_hash, load_config
+from forgetkit.data.edits import EDIT_KINDS, benchmark_edits
 from forgetkit.data.formatting import TokenizedSet, tokenize_qa, tokenize_text
 from forgetkit.data.readers import read_records
 from forgetkit.data.synthetic import SyntheticConfig, person_of, write_benchmark
 from forgetkit.errors import ConfigError
 from forgetkit.eval.generation import exact_match, greedy_answers
-from forgetkit.io import atomic_path, write_json
+from forgetkit.io import atomic_path, write_json, write_jsonl
 from forgetkit.models import build_tiny_model, load_model, save_model, train_tokenizer
 from forgetkit.train import TRAINER_VERSION, TrainConfig, fine_tune
 
 log = logging.getLogger("forgetkit")
 TARGET_MODES = ("full", "lora")
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
+EDITS_VERSION = 1  # bump when benchmark_edits changes
 
 
 @dataclass
@@ -162,6 +165,17 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
     def split(name: str, kind: str = "qa"):
         return read_records(bench_dir / f"{name}.jsonl", kind=kind)
 
+    def build_edits(tmp: Path) -> dict:
+        counts = {}
+        for forget in FORGET_SPLITS:
+            for kind in EDIT_KINDS:
+                edits = benchmark_edits(split(forget), kind)
+                write_jsonl(tmp / f"{kind}_{forget}.jsonl", [e.to_dict() for e in edits])
+                counts[f"{kind}_{forget}"] = len(edits)
+        return {"counts": counts}
+
+    stages.run("edits", EDITS_VERSION, ["benchmark"], build_edits)
+
     def build_tokenizer(tmp: Path) -> dict:
         texts = []
         for name in ("pretrain", "full", "holdout10", "world_facts"):
@@ -253,7 +267,7 @@ def _memorisation_summary(config: PrepareConfig, run_dir: Path, stages: Stages, 
     for stage in models:
         model, tokenizer = load_stage_model(run_dir, stage, config.target_mode, device)
         accuracy[stage] = {}
-        for forget in config.oracle_splits:
+        for forget in config.oracle_splits or ["forget10"]:  # without oracles, the target on forget10's sets
             for name in (forget, holdout_of(forget), retain_of(forget), "world_facts"):
                 if name in accuracy[stage]:
                     continue

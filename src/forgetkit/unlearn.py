@@ -66,6 +66,7 @@ class UnlearnRequest:
     evaluate: bool = False
     eval_every: int = 0  # with --run: Forget Quality and Model Utility every N steps, into the step log
     device: str = "auto"
+    edits: str | None = None  # closed-form editors: an edit file (or, with --run, "query" / "response")
 
 
 def refusals() -> list[str]:
@@ -121,6 +122,18 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
     from forgetkit.models import load_model
 
     config = request.config
+    from forgetkit.editors import EDITORS
+    from forgetkit.methods import METHODS
+
+    if config.method not in METHODS and config.method not in EDITORS:
+        raise ConfigError(f"unknown method '{config.method}' (known: {', '.join(sorted({*METHODS, *EDITORS}))})")
+    if config.method in EDITORS:
+        from forgetkit.editors.command import run_edit
+
+        return run_edit(request, quiet=quiet)
+    if request.edits:
+        raise ForgetkitError(f"--edits is for the closed-form editors ({', '.join(sorted(EDITORS))}), "
+                             f"not '{config.method}'")
     method = build_method(config.method, config.params)
     if config.adapter is None:
         config.adapter = method.default_adapter if config.mode == "lora" else "lora"

@@ -81,6 +81,11 @@ def _read_text(path: Path) -> str:
     return text.removeprefix("\ufeff")  # editors on Windows add a byte-order mark
 
 
+def jsonl_rows(path: Path) -> list[Row]:
+    """The JSON values of a JSON Lines file with their line numbers (``{"line": n}``)."""
+    return _jsonl_rows(path, _read_text(path))
+
+
 def _jsonl_rows(path: Path, text: str) -> list[Row]:
     """One JSON value per non-blank line."""
     rows = []

@@ -42,6 +42,32 @@ def unflatten(vector: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torc
     return parts
 
 
+def module_of(name: str) -> str:
+    """The module a parameter belongs to: a LoRA layer's A and B map to the layer they adapt."""
+    return name.split(".lora_", 1)[0] if ".lora_" in name else name.rsplit(".", 1)[0]
+
+
+def example_losses(model, batch: Batch) -> torch.Tensor:
+    """Each example's mean next-token cross-entropy over its own labelled tokens (one value per row)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none")
+    return (nll * mask).sum(1).to(logits.dtype) / mask.sum(1).clamp(min=1)
+
+
+def summed_example_gradient(model, params: Sequence[torch.Tensor], batches: Sequence[Batch],
+                            example_loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor] = example_losses
+                            ) -> torch.Tensor:
+    """Σ_i ∇ℓ_i over every example of ``batches``, ℓ_i the example's own loss (by default its mean token
+    cross-entropy): the sums of per-example gradients that influence formulas take."""
+    total = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+    for batch in batches:
+        grads = torch.autograd.grad(example_loss_fn(model, batch).sum(), params, allow_unused=True)
+        total += flatten([torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)])
+    return total
+
+
 def loss_gradient(model, params: Sequence[torch.Tensor], batches: Sequence[Batch], loss_fn: LossFn = lm_loss
                   ) -> torch.Tensor:
     """∇ of the mean (over ``batches``) of ``loss_fn``, as a flat vector (in the model's current mode:
@@ -71,6 +97,7 @@ class Curvature:
         self.kind, self.damping, self.loss_fn = kind, damping, loss_fn
         self.dim = sum(p.numel() for p in self.params)
         self.products = 0
+        self.on_product: Callable[[], object] | None = None  # e.g. a progress bar's update
 
     def __call__(self, vector: torch.Tensor, batch_index: int | None = None) -> torch.Tensor:
         """(H + λI)·v on every batch (mean), or on ``batches[batch_index]`` alone (a stochastic estimate)."""
@@ -83,6 +110,8 @@ class Curvature:
                 product = self._hvp(batch, parts) if self.kind == "hessian" else self._gnvp(batch, parts)
                 out += flatten(product).to(out.dtype)
         self.products += 1
+        if self.on_product is not None:
+            self.on_product()
         return out / len(batches) + self.damping * vector
 
     def _hvp(self, batch: Batch, parts: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from forgetkit.influence.curvature import Curvature, InfluenceError, loss_gradient
+from forgetkit.influence.curvature import Curvature, InfluenceError, loss_gradient, module_of
 
 SOLVERS = ("exact", "cg", "lissa", "datainf")
 EXACT_MAX_DIM = 4096
@@ -74,6 +74,16 @@ def solve_cg(curvature: Curvature, vector: torch.Tensor, tol: float = 1e-6, max_
                        {"iterations": iterations, "relative_residual": math.sqrt(rr) / b_norm})
 
 
+def mean_eigenvalue(curvature: Curvature, probes: int = 4, seed: int = 0) -> float:
+    """trace(H)/dim of the undamped operator, by Hutchinson's estimator with Rademacher probes."""
+    generator = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for _ in range(probes):
+        z = (torch.randint(0, 2, (curvature.dim,), generator=generator) * 2 - 1).to(curvature.params[0])
+        total += float(z @ curvature(z)) - curvature.damping * curvature.dim
+    return total / (probes * curvature.dim)
+
+
 def largest_eigenvalue(curvature: Curvature, iterations: int = 20, seed: int = 0) -> float:
     """λ_max of (H + λI) by power iteration on the full-batch operator."""
     generator = torch.Generator().manual_seed(seed)
@@ -125,8 +135,7 @@ def layer_blocks(curvature: Curvature) -> list[torch.Tensor]:
     start = 0
     for p in curvature.params:
         name = names.get(id(p), f"parameter {start}")
-        key = name.split(".lora_", 1)[0] if ".lora_" in name else name.rsplit(".", 1)[0]
-        blocks.setdefault(key, []).append(torch.arange(start, start + p.numel()))
+        blocks.setdefault(module_of(name), []).append(torch.arange(start, start + p.numel()))
         start += p.numel()
     return [torch.cat(parts) for parts in blocks.values()]
 

@@ -1,0 +1,159 @@
+"""``forgetkit unlearn --method llmeraser|fast_ntk``: apply a closed-form editor to a LoRA adapter.
+
+The knowledge must live in a LoRA adapter on a frozen base (``--model`` + ``--adapter``, or a
+run prepared with ``target_mode=lora``). The request is a removal (``--forget FILE``, or the
+run's split) or an edit (``--edits FILE``; with ``--run``, ``--edits query`` or ``--edits
+response`` name the run's edit files for the split). ``--retain FILE`` is the rest of the
+adapter's training set (with ``--run``: the target's training data minus the request's records).
+
+The output directory holds ``adapter/`` (the edited adapter), ``config.json``, ``summary.json``
+(time, peak memory, the solve's numbers, and with ``--eval`` the metrics and the request's
+success) and ``audit.json`` (hashes and counts, never text).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from forgetkit.config import config_hash
+from forgetkit.cost import measure
+from forgetkit.data.edits import EDIT_KINDS, EditRecord, read_edits
+from forgetkit.data.formatting import tokenize_qa, tokenize_text
+from forgetkit.data.readers import read_records
+from forgetkit.data.records import QARecord, records_hash
+from forgetkit.data.synthetic import person_of
+from forgetkit.editors.base import EditData, build_editor
+from forgetkit.errors import ForgetkitError
+from forgetkit.io import write_json
+
+
+def _inputs(request) -> dict:
+    """Model and adapter dirs, the request's records (originals, edits) and the kept training records."""
+    edits: list[EditRecord] | None = None
+    if request.run:
+        run = Path(request.run)
+        bench = run / "benchmark"
+        if not (bench / f"{request.split}.jsonl").is_file():
+            raise ForgetkitError(f"{run}: no prepared benchmark split '{request.split}' (run forgetkit prepare first)")
+        if not (run / "target" / "adapter_config.json").is_file():
+            raise ForgetkitError(f"{run}/target: not a LoRA adapter; closed-form editors change the adapter that "
+                                 "holds the knowledge (prepare the run with target_mode=lora)")
+        model_dir, adapter_dir = run / "base", run / "target"
+        if request.edits in EDIT_KINDS:
+            edits_path = run / "edits" / f"{request.edits}_{request.split}.jsonl"
+        else:
+            edits_path = Path(request.edits) if request.edits else None
+        request_path = edits_path or bench / f"{request.split}.jsonl"
+        training = read_records(bench / "full.jsonl") + read_records(bench / "world_facts.jsonl")
+        texts = read_records(bench / "narratives.jsonl", kind="text")  # prepare trains the target on these too
+    else:
+        if not request.model or not request.adapter:
+            raise ForgetkitError("closed-form editors need --model DIR and --adapter DIR (the adapter holding the "
+                                 "knowledge), or --run DIR")
+        if not request.forget and not request.edits:
+            raise ForgetkitError("give the request: --forget FILE (removal) or --edits FILE (query or response edits)")
+        if not request.retain:
+            raise ForgetkitError("give --retain FILE: the rest of the adapter's training set (the curvature and the "
+                                 "update's scale come from it)")
+        model_dir, adapter_dir = Path(request.model), Path(request.adapter)
+        edits_path = Path(request.edits) if request.edits else None
+        request_path = edits_path or Path(request.forget)
+        training, texts = read_records(request.retain), []
+    if edits_path is not None:
+        edits = read_edits(edits_path)
+        originals = [e.original() for e in edits]
+    else:
+        originals = read_records(request_path)
+    removed = {r.content_hash() for r in originals} | {r.id for r in originals}
+    kept = [r for r in training if r.id not in removed and r.content_hash() not in removed]
+    return {"model": model_dir, "adapter": adapter_dir, "request_path": request_path, "edits": edits,
+            "originals": originals, "kept": kept, "texts": texts}
+
+
+def run_edit(request, quiet: bool = False) -> dict:
+    """Apply the editor, write the adapter and the records into ``request.out``, return the summary."""
+    from forgetkit.models import load_model, save_model
+
+    config = request.config
+    editor = build_editor(config.method, config.params)
+    if config.mode != "lora":
+        raise ForgetkitError(f"{config.method} edits a LoRA adapter: mode must be lora")
+    inputs = _inputs(request)
+    kind = inputs["edits"][0].kind if inputs["edits"] else "removal"
+    if kind not in editor.requests:
+        raise ForgetkitError(f"{config.method} does {', '.join(editor.requests)} requests, not {kind}")
+    out = Path(request.out)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    model, tokenizer = load_model(inputs["model"], inputs["adapter"], device=_device(request.device))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    length = config.max_length
+    people = {person_of(r.id) for r in inputs["kept"]}
+    kept = tokenize_qa(tokenizer, inputs["kept"], length, name="kept").examples
+    texts = [t for t in inputs["texts"] if person_of(t.id) in people]
+    if texts:
+        kept += tokenize_text(tokenizer, texts, length, name="kept texts").examples
+    edited = [e.edited() for e in inputs["edits"]] if inputs["edits"] else []
+    data = EditData(request=kind, original=tokenize_qa(tokenizer, inputs["originals"], length, name="request").examples,
+                    edited=tokenize_qa(tokenizer, edited, length, name="edited").examples if edited else [],
+                    kept=kept, pad_token_id=pad)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", {"unlearn": asdict(config), "config_hash": config_hash(config)})
+    with measure(_device(request.device)) as cost:
+        info = editor.apply(model, data, quiet=quiet)
+    adapter_out = out / "adapter"
+    save_model(model, tokenizer, adapter_out)
+    summary = {"method": config.method, "mode": "lora", "request": kind, "steps": 0,
+               "wall_time_s": cost.wall_time_s, "peak_memory_mb": cost.peak_memory_mb, "memory_kind": cost.memory_kind,
+               "trainable_parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" in n),
+               "request_examples": len(data.original), "kept_examples": len(data.kept), **info}
+    if request.evaluate:
+        summary["eval"] = _evaluate(request, model, tokenizer, inputs, out, quiet)
+    from forgetkit.unlearn import dir_hash
+
+    audit = {
+        "tool": "forgetkit unlearn", "method": config.method, "request": kind, "config": asdict(config),
+        "config_hash": config_hash(config),
+        "model": {"path": str(inputs["model"]), "hash": dir_hash(inputs["model"])},
+        "adapter_in": {"path": str(inputs["adapter"]), "hash": dir_hash(inputs["adapter"])},
+        "request_set": {"file": str(inputs["request_path"]), "count": len(inputs["originals"]),
+                        "hash": records_hash(inputs["edits"] or inputs["originals"])},
+        "kept": {"count": len(inputs["kept"]), "hash": records_hash(inputs["kept"])},
+        "output": {"path": str(adapter_out), "hash": dir_hash(adapter_out)},
+        "started": started, "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "metrics": summary.get("eval"),
+    }
+    write_json(out / "summary.json", summary)
+    write_json(out / "audit.json", audit)
+    return summary
+
+
+def _device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _evaluate(request, model, tokenizer, inputs: dict, out: Path, quiet: bool) -> dict:
+    """The evaluation's metrics (Forget Quality for removals on a run with an oracle log) and the
+    request's success rate."""
+    from forgetkit.eval.edit_success import edit_success, removal_success
+    from forgetkit.eval.evaluate import EvalData, benchmark_data, evaluate
+    from forgetkit.unlearn import _oracle_log
+
+    if request.run:
+        data = benchmark_data(Path(request.run) / "benchmark", request.split)
+        oracle_log = _oracle_log(request) if inputs["edits"] is None else None
+    else:
+        data, oracle_log = EvalData(forget=[QARecord(r.question, r.answer, r.id) for r in inputs["originals"]]), None
+    eval_log, summary = evaluate(model, tokenizer, data, reference_model=None, oracle_log=oracle_log, quiet=quiet)
+    write_json(out / "eval" / "eval_log_aggregated.json", eval_log)
+    write_json(out / "eval" / "summary.json", summary)
+    success = (edit_success(model, tokenizer, inputs["edits"]) if inputs["edits"]
+               else removal_success(model, tokenizer, inputs["originals"]))
+    return {"forget_quality": summary.get("forget_quality"), "model_utility": summary.get("model_utility"),
+            "mia_auc": summary.get("mia", {}).get("auc"), "forget": summary["sets"].get("forget"),
+            "success": success}
