@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="where the runs go (default RUN/unlearn)")
     parser.add_argument("--json", help="also write the table here")
     parser.add_argument("--reuse", action="store_true", help="tabulate finished runs instead of rerunning them")
+    parser.add_argument("--removal-ratios", nargs="*", type=float, default=[3.0, 10.0, 30.0],
+                        help="damping ratios to sweep for the removal")
+    parser.add_argument("--edit-ratios", nargs="*", type=float, default=[1.0, 3.0],
+                        help="damping ratios to sweep for the query and response edits")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="llmeraser config overrides")
     args = parser.parse_args(argv)
     run = Path(args.run_dir)
@@ -66,17 +70,24 @@ def main(argv: list[str] | None = None) -> int:
     before = baseline(run, args.split)
     retrain_s = json.loads((run / f"oracle_{args.split}" / "stage.json").read_text())["train"]["wall_time_s"]
     rows = []
-    for kind in REQUESTS:
-        out = out_root / f"llmeraser-{kind}-{args.split}"
+    jobs = [("removal", [f"params.damping_ratio={r:g}"]) for r in args.removal_ratios]
+    jobs += [(kind, [f"params.damping_ratio={r:g}"]) for kind in REQUESTS if kind != "removal"
+             for r in args.edit_ratios]
+    for kind, settings in jobs:
+        out = out_root / "-".join(["llmeraser", kind, args.split, *[x.split("=")[1] for x in settings]])
         if not (args.reuse and (out / "summary.json").is_file()):
             shutil.rmtree(out, ignore_errors=True)
             extra = [] if kind == "removal" else ["--edits", kind]
             _forgetkit("unlearn", "--run", str(run), "--split", args.split, "--method", "llmeraser", "--eval",
-                       "--out", str(out), *extra, *args.overrides)
+                       "--out", str(out), *extra, *args.overrides, *settings)
         summary = json.loads((out / "summary.json").read_text())
         ev = summary["eval"]
-        rows.append({"request": kind, "examples": summary["request_examples"],
+        rows.append({"request": kind, "setting": " ".join(settings) or "recipe",
+                     "examples": summary["request_examples"],
                      "success_before": before["success"][kind]["success"], "success_after": ev["success"]["success"],
+                     "success_among_known": ev["success"].get("success_among_known"),
+                     "new_pair_probability": ev["success"].get("new_pair_probability"),
+                     "new_pair_probability_before": before["success"][kind].get("new_pair_probability"),
                      "old_answer_rate_after": ev["success"]["old_answer_rate"],
                      "mu_before": before["model_utility"], "mu_after": ev["model_utility"],
                      "forget_quality": ev["forget_quality"] if kind == "removal" else None,
@@ -84,15 +95,20 @@ def main(argv: list[str] | None = None) -> int:
                      "damping": summary["damping"]})
     print(f"target FQ {before['forget_quality']:.3g}, MU {before['model_utility']:.3f}; retrain (oracle stage) "
           f"{retrain_s:.1f} s")
-    print("| request | examples | success target → edited | old answer kept | MU target → edited (change) | FQ | "
-          "products | wall s | × retrain |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| request | setting | examples | success target → edited | among answers the target gave | "
+          "old answer still given | edited pair probability | MU target → edited (change) | FQ | products | wall s | "
+          "× retrain |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         fq = f"{r['forget_quality']:.3g}" if r["forget_quality"] is not None else "–"
+        known = f"{r['success_among_known']:.3f}" if r["success_among_known"] is not None else "–"
         change = r["mu_after"] / r["mu_before"] - 1
-        print(f"| {r['request']} | {r['examples']} | {r['success_before']:.3f} → {r['success_after']:.3f} | "
-              f"{r['old_answer_rate_after']:.3f} | {r['mu_before']:.3f} → {r['mu_after']:.3f} ({change:+.1%}) | {fq} | "
-              f"{r['products']} | {r['wall_time_s']:.1f} | {r['wall_time_s'] / r['retrain_s']:.3f} |")
+        pair = (f"{r['new_pair_probability_before']:.3f} → {r['new_pair_probability']:.3f}"
+                if r["new_pair_probability"] is not None else "–")
+        print(f"| {r['request']} | {r['setting']} | {r['examples']} | {r['success_before']:.3f} → "
+              f"{r['success_after']:.3f} | {known} | {r['old_answer_rate_after']:.3f} | {pair} | "
+              f"{r['mu_before']:.3f} → {r['mu_after']:.3f} ({change:+.1%}) | {fq} | {r['products']} | "
+              f"{r['wall_time_s']:.1f} | {r['wall_time_s'] / r['retrain_s']:.3f} |")
     if args.json:
         write_json(args.json, rows)
     return 0

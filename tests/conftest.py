@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,17 @@ def unlearn_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("unlearn") / "micro"
     assert main(["prepare", "--config", "micro", "--quiet", f"run_dir={run_dir}"]) == 0
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def lora_run(unlearn_run, tmp_path_factory):
+    """The micro run with its target as a LoRA adapter (benchmark, tokenizer and base reused): read it only."""
+    from forgetkit.cli import main
+
+    run = tmp_path_factory.mktemp("lora") / "micro_lora"
+    run.mkdir()
+    for stage in ("benchmark", "tokenizer", "base"):
+        shutil.copytree(unlearn_run / stage, run / stage)
+    assert main(["prepare", "--config", "micro", "--quiet", f"run_dir={run}", "target_mode=lora",
+                 "oracle_splits=[]"]) == 0
+    return run

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -114,18 +113,6 @@ def test_benchmark_edits_correct_phone_numbers_and_move_emails_to_a_work_questio
     assert response.new_answer != response.answer and len(response.new_answer) == len(response.answer)
     [query] = benchmark_edits(forget, "query")
     assert query.new_question == "What is the work email address of Ann Lee?" and query.answer == forget[1].answer
-
-
-@pytest.fixture(scope="module")
-def lora_run(unlearn_run, tmp_path_factory):
-    """The micro run with its target as a LoRA adapter (benchmark, tokenizer and base reused)."""
-    run = tmp_path_factory.mktemp("lora") / "micro_lora"
-    run.mkdir()
-    for stage in ("benchmark", "tokenizer", "base"):
-        shutil.copytree(unlearn_run / stage, run / stage)
-    assert main(["prepare", "--config", "micro", "--quiet", f"run_dir={run}", "target_mode=lora",
-                 "oracle_splits=[]"]) == 0
-    return run
 
 
 def forget_losses(run, adapter, records: list[QARecord]) -> torch.Tensor:

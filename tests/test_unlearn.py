@@ -29,7 +29,8 @@ from forgetkit.unlearn import alternate_records
 # The term of each method's loss that unlearning drives down (the forget side of the objective).
 FORGET_TERM = {"ga": "neg_forget_ce", "graddiff": "neg_forget_ce", "bounded_graddiff": "neg_forget_ce",
                "kl": "neg_forget_ce", "npo": "npo", "simnpo": "simnpo", "idk_dpo": "idk_dpo", "idk_nll": "idk_ce",
-               "rmu": "forget_steer_mse", "undial": "undial", "relearn": "aug_ce", "retrain": "retain_ce"}
+               "rmu": "forget_steer_mse", "undial": "undial", "relearn": "aug_ce", "retrain": "retain_ce",
+               "influence_peft": "npo"}
 
 
 def records(prefix: str, n: int) -> list[QARecord]:
@@ -69,9 +70,8 @@ def full_batch(data: PairedData, alternate, pad: int) -> UnlearnBatch:
 
 def test_recipes_cover_every_method_and_load():
     from forgetkit.config import load_config, shipped_configs
-    from forgetkit.unlearn import UnlearnConfig
-
     from forgetkit.editors import EDITORS, build_editor
+    from forgetkit.unlearn import UnlearnConfig
 
     assert set(shipped_configs("unlearn")) == set(METHODS) | set(EDITORS)
     for name in [*METHODS, *EDITORS]:

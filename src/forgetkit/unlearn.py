@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -29,7 +30,7 @@ from forgetkit.data.records import QARecord, records_hash
 from forgetkit.errors import ConfigError, ForgetkitError
 from forgetkit.io import write_json
 from forgetkit.methods import build_method
-from forgetkit.train import CHECKPOINT_DIR, LOG_FILE, PairedData, TrainConfig, process_state, train_loop
+from forgetkit.train import CHECKPOINT_DIR, LOG_FILE, PairedData, TrainConfig, TrainStats, process_state, train_loop
 
 MODES = ("lora", "full")
 # For user data without vague answers: a privacy-free non-answer, ReLearn's kind of target.
@@ -160,18 +161,9 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
     device = "cpu" if device == "auto" else device
     torch.manual_seed(config.train.seed)
     model, tokenizer = load_model(model_dir, adapter_dir, device=device)
-    if adapter_dir is not None:
+    existing_adapter = adapter_dir is not None and method.trains_existing_adapter and config.mode == "lora"
+    if adapter_dir is not None and not existing_adapter:
         model = model.merge_and_unload()  # the adapter becomes part of the frozen starting point
-    after_step = None
-    if config.mode == "lora":
-        model = attach_lora(model, config.lora, kind=config.adapter)
-        if config.adapter == "clipped":
-            layers = bounded_layers(model, config.lora.bounded_modules)
-
-            def after_step(_model) -> None:
-                clip_adapters(layers, config.lora.clip_norm)
-    else:
-        model.requires_grad_(True)
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     data = PairedData()
@@ -187,9 +179,29 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
     if retain and (method.needs_retain or method.starts_from_base):
         data.retain = tokenize_qa(tokenizer, retain, config.max_length, name="retain").examples
 
-    from forgetkit.methods import Reference
+    from forgetkit.methods import Reference, UnlearnContext
 
-    reference = Reference(model) if method.needs_reference else None
+    context = UnlearnContext(model, tokenizer, data, forget, config, out, quiet, existing_adapter)
+    phases: dict = {}
+    phase_start = time.perf_counter()
+    after_step = None
+    if existing_adapter:  # the adapter that holds the knowledge is trained itself
+        for name, param in model.named_parameters():
+            param.requires_grad_("lora_" in name)
+    elif config.mode == "lora":
+        lora, phases = method.place_adapter(context, config.lora)
+        model = context.model = attach_lora(model, lora, kind=config.adapter)
+        if config.adapter == "clipped":
+            layers = bounded_layers(model, config.lora.bounded_modules)
+
+            def after_step(_model) -> None:
+                clip_adapters(layers, config.lora.clip_norm)
+    else:
+        model.requires_grad_(True)
+    phases.update(method.start(context))
+    before_training_s = time.perf_counter() - phase_start
+
+    reference = Reference(model, frozen_copy=existing_adapter) if method.needs_reference else None
 
     def loss_fn(wrapped, batch):
         return method.loss(wrapped, batch, reference)
@@ -198,8 +210,19 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {"unlearn": asdict(config), "config_hash": config_hash(config)})
     on_step = _periodic_eval(request, tokenizer) if request.eval_every else None
-    stats = train_loop(model, loss_fn, data, config.train, pad, run_dir=out, desc=f"unlearn ({config.method})",
-                       quiet=quiet, after_step=after_step, on_step=on_step)
+    epochs = method.train_steps(config.train.epochs)
+    if epochs > 0:
+        stats = train_loop(model, loss_fn, data, replace(config.train, epochs=epochs), pad, run_dir=out,
+                           desc=f"unlearn ({config.method})", quiet=quiet, after_step=after_step, on_step=on_step)
+    else:
+        stats = TrainStats(0, 0, 0, float("nan"), float("nan"), 0.0, 0.0, "none",
+                           sum(p.numel() for p in model.parameters() if p.requires_grad))
+    phase_start = time.perf_counter()
+    phases.update(method.finish(context))
+    after_training_s = time.perf_counter() - phase_start
+    if phases:  # a method with phases around training: they count in its time
+        stats.wall_time_s += before_training_s + after_training_s
+        phases.update({"before_training_s": before_training_s, "after_training_s": after_training_s})
 
     from forgetkit.models import save_model
 
@@ -209,6 +232,8 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
     save_model(model, tokenizer, result_dir)
     summary = {"method": config.method, "mode": config.mode, **stats.to_dict(),
                "forget_examples": len(forget), "retain_examples": len(retain or [])}
+    if phases:
+        summary["phases"] = phases
     if request.evaluate:
         summary["eval"] = _evaluate(request, model, tokenizer, forget_path, out, quiet)
     ended = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -251,6 +276,7 @@ def _remove_checkpoint(out: Path) -> None:
     import shutil
 
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    shutil.rmtree(out / "refine" / CHECKPOINT_DIR, ignore_errors=True)
 
 
 def _oracle_log(request: UnlearnRequest) -> dict | None:

@@ -98,6 +98,11 @@ def run_edit(request, quiet: bool = False) -> dict:
     data = EditData(request=kind, original=tokenize_qa(tokenizer, inputs["originals"], length, name="request").examples,
                     edited=tokenize_qa(tokenizer, edited, length, name="edited").examples if edited else [],
                     kept=kept, pad_token_id=pad)
+    known = None
+    if request.evaluate and kind == "removal":  # which forget answers the model gives before the request
+        from forgetkit.eval.edit_success import removal_success
+
+        known = removal_success(model, tokenizer, inputs["originals"])["answered"]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {"unlearn": asdict(config), "config_hash": config_hash(config)})
     with measure(_device(request.device)) as cost:
@@ -109,7 +114,7 @@ def run_edit(request, quiet: bool = False) -> dict:
                "trainable_parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" in n),
                "request_examples": len(data.original), "kept_examples": len(data.kept), **info}
     if request.evaluate:
-        summary["eval"] = _evaluate(request, model, tokenizer, inputs, out, quiet)
+        summary["eval"] = _evaluate(request, model, tokenizer, inputs, out, quiet, known)
     from forgetkit.unlearn import dir_hash
 
     audit = {
@@ -137,9 +142,9 @@ def _device(device: str) -> str:
     return device
 
 
-def _evaluate(request, model, tokenizer, inputs: dict, out: Path, quiet: bool) -> dict:
+def _evaluate(request, model, tokenizer, inputs: dict, out: Path, quiet: bool, known: list[bool] | None) -> dict:
     """The evaluation's metrics (Forget Quality for removals on a run with an oracle log) and the
-    request's success rate."""
+    request's success rate (for a removal, also among the answers the model gave before: ``known``)."""
     from forgetkit.eval.edit_success import edit_success, removal_success
     from forgetkit.eval.evaluate import EvalData, benchmark_data, evaluate
     from forgetkit.unlearn import _oracle_log
@@ -152,8 +157,11 @@ def _evaluate(request, model, tokenizer, inputs: dict, out: Path, quiet: bool) -
     eval_log, summary = evaluate(model, tokenizer, data, reference_model=None, oracle_log=oracle_log, quiet=quiet)
     write_json(out / "eval" / "eval_log_aggregated.json", eval_log)
     write_json(out / "eval" / "summary.json", summary)
-    success = (edit_success(model, tokenizer, inputs["edits"]) if inputs["edits"]
-               else removal_success(model, tokenizer, inputs["originals"]))
+    if inputs["edits"]:
+        success = edit_success(model, tokenizer, inputs["edits"])
+    else:
+        success = removal_success(model, tokenizer, inputs["originals"], known=known)
+        del success["answered"]
     return {"forget_quality": summary.get("forget_quality"), "model_utility": summary.get("model_utility"),
             "mia_auc": summary.get("mia", {}).get("auc"), "forget": summary["sets"].get("forget"),
             "success": success}

@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from forgetkit.influence.curvature import Batch, Curvature, InfluenceError, loss_gradient, module_of, unflatten
+from forgetkit.influence.curvature import (
+    Batch,
+    Curvature,
+    InfluenceError,
+    LossFn,
+    lm_loss,
+    loss_gradient,
+    module_of,
+    unflatten,
+)
 from forgetkit.influence.solvers import SolveResult, inverse_hvp, mean_eigenvalue
 
 REDUCTIONS = ("norm", "mean_abs")
@@ -105,12 +114,14 @@ class InfluenceScores:
 
 def influence_scores(model, named_params: Sequence[tuple[str, torch.Tensor]], forget: Sequence[Batch],
                      retain: Sequence[Batch], solver: str = "cg", kind: str = "gauss_newton",
-                     damping: float | None = None, damping_ratio: float = 0.1, **solver_options) -> InfluenceScores:
+                     damping: float | None = None, damping_ratio: float = 0.1, loss_fn: LossFn = lm_loss,
+                     **solver_options) -> InfluenceScores:
     """I = (H_r + λI)⁻¹·∇L(D_f) over ``named_params``; λ = ``damping``, or ``damping_ratio`` × the mean
-    eigenvalue of H_r (Hutchinson) when ``damping`` is None."""
+    eigenvalue of H_r (Hutchinson) when ``damping`` is None. ``loss_fn`` other than the causal LM's
+    needs ``kind="hessian"``."""
     names = [n for n, _ in named_params]
     params = [p for _, p in named_params]
-    curvature = Curvature(model, params, retain, kind=kind)
+    curvature = Curvature(model, params, retain, kind=kind, loss_fn=loss_fn)
     info: dict = {}
     if damping is None:
         info["mean_eigenvalue"] = mean_eigenvalue(curvature)
@@ -118,7 +129,7 @@ def influence_scores(model, named_params: Sequence[tuple[str, torch.Tensor]], fo
         if damping <= 0:
             raise InfluenceError("the retain curvature is zero over these parameters: give a positive damping")
     curvature.damping = damping
-    gradient = loss_gradient(model, params, forget).detach()
+    gradient = loss_gradient(model, params, forget, loss_fn).detach()
     result = inverse_hvp(curvature, gradient, solver, **solver_options)
     info["products"] = curvature.products
     return InfluenceScores(names, [t.detach().clone() for t in unflatten(result.x, params)],

@@ -101,10 +101,11 @@ def largest_eigenvalue(curvature: Curvature, iterations: int = 20, seed: int = 0
 
 
 def solve_lissa(curvature: Curvature, vector: torch.Tensor, scale: float | None = None, depth: int | None = None,
-                repeats: int = 1, tol: float = 1e-3, max_depth: int = 2000, blowup: float = 1e6) -> SolveResult:
+                repeats: int = 1, tol: float = 1e-3, max_depth: int = 2000, blowup: float = 1e6,
+                power_iterations: int = 20) -> SolveResult:
     """Stochastic Neumann series, averaged over ``repeats`` runs of ``depth`` steps."""
     before = curvature.products
-    lam_max = largest_eigenvalue(curvature) if scale is None else None
+    lam_max = largest_eigenvalue(curvature, power_iterations) if scale is None else None
     if scale is None:
         scale = 1.1 * lam_max
     if scale <= 0:

@@ -6,6 +6,7 @@ from forgetkit.methods import (  # noqa: F401  (each module registers its method
     graddiff,
     idk_dpo,
     idk_nll,
+    influence_peft,
     kl,
     npo,
     relearn,
@@ -14,6 +15,6 @@ from forgetkit.methods import (  # noqa: F401  (each module registers its method
     simnpo,
     undial,
 )
-from forgetkit.methods.base import METHODS, Method, Reference, UnlearnBatch, build_method
+from forgetkit.methods.base import METHODS, Method, Reference, UnlearnBatch, UnlearnContext, build_method
 
-__all__ = ["METHODS", "Method", "Reference", "UnlearnBatch", "build_method"]
+__all__ = ["METHODS", "Method", "Reference", "UnlearnBatch", "UnlearnContext", "build_method"]

@@ -16,6 +16,7 @@ import copy
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -44,10 +45,11 @@ def forward(model, part: dict[str, torch.Tensor], hidden_states: bool = False):
 
 
 class Reference:
-    """π_ref's outputs, without gradients: the adapter-disabled model (LoRA) or a frozen copy (full)."""
+    """π_ref's outputs, without gradients: the adapter-disabled model (LoRA) or a frozen copy (full, or
+    ``frozen_copy=True``: an adapter that already holds the knowledge is itself trained)."""
 
-    def __init__(self, model) -> None:
-        self._lora = hasattr(model, "disable_adapter")
+    def __init__(self, model, frozen_copy: bool = False) -> None:
+        self._lora = hasattr(model, "disable_adapter") and not frozen_copy
         self._copy = None
         if not self._lora:
             self._copy = copy.deepcopy(model).eval().requires_grad_(False)
@@ -59,6 +61,41 @@ class Reference:
             return forward(self._copy, part, hidden_states)
         with model.disable_adapter():
             return forward(model, part, hidden_states)
+
+
+@dataclass
+class UnlearnContext:
+    """What a method's optional phases (:meth:`Method.place_adapter`, ``start``, ``finish``) may use."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    data: object  # forgetkit.train.PairedData
+    forget: list  # the forget records (for answer variants; never logged)
+    config: object  # forgetkit.unlearn.UnlearnConfig
+    out: Path
+    quiet: bool
+    existing_adapter: bool  # the knowledge lives in the adapter being trained
+
+    @property
+    def pad(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+
+    def batches(self, examples, batch_size: int = 32) -> list[dict[str, torch.Tensor]]:
+        from forgetkit.data.formatting import collate
+
+        examples = [{k: e[k] for k in ("input_ids", "labels")} for e in examples]
+        return [collate(examples[i:i + batch_size], self.pad) for i in range(0, len(examples), batch_size)]
+
+    def answer_variants(self) -> list[dict]:
+        """The forget questions with their perturbed and vague answers, tokenised."""
+        from forgetkit.data.formatting import tokenize_qa
+        from forgetkit.data.records import QARecord
+
+        variants = [QARecord(r.question, answer, f"{r.id}-variant{i}") for r in self.forget
+                    for i, answer in enumerate([*r.perturbed_answer, *([r.vague_answer] if r.vague_answer else [])])]
+        if not variants:
+            return []
+        return tokenize_qa(self.tokenizer, variants, self.config.max_length, name="answer variants").examples
 
 
 @dataclass
@@ -75,6 +112,23 @@ class Method(ABC):
     alternate_answers: ClassVar[str | None] = None  # "idk" or "vague"
     starts_from_base: ClassVar[bool] = False  # retrain: fine-tune the base, not the target
     default_adapter: ClassVar[str] = "lora"  # the adapter kind when the config does not name one
+    trains_existing_adapter: ClassVar[bool] = False  # an adapter target is trained itself, not merged
+
+    def place_adapter(self, ctx: UnlearnContext, lora):
+        """Optional phase before the adapter exists: the LoRA settings to use, and what to record."""
+        return lora, {}
+
+    def start(self, ctx: UnlearnContext) -> dict:
+        """Optional phase once the adapter exists, before training; returns what to record."""
+        return {}
+
+    def train_steps(self, default: float) -> float:
+        """The epochs to train (a method may skip training: 0)."""
+        return default
+
+    def finish(self, ctx: UnlearnContext) -> dict:
+        """Optional phase after training; returns what to record."""
+        return {}
 
     @abstractmethod
     def loss(self, model, batch: UnlearnBatch, reference: Reference | None) -> tuple[torch.Tensor, dict[str, float]]:
