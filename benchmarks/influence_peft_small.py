@@ -33,10 +33,9 @@ ABLATION = {
     "no phase 3 (no mask, no refinement)": ["params.phase3=false"],
     "phase 2: regulariser only (no NPO)": ["params.objective=none"],
     "phase 2: no regulariser": ["params.reg_lambda=0"],
-    "mask 0.0": ["params.mask_fraction=0.0"],
     "mask 0.5": ["params.mask_fraction=0.5"],
-    "mask 0.8": ["params.mask_fraction=0.8"],
-    "mask 0.99": ["params.mask_fraction=0.99"],
+    "mask 0.95 (the proposal's)": ["params.mask_fraction=0.95"],
+    "refine at the training lr (1e-2)": ["params.refine_lr=1e-2"],
     "synthetic: random retain": ["params.synth=random"],
     "synthetic: none": ["params.synth=none"],
 }

@@ -5,8 +5,9 @@
 - ``cg``: conjugate gradient; needs a positive-definite operator (Gauss–Newton, or enough damping)
   and stops with an error when it meets a direction of non-positive curvature.
 - ``lissa``: the stochastic Neumann series of the founding proposal, h ← v + h − A·h/s, x = h/s,
-  one batch per step; s = 1.1·λ_max from power iteration unless given; stops with an error when
-  the iterate blows up (s too small or A not positive definite).
+  one batch per step; s = 1.1·λ_max from power iteration unless given (doubled and restarted if
+  the iterate blows up); stops with an error when it still blows up (s too small or A not
+  positive definite).
 - ``datainf``: DataInf's closed form per layer from per-example gradients (an approximation of the
   damped empirical Fisher's inverse; no curvature products).
 """
@@ -102,10 +103,15 @@ def largest_eigenvalue(curvature: Curvature, iterations: int = 20, seed: int = 0
 
 def solve_lissa(curvature: Curvature, vector: torch.Tensor, scale: float | None = None, depth: int | None = None,
                 repeats: int = 1, tol: float = 1e-3, max_depth: int = 2000, blowup: float = 1e6,
-                power_iterations: int = 20) -> SolveResult:
-    """Stochastic Neumann series, averaged over ``repeats`` runs of ``depth`` steps."""
+                power_iterations: int = 20, raises: int = 3) -> SolveResult:
+    """Stochastic Neumann series, averaged over ``repeats`` runs of ``depth`` steps.
+
+    With the scale estimated (``scale=None``), a blow-up doubles it and starts again, up to
+    ``raises`` times: one batch's curvature can exceed the full-batch λ_max that set it. A given
+    scale that blows up is an error at once."""
     before = curvature.products
     lam_max = largest_eigenvalue(curvature, power_iterations) if scale is None else None
+    attempts = raises + 1 if scale is None else 1
     if scale is None:
         scale = 1.1 * lam_max
     if scale <= 0:
@@ -114,6 +120,21 @@ def solve_lissa(curvature: Curvature, vector: torch.Tensor, scale: float | None 
         # The slowest component contracts by (1 − λ_min/s) per step; λ_min ≥ the damping.
         floor = curvature.damping if curvature.damping > 0 else scale * 1e-3
         depth = min(max_depth, math.ceil(scale / floor * math.log(1 / tol)))
+    for attempt in range(attempts):
+        try:
+            x = _neumann(curvature, vector, scale, depth, repeats, blowup)
+            break
+        except InfluenceError:
+            if attempt == attempts - 1:
+                raise
+            scale *= 2
+    return SolveResult(x, curvature.products - before,
+                       {"scale": scale, "depth": depth, "repeats": repeats, "lambda_max": lam_max,
+                        "scale_raised": attempt})
+
+
+def _neumann(curvature: Curvature, vector: torch.Tensor, scale: float, depth: int, repeats: int,
+             blowup: float) -> torch.Tensor:
     v_norm = float(vector.norm()) or 1.0
     estimates = []
     for repeat in range(repeats):
@@ -125,8 +146,7 @@ def solve_lissa(curvature: Curvature, vector: torch.Tensor, scale: float | None 
                 raise InfluenceError(f"lissa: the series blew up at step {step} (‖h‖ = {h_norm:.3g}); raise the "
                                      f"scale (now {scale:.3g}) or the damping")
         estimates.append(h / scale)
-    return SolveResult(torch.stack(estimates).mean(0), curvature.products - before,
-                       {"scale": scale, "depth": depth, "repeats": repeats, "lambda_max": lam_max})
+    return torch.stack(estimates).mean(0)
 
 
 def layer_blocks(curvature: Curvature) -> list[torch.Tensor]:

@@ -42,18 +42,19 @@ class InfluencePEFT(Method):
     beta: float = 0.1  # npo's β
     reg_lambda: float = 1.0  # the forgetting regulariser's weight (0: off)
     phase1: bool = True
-    top_k: int | None = 4
+    top_k: int | None = 8
     parameter_budget: int | None = None  # instead of top_k: as many critical modules as fit
     influence_examples: int = 64  # retain examples in the curvature and forget examples in ∇L(D_f)
-    lissa_depth: int = 20
-    power_iterations: int = 10
+    lissa_depth: int = 10
+    power_iterations: int = 5
     damping_ratio: float = 0.1
     phase2: bool = True
     phase3: bool = True
-    mask_fraction: float = 0.95
+    mask_fraction: float = 0.0  # the proposal's 0.95 undoes the forgetting (docs/results.md)
     refine_steps: int = 20
+    refine_lr: float | None = 1e-3  # None: the training lr
     synth: str = "gradient_matched"
-    synth_pool: int = 256  # retain candidates for gradient matching (plus the perturbed and vague answers)
+    synth_pool: int = 128  # candidates scored for gradient matching (a sample of retain + answer variants)
     synth_examples: int | None = None  # None: as many as forget examples
     seed: int = 0
 
@@ -171,8 +172,9 @@ class InfluencePEFT(Method):
             retain_all = list(ctx.data.retain) + synth
             train = ctx.config.train
             epochs = self.refine_steps * train.batch_size / len(retain_all)
-            refine = TrainConfig(epochs=epochs, batch_size=train.batch_size, lr=train.lr, seed=train.seed,
-                                 mixed_precision=train.mixed_precision, max_grad_norm=train.max_grad_norm)
+            refine = TrainConfig(epochs=epochs, batch_size=train.batch_size, lr=self.refine_lr or train.lr,
+                                 seed=train.seed, mixed_precision=train.mixed_precision,
+                                 max_grad_norm=train.max_grad_norm)
 
             def refine_loss(model, batch):
                 ce = losses.mean_nll(forward(model, batch.retain).logits, batch.retain["labels"])
@@ -190,10 +192,10 @@ class InfluencePEFT(Method):
         count = self.synth_examples if self.synth_examples is not None else len(ctx.data.forget)
         if self.synth == "none" or count == 0:
             return [], []
-        pool = self._sample(ctx.data.retain, self.synth_pool)
         if self.synth == "random":
-            return pool[:count], []
-        pool = pool + ctx.answer_variants()  # the forget questions with perturbed and vague answers
+            return self._sample(ctx.data.retain, count), []
+        # candidates: retain examples and the forget questions with perturbed and vague answers
+        pool = self._sample(list(ctx.data.retain) + ctx.answer_variants(), self.synth_pool)
         params = [p for _, p in named]
         target = torch.cat([g.reshape(-1) for g in scores.forget_gradient])
         cosines = gradient_matched(ctx.model, params, [ctx.batches([e])[0] for e in pool], target)
