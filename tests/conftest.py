@@ -50,3 +50,29 @@ def lora_run(unlearn_run, tmp_path_factory):
     assert main(["prepare", "--config", "micro", "--quiet", f"run_dir={run}", "target_mode=lora",
                  "oracle_splits=[]"]) == 0
     return run
+
+
+@pytest.fixture(scope="session")
+def float64_lora_gpt2(bpe_tokenizer):
+    """A builder of a fresh micro GPT-2 in float64 (Llama's RMSNorm computes in float32) with a rank-1 LoRA
+    on the attention projections (a few hundred parameters, A and B random), and six tokenised examples."""
+    import torch
+
+    from forgetkit.adapters import LoraSettings, attach_lora
+    from forgetkit.data.formatting import tokenize_qa
+    from forgetkit.data.records import QARecord
+    from forgetkit.models import build_tiny_model
+
+    def build():
+        torch.manual_seed(0)
+        model = attach_lora(build_tiny_model(bpe_tokenizer, "gpt2", "micro", seed=0),
+                            LoraSettings(r=1, alpha=2, target_modules=["c_attn"])).double().eval()
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_" in n:
+                    p.normal_(0, 0.3)
+        records = [QARecord(f"Who is person {i}?", f"Person {i} is a poet from town {i % 7}.", f"r{i}")
+                   for i in range(6)]
+        return model, tokenize_qa(bpe_tokenizer, records, 48).examples
+
+    return build

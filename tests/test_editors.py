@@ -184,19 +184,8 @@ def test_fast_ntk_runs_on_a_micro_adapter_and_moves_the_forget_outputs(lora_run,
 
 
 @pytest.fixture(scope="module")
-def gpt2_lora(bpe_tokenizer):
-    from forgetkit.adapters import LoraSettings, attach_lora
-    from forgetkit.models import build_tiny_model
-
-    torch.manual_seed(0)
-    model = attach_lora(build_tiny_model(bpe_tokenizer, "gpt2", "micro", seed=0),
-                        LoraSettings(r=1, alpha=2, target_modules=["c_attn"])).double().eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_" in n:
-                p.normal_(0, 0.3)
-    records = [QARecord(f"Who is person {i}?", f"Person {i} is a poet from town {i % 7}.", f"r{i}") for i in range(6)]
-    examples = tokenize_qa(bpe_tokenizer, records, 48).examples
+def gpt2_lora(float64_lora_gpt2):
+    model, examples = float64_lora_gpt2()
     return model, [collate(examples[:2], 0)], [collate(examples[2:], 0)]
 
 

@@ -5,27 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from forgetkit.adapters import LoraSettings, attach_lora
-from forgetkit.data.formatting import collate, tokenize_qa
-from forgetkit.data.records import QARecord
+from forgetkit.data.formatting import collate
 from forgetkit.influence import Curvature, InfluenceError, inverse_hvp, largest_eigenvalue, loss_gradient
 from forgetkit.influence.solvers import exact_matrix
 from forgetkit.models import build_tiny_model
 
 
 @pytest.fixture(scope="module")
-def setup(bpe_tokenizer):
-    """A micro GPT-2 in float64 (Llama's RMSNorm computes in float32) with a rank-1 LoRA on the attention
-    projections (a few hundred parameters), two batches."""
-    torch.manual_seed(0)
-    model = attach_lora(build_tiny_model(bpe_tokenizer, "gpt2", "micro", seed=0),
-                        LoraSettings(r=1, alpha=2, target_modules=["c_attn"])).double().eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_" in n:
-                p.normal_(0, 0.3)
-    records = [QARecord(f"Who is person {i}?", f"Person {i} is a poet from town {i % 7}.", f"r{i}") for i in range(6)]
-    examples = tokenize_qa(bpe_tokenizer, records, 48).examples
+def setup(float64_lora_gpt2, bpe_tokenizer):
+    """The float64 micro GPT-2 with a rank-1 LoRA, its trainable parameters, two batches of three."""
+    model, examples = float64_lora_gpt2()
     pad = bpe_tokenizer.pad_token_id
     batches = [collate(examples[:3], pad), collate(examples[3:], pad)]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -163,3 +152,23 @@ def test_solver_benchmark_times_products_against_a_gradient():
     assert sum(p.numel() for p in params) == 256 and len(retain) == 2
     cost = bench.product_cost(model, params, retain[:1], repeats=2)
     assert cost["gradient_ms"] > 0 and cost["hvp_ratio"] > 1 and cost["gnvp_ratio"] > 1
+
+
+def test_lissa_raises_an_estimated_scale_when_one_batch_is_much_steeper():
+    """Three batches, one 30× steeper: the full-batch λ_max sets a scale that one batch's steps overshoot;
+    the solver doubles it and converges near the exact inverse."""
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Linear(3, 1, bias=False).double()
+
+    def loss_fn(m, batch):
+        return 0.5 * ((m(batch["x"]).squeeze(-1) - batch["y"]) ** 2).mean()
+
+    batches = [{"x": torch.randn(8, 3, generator=g, dtype=torch.float64) * s,
+                "y": torch.randn(8, generator=g, dtype=torch.float64)} for s in (0.2, 0.2, 6.0)]
+    curvature = Curvature(model, list(model.parameters()), batches, kind="hessian", damping=0.5, loss_fn=loss_fn)
+    b = torch.randn(3, generator=g, dtype=torch.float64)
+    exact = inverse_hvp(curvature, b, "exact")
+    lissa = inverse_hvp(curvature, b, "lissa", depth=600, repeats=3)
+    assert lissa.info["scale_raised"] >= 1
+    assert torch.isfinite(lissa.x).all()
+    assert float((lissa.x - exact.x).norm() / exact.x.norm()) < 0.5
