@@ -157,8 +157,9 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
         raise ForgetkitError(f"method '{config.method}' needs a retain set (--retain FILE)")
 
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    device = "cuda" if request.device == "auto" and torch.cuda.is_available() else request.device
-    device = "cpu" if device == "auto" else device
+    from forgetkit.prepare import resolve_device
+
+    device = resolve_device(request.device)
     torch.manual_seed(config.train.seed)
     model, tokenizer = load_model(model_dir, adapter_dir, device=device)
     existing_adapter = adapter_dir is not None and method.trains_existing_adapter and config.mode == "lora"

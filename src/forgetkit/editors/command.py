@@ -27,6 +27,7 @@ from forgetkit.data.synthetic import person_of
 from forgetkit.editors.base import EditData, build_editor
 from forgetkit.errors import ForgetkitError
 from forgetkit.io import write_json
+from forgetkit.prepare import resolve_device
 
 
 def _inputs(request) -> dict:
@@ -86,7 +87,8 @@ def run_edit(request, quiet: bool = False) -> dict:
         raise ForgetkitError(f"{config.method} does {', '.join(editor.requests)} requests, not {kind}")
     out = Path(request.out)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    model, tokenizer = load_model(inputs["model"], inputs["adapter"], device=_device(request.device))
+    device = resolve_device(request.device)
+    model, tokenizer = load_model(inputs["model"], inputs["adapter"], device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     length = config.max_length
     people = {person_of(r.id) for r in inputs["kept"]}
@@ -105,7 +107,7 @@ def run_edit(request, quiet: bool = False) -> dict:
         known = removal_success(model, tokenizer, inputs["originals"])["answered"]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {"unlearn": asdict(config), "config_hash": config_hash(config)})
-    with measure(_device(request.device)) as cost:
+    with measure(device) as cost:
         info = editor.apply(model, data, quiet=quiet)
     adapter_out = out / "adapter"
     save_model(model, tokenizer, adapter_out)
@@ -132,14 +134,6 @@ def run_edit(request, quiet: bool = False) -> dict:
     write_json(out / "summary.json", summary)
     write_json(out / "audit.json", audit)
     return summary
-
-
-def _device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _evaluate(request, model, tokenizer, inputs: dict, out: Path, quiet: bool, known: list[bool] | None) -> dict:
