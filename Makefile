@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine with only Python 3:
-#   make demo   build the built-in benchmark's starting point (prepare --config small) and evaluate
-#               its target against the retrain oracle (forgetkit eval)
+#   make demo   the showcase: prepare the built-in `small` benchmark (LoRA target) and run the demo grid
+#               (forgetkit bench --config demo): leaderboard, plots and an HTML report
 #   make test   run the test suite
 VENV   ?= .venv
 PYTHON ?= python3
@@ -18,11 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/forgetkit prepare --config small
-	$(BIN)/forgetkit eval --model runs/small/oracle_forget10 --data runs/small/benchmark --split forget10 \
-		--out runs/small/eval/oracle_forget10
-	$(BIN)/forgetkit eval --model runs/small/target --data runs/small/benchmark --split forget10 \
-		--oracle-log runs/small/eval/oracle_forget10 --out runs/small/eval/target
+	$(BIN)/forgetkit bench --config demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -159,6 +159,24 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from forgetkit.bench.command import run_bench
+    from forgetkit.bench.config import load_bench_config
+    from forgetkit.bench.leaderboard import format_markdown
+
+    result = run_bench(load_bench_config(args.config, args.overrides), quiet=args.quiet)
+    meta = result["meta"]
+    print(format_markdown(result["rows"]))
+    print(f"\n{meta['cells']} cells ({meta['computed now']} computed now, {meta['done']} done, "
+          f"{meta['refused or diverged']} refused or diverged)")
+    for row in result["results"]:
+        if row["status"] != "done":
+            print(f"  {row['cell']['id']}: {row['status']}: {row.get('reason', '')}")
+    print(f"Leaderboard: {result['files']['markdown']}, .csv, .json")
+    print(f"Report: {result['files']['report']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgetkit", description="Make a language model forget data, and measure it.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
@@ -254,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oracle-logs", help="the retrain oracle's log on the same forget set")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_aggregate)
+
+    p = sub.add_parser("bench", help="run a grid of methods x forget splits x seeds with attacks; leaderboard, "
+                                     "plots and an HTML report (cells cached: a rerun computes only what is missing)")
+    p.add_argument("--config", default="demo", help="bench config: a shipped name (demo, full, tofu_llama) or a "
+                                                   "YAML path")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seeds=[0,1,2]")
+    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -66,14 +66,19 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{key}': '{part}' is not a section")
-        node[parts[-1]] = value
+        set_dotted(data, key, value)
     return data
+
+
+def set_dotted(data: dict, key: str, value) -> None:
+    """``data["a"]["b"] = value`` for ``key`` ``"a.b"``, creating sections as needed."""
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{key}': '{part}' is not a section")
+    node[parts[-1]] = value
 
 
 def build(cls: type, data: dict, where: str = ""):

@@ -249,6 +249,7 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
         "retain": {"file": str(retain_path), "hash": records_hash(retain), "count": len(retain)} if retain else None,
         "origin": origin,
         "output": {"path": str(result_dir), "hash": dir_hash(result_dir)},
+        "load": load_record(model_dir, adapter_dir, result_dir, in_place=existing_adapter, full=config.mode == "full"),
         "started": started,
         "ended": ended,
         "resumed_from_step": stats.resumed_from_step,
@@ -258,6 +259,34 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
     write_json(out / "audit.json", audit)
     _remove_checkpoint(out)
     return summary
+
+
+def load_record(model_dir: Path, adapter_in: Path | None, result: Path, in_place: bool, full: bool) -> dict:
+    """How to rebuild the unlearned model (``load_unlearned``): a model directory, an adapter merged
+    into it first (the LoRA target a method trained a new adapter over), then the result's adapter."""
+    if full:
+        return {"model": str(result), "merge": None, "adapter": None}
+    return {"model": str(model_dir), "merge": None if in_place or adapter_in is None else str(adapter_in),
+            "adapter": str(result)}
+
+
+def load_unlearned(out: str | Path, device: str = "cpu"):
+    """``(model, tokenizer)``: the model an ``unlearn`` run in ``out`` produced, rebuilt from its audit record."""
+    from forgetkit.adapters.loading import load_adapter
+    from forgetkit.models import load_model
+
+    path = Path(out) / "audit.json"
+    try:
+        load = json.loads(path.read_text(encoding="utf-8"))["load"]
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        raise ForgetkitError(f"{path}: not a finished forgetkit unlearn run ({exc})") from None
+    model, tokenizer = load_model(load["model"], load["merge"], device=device)
+    if load["merge"]:
+        model = model.merge_and_unload()
+    if load["adapter"]:
+        model = load_adapter(model, load["adapter"]).to(device)
+        model.eval()
+    return model, tokenizer
 
 
 def _check_output(out: Path, config: UnlearnConfig) -> None:

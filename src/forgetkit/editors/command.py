@@ -117,7 +117,7 @@ def run_edit(request, quiet: bool = False) -> dict:
                "request_examples": len(data.original), "kept_examples": len(data.kept), **info}
     if request.evaluate:
         summary["eval"] = _evaluate(request, model, tokenizer, inputs, out, quiet, known)
-    from forgetkit.unlearn import dir_hash
+    from forgetkit.unlearn import dir_hash, load_record
 
     audit = {
         "tool": "forgetkit unlearn", "method": config.method, "request": kind, "config": asdict(config),
@@ -128,6 +128,7 @@ def run_edit(request, quiet: bool = False) -> dict:
                         "hash": records_hash(inputs["edits"] or inputs["originals"])},
         "kept": {"count": len(inputs["kept"]), "hash": records_hash(inputs["kept"])},
         "output": {"path": str(adapter_out), "hash": dir_hash(adapter_out)},
+        "load": load_record(inputs["model"], inputs["adapter"], adapter_out, in_place=True, full=False),
         "started": started, "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "metrics": summary.get("eval"),
     }

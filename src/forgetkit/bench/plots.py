@@ -1,0 +1,241 @@
+"""The benchmark's plots (PNG): forget quality against utility (Pareto), cost, training curves, attacks, sequential
+requests.
+
+Drawn with matplotlib's object API on the Agg canvas: no pyplot, no display, and no global figure registry that
+could keep figures alive. A plot with no data is not written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from forgetkit.bench.leaderboard import ATTACK_COLUMNS, FORGET_QUALITY, attack_rows, cell_value, summarise
+from forgetkit.io import atomic_path
+
+MODEL_UTILITY = "metrics.model_utility"
+TIME_VS_RETRAIN = "cost.time_vs_retrain"
+ATTACK_BARS = [key for key, _ in ATTACK_COLUMNS if key != "attacks.relearn.before.forget_probability"]
+BAR_LABELS = {
+    "metrics.forget_probability": "after unlearning",
+    "attacks.relearn.after.forget_probability": "after relearning",
+    "attacks.quantize_8.forget_probability": "8-bit quantized",
+    "attacks.quantize_4.forget_probability": "4-bit quantized",
+    "attacks.prompt.forget_probability": "prompt attack",
+}
+REFERENCE_STYLE = {
+    "target": {"marker": "X", "color": "red", "s": 140},
+    "oracle": {"marker": "*", "color": "green", "s": 220},
+}
+MARKERS = "osD^vP<>ph"
+LINESTYLES = ("-", "--", ":", "-.")  # one per forget split where a plot overlays splits
+CAPTIONS = {
+    "pareto": "Forget quality (log scale) against model utility, mean over seeds (bars: sample std), per forget "
+              "split. Red X: target (before unlearning); green star: oracle (retrained without the forget set); "
+              "dashed: the Pareto front of the methods (higher is better on both axes).",
+    "cost": "Forget quality against wall time relative to retraining (both log scale), mean over seeds. "
+            "Left of the dotted line a method is cheaper than retraining.",
+    "curves": "Training loss per step of each method variant (seed 0, or the first cell with a curve).",
+    "attacks": "Forget probability after unlearning and under each attack, mean over seeds (bars: sample std). "
+               "A bar that rises after an attack means the forgotten answers came back.",
+    "sequential": "Forget probability and model utility after each of a sequence of forget requests, mean over seeds.",
+}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points not dominated when maximising both coordinates, by ascending x (so descending y)."""
+    front: list[tuple[float, float]] = []
+    best_y = float("-inf")
+    for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if y > best_y:
+            front.append((x, y))
+            best_y = y
+    return front[::-1]
+
+
+def _styles(rows: list[dict]) -> dict[str, dict]:
+    """A colour and marker per method variant, the same in every plot."""
+    variants = sorted({r["variant"] for r in rows if r["kind"] != "reference"})
+    palette = colormaps["tab10" if len(variants) <= 10 else "tab20"]
+    return {v: {"color": palette(i % palette.N), "marker": MARKERS[i % len(MARKERS)]} for i, v in enumerate(variants)}
+
+
+def _name(variant: str, split: str, many_splits: bool) -> str:
+    return f"{variant} ({split})" if many_splits else variant
+
+
+def _positive(value: float | None) -> bool:
+    return value is not None and value > 0
+
+
+def _log_xerr(summary: dict) -> list[list[float]] | None:
+    """Asymmetric x error bar on a log axis: a lower bar that would cross zero cannot be drawn, so it is left out."""
+    std, mean = summary["std"], summary["mean"]
+    if std is None:
+        return None
+    return [[std if mean - std > 0 else 0.0], [std]]
+
+
+def _split_axes(splits: list[str], title: str) -> tuple[Figure, list[Axes]]:
+    fig = Figure(figsize=(5.5 * len(splits), 4.8), layout="constrained")
+    fig.suptitle(title)
+    return fig, list(fig.subplots(1, len(splits), squeeze=False)[0])
+
+
+def _pareto(cells: list[dict], rows: list[dict], styles: dict[str, dict]) -> Figure | None:
+    shown = [r for r in rows if _positive(r["columns"][FORGET_QUALITY]["mean"])
+             and r["columns"][MODEL_UTILITY]["mean"] is not None]
+    if not shown:
+        return None
+    # Rows with results whose FQ is 0 or missing cannot sit on a log axis; the legend names them instead.
+    hidden = [r for r in rows if r["status_counts"].get("done") and r not in shown]
+    splits = sorted({r["split"] for r in shown + hidden})
+    fig, axes = _split_axes(splits, "Forget quality vs model utility")
+    for split, ax in zip(splits, axes, strict=True):
+        front = []
+        for row in (r for r in shown if r["split"] == split):
+            fq, mu = row["columns"][FORGET_QUALITY], row["columns"][MODEL_UTILITY]
+            if row["kind"] == "reference":
+                style = REFERENCE_STYLE.get(row["variant"], {"marker": "P", "color": "black", "s": 100})
+                ax.scatter(fq["mean"], mu["mean"], label=row["variant"], zorder=3, **style)
+                continue
+            front.append((fq["mean"], mu["mean"]))
+            style = styles[row["variant"]]
+            ax.errorbar(fq["mean"], mu["mean"], xerr=_log_xerr(fq), yerr=mu["std"], fmt=style["marker"],
+                        color=style["color"], capsize=3, label=row["variant"])
+        front = pareto_front(front)
+        if len(front) > 1:
+            ax.step(*zip(*front, strict=True), where="pre", color="grey", linestyle="--", label="Pareto front")
+        missing = [r["variant"] for r in hidden if r["split"] == split]
+        if missing:
+            ax.plot([], [], " ", label=f"not shown (FQ 0 or missing): {', '.join(missing)}")
+        ax.set_xscale("log")
+        ax.set(title=split, xlabel="forget quality (log)", ylabel="model utility")
+        ax.legend(fontsize="small")
+    return fig
+
+
+def _cost(cells: list[dict], rows: list[dict], styles: dict[str, dict]) -> Figure | None:
+    shown = [r for r in rows if r["kind"] != "reference" and _positive(r["columns"][FORGET_QUALITY]["mean"])
+             and _positive(r["columns"][TIME_VS_RETRAIN]["mean"])]
+    if not shown:
+        return None
+    splits = sorted({r["split"] for r in shown})
+    fig, axes = _split_axes(splits, "Forget quality vs cost")
+    for split, ax in zip(splits, axes, strict=True):
+        for row in (r for r in shown if r["split"] == split):
+            style = styles[row["variant"]]
+            ax.scatter(row["columns"][TIME_VS_RETRAIN]["mean"], row["columns"][FORGET_QUALITY]["mean"],
+                       marker=style["marker"], color=style["color"], label=row["variant"])
+        ax.axvline(1.0, color="grey", linestyle=":", label="retrain cost")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set(title=split, xlabel="wall time / retrain wall time (log)", ylabel="forget quality (log)")
+        ax.legend(fontsize="small")
+    return fig
+
+
+def _curves(cells: list[dict], rows: list[dict], styles: dict[str, dict]) -> Figure | None:
+    chosen: dict[str, tuple[dict, list[tuple[int, float]]]] = {}
+    method_cells = [c for c in cells if c["cell"].get("kind", "method") != "reference"]
+    # Seed 0 of a done cell first; a diverged cell's curve is shown when it is the variant's only one.
+    for cell in sorted(method_cells, key=lambda c: (c["status"] != "done", c["cell"]["seed"], c["cell"]["split"])):
+        points = [(p["step"], p["loss"]) for p in cell.get("curve") or [] if p.get("loss") is not None]
+        if points:
+            chosen.setdefault(cell["cell"]["variant"], (cell, points))
+    if not chosen:
+        return None
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    for variant, (cell, points) in sorted(chosen.items()):
+        info = cell["cell"]
+        status = "" if cell["status"] == "done" else f", {cell['status']}"
+        ax.plot(*zip(*points, strict=True), color=styles.get(variant, {}).get("color"),
+                label=f"{variant} ({info['split']}, seed {info['seed']}{status})")
+    ax.set(title="Training loss", xlabel="step", ylabel="loss")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _attacks(cells: list[dict], rows: list[dict], styles: dict[str, dict]) -> Figure | None:
+    groups = attack_rows(cells)
+    if not groups:
+        return None
+    many_splits = len({g["split"] for g in groups}) > 1
+    width = 0.8 / len(ATTACK_BARS)
+    fig = Figure(figsize=(max(6.0, 1.4 * len(groups) + 2), 5), layout="constrained")
+    ax = fig.subplots()
+    palette = colormaps["Set2"]
+    for j, key in enumerate(ATTACK_BARS):
+        xs, heights, errors = [], [], []
+        for i, group in enumerate(groups):
+            stat = group["columns"][key]
+            if stat["mean"] is not None:
+                xs.append(i + (j - (len(ATTACK_BARS) - 1) / 2) * width)
+                heights.append(stat["mean"])
+                errors.append(stat["std"] or 0.0)
+        if xs:
+            ax.bar(xs, heights, width, yerr=errors, capsize=2, color=palette(j), label=BAR_LABELS[key])
+    ax.set_xticks(range(len(groups)), [_name(g["variant"], g["split"], many_splits) for g in groups],
+                  rotation=20, ha="right")
+    ax.set(title="Forget probability under attacks", ylabel="forget probability")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _sequential(cells: list[dict], rows: list[dict], styles: dict[str, dict]) -> Figure | None:
+    groups: dict[tuple[str, str], dict[int, list[dict]]] = {}
+    for cell in cells:
+        for request in cell_value(cell, "attacks.sequential") or []:
+            key = (cell["cell"]["variant"], cell["cell"]["split"])
+            groups.setdefault(key, {}).setdefault(request["request"], []).append(request)
+    if not groups:
+        return None
+    splits = sorted({split for _, split in groups})
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for (variant, split), by_request in sorted(groups.items()):
+        requests = sorted(by_request)
+        style = styles.get(variant, {"color": None, "marker": "o"})
+        for ax, metric in zip(axes, ("forget_probability", "model_utility"), strict=True):
+            means = [summarise(r.get(metric) for r in by_request[n])["mean"] for n in requests]
+            ax.plot(requests, [float("nan") if m is None else m for m in means], marker=style["marker"],
+                    color=style["color"], linestyle=LINESTYLES[splits.index(split) % len(LINESTYLES)],
+                    label=_name(variant, split, len(splits) > 1))
+    for ax, label in zip(axes, ("forget probability", "model utility"), strict=True):
+        ax.set(title=f"{label} after each request", xlabel="request", ylabel=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize="small")
+    return fig
+
+
+PLOTS: dict[str, Callable[[list[dict], list[dict], dict[str, dict]], Figure | None]] = {
+    "pareto": _pareto,
+    "cost": _cost,
+    "curves": _curves,
+    "attacks": _attacks,
+    "sequential": _sequential,
+}
+
+
+def write_plots(cells: list[dict], rows: list[dict], out_dir: Path) -> dict[str, Path]:
+    """Write ``<name>.png`` into ``out_dir`` for each plot of `PLOTS` that has data (atomically); return their paths.
+
+    ``rows`` are `forgetkit.bench.leaderboard.leaderboard(cells)`.
+    """
+    styles = _styles(rows)
+    paths: dict[str, Path] = {}
+    for name, draw in PLOTS.items():
+        fig = draw(cells, rows, styles)
+        if fig is None:
+            continue
+        path = Path(out_dir) / f"{name}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        paths[name] = path
+    return paths

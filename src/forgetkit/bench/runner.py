@@ -1,0 +1,376 @@
+"""``forgetkit bench``: run a grid of methods × forget splits × seeds, each cell cached by its config's hash.
+
+Each cell unlearns (``forgetkit unlearn``, in process), evaluates (``forgetkit eval``'s
+``evaluate`` against the bench's own evaluation of the oracle), attacks, and writes
+``cells/<id>/result.json`` last and atomically: a cell with that file is done and is never
+recomputed; a cell without it resumes from what it finished (the unlearning run's checkpoint, its
+evaluation, each attack's file). Two reference rows per split: the target (before unlearning) and
+the oracle (never trained on the forget set). On a prepared run, ``retrain`` is the oracle stage
+itself (``retrain_from_oracle``): the same recipe on the retain split, timed when it was built.
+Results hold numbers, ids and hashes only; never a record's text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from forgetkit.bench import attacks
+from forgetkit.bench.config import BenchConfig
+from forgetkit.bench.sources import ModelRef, open_source
+from forgetkit.config import config_hash, load_config, set_dotted, shipped_configs
+from forgetkit.data.records import QARecord
+from forgetkit.errors import ConfigError, ForgetkitError
+from forgetkit.io import write_json, write_jsonl
+
+BENCH_VERSION = 1  # bump when what a cell computes changes: every cached cell is recomputed
+RESULT = "result.json"
+
+
+@dataclass
+class Cell:
+    kind: str  # "method" or "reference"
+    method: str  # a method or editor; for references "target" or "oracle"
+    variant: str  # the leaderboard's name for it
+    split: str
+    seed: int
+    unlearn: dict = field(default_factory=dict)  # the resolved unlearn config (methods)
+    key: str = ""
+
+    @property
+    def id(self) -> str:
+        slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.variant).strip("_")[:60]
+        return f"{slug}-{self.split}-s{self.seed}-{self.key[:8]}"
+
+    def describe(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "method": self.method, "variant": self.variant,
+                "split": self.split, "seed": self.seed, "key": self.key}
+
+
+def unlearn_config(name: str, recipe: str | None, overrides: dict, seed: int):
+    """The method's recipe (shipped or a path) with the overrides and the seed applied."""
+    from forgetkit.config import build
+    from forgetkit.unlearn import UnlearnConfig
+
+    data = {}
+    if recipe or name in shipped_configs("unlearn"):
+        data = asdict(load_config(recipe or name, [], UnlearnConfig, kind="unlearn"))
+    for key, value in {**overrides, "train.seed": seed, "method": name}.items():
+        set_dotted(data, key, value)
+    return build(UnlearnConfig, data, f"methods.{name}")
+
+
+class Bench:
+    """One grid: ``cells()`` lists it, ``run()`` computes what is missing and returns every cell's result."""
+
+    def __init__(self, config: BenchConfig, quiet: bool = False) -> None:
+        from forgetkit.editors import EDITORS
+        from forgetkit.methods import METHODS
+
+        for entry in config.methods:
+            if entry.name not in METHODS and entry.name not in EDITORS:
+                known = ", ".join(sorted({*METHODS, *EDITORS}))
+                raise ConfigError(f"methods: unknown method '{entry.name}' (known: {known})")
+        self.config, self.quiet = config, quiet
+        self.source = open_source(config, quiet)
+        default_out = (Path(config.run or getattr(self.source, "run", "runs")) / "bench" / config.name
+                       if config.data is None else Path("runs/bench") / config.name)
+        self.out = Path(config.out) if config.out else default_out
+        self._device = None
+
+    @property
+    def device(self):
+        if self._device is None:
+            from forgetkit.prepare import resolve_device
+
+            self._device = resolve_device(self.config.device)
+        return self._device
+
+    # -- the grid --------------------------------------------------------------------------------
+    def _settings_key(self) -> dict:
+        c = self.config
+        return {"version": BENCH_VERSION, "source": self.source.key, "eval": asdict(c.eval)}
+
+    def cells(self) -> list[Cell]:
+        c = self.config
+        cells = []
+        for split in c.splits:
+            for name in ("oracle", "target"):  # the oracle's evaluation is every other cell's Forget Quality reference
+                cell = Cell("reference", name, name, split, 0)
+                cell.key = config_hash({**self._settings_key(), "reference": name, "split": split,
+                                        "oracle": self.source.oracle_key(split)})
+                cells.append(cell)
+        for entry in c.methods:
+            for label, overrides in entry.variants():
+                for split in c.splits:
+                    for seed in c.seeds:
+                        config = unlearn_config(entry.name, entry.recipe, overrides, seed)
+                        cell = Cell("method", entry.name, label, split, seed, asdict(config))
+                        cell.key = config_hash({**self._settings_key(), "unlearn": cell.unlearn, "split": split,
+                                                "attacks": asdict(c.attacks), "oracle": self.source.oracle_key(split),
+                                                "retrain_from_oracle": self._from_oracle(cell)})
+                        cells.append(cell)
+        return cells
+
+    def _from_oracle(self, cell: Cell) -> bool:
+        return cell.method == "retrain" and self.config.retrain_from_oracle and self.config.data is None
+
+    # -- running ---------------------------------------------------------------------------------
+    def run(self) -> list[dict]:
+        cells = self.cells()
+        ids = [c.id for c in cells]
+        if len(set(ids)) != len(ids):
+            raise ConfigError("two cells of the grid are the same (give the methods distinct labels or grids)")
+        (self.out / "cells").mkdir(parents=True, exist_ok=True)
+        results = []
+        with tqdm(total=len(cells), desc=f"bench {self.config.name}", unit="cell", disable=self.quiet) as bar:
+            for cell in cells:
+                path = self.out / "cells" / cell.id / RESULT
+                if path.is_file():
+                    result = json.loads(path.read_text())
+                    result["cached"] = True
+                else:
+                    bar.set_postfix_str(cell.id)
+                    result = self._run_cell(cell)
+                    write_json(path, result)
+                    result["cached"] = False
+                results.append(result)
+                bar.update()
+        return results
+
+    def _oracle_log(self, split: str) -> dict | None:
+        from forgetkit.eval.command import read_log
+
+        if self.config.data is not None and self.config.data.oracle_log:
+            return read_log(Path(self.config.data.oracle_log))
+        log = self._oracle_eval_dir(split)
+        return read_log(log) if (log / "eval_log_aggregated.json").is_file() else None
+
+    def _oracle_eval_dir(self, split: str) -> Path:
+        oracle = next(c for c in self.cells() if c.kind == "reference" and c.method == "oracle" and c.split == split)
+        return self.out / "cells" / oracle.id / "eval"
+
+    def _run_cell(self, cell: Cell) -> dict:
+        cell_dir = self.out / "cells" / cell.id
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        result = {"cell": cell.describe(), "status": "done", "metrics": {}, "cost": {}, "attacks": {}, "curve": []}
+        if cell.kind == "reference":
+            ref = self.source.target() if cell.method == "target" else self.source.oracle(cell.split)
+            if ref is None:
+                return {**result, "status": "refused", "reason": f"no oracle for {cell.split}"}
+            model, tokenizer = self._load(ref)
+            result["metrics"] = self._evaluate(model, tokenizer, cell, cell_dir / "eval")
+            if cell.method == "oracle" and ref.train:  # the cost of retraining: the ratios' denominator
+                result["cost"] = _cost(ref.train)
+            return result
+        if self._from_oracle(cell):
+            ref = self.source.oracle(cell.split)
+            if ref is None:
+                return {**result, "status": "refused", "reason": f"no oracle stage for {cell.split}"}
+            model, tokenizer = self._load(ref)
+            result["metrics"] = self._evaluate(model, tokenizer, cell, self._oracle_eval_dir(cell.split))
+            result["cost"] = _cost(ref.train or {})
+            result["note"] = "the run's oracle stage (retrain_from_oracle)"
+        else:
+            from forgetkit.train import DivergenceError
+            from forgetkit.unlearn import load_unlearned
+
+            unlearn_dir = cell_dir / "unlearn"
+            try:
+                summary = self._unlearn(cell, unlearn_dir)
+            except DivergenceError as exc:
+                return {**result, "status": "diverged", "reason": str(exc)}
+            except ForgetkitError as exc:
+                return {**result, "status": "refused", "reason": str(exc)}
+            model, tokenizer = load_unlearned(unlearn_dir, device=self.device)
+            result["metrics"] = self._evaluate(model, tokenizer, cell, cell_dir / "eval")
+            result["cost"] = _cost(summary)
+            result["curve"] = _curve(unlearn_dir)
+        result["attacks"] = self._attacks(cell, model, tokenizer, cell_dir / "attacks")
+        return result
+
+    def _unlearn(self, cell: Cell, out: Path) -> dict:
+        from forgetkit.config import build
+        from forgetkit.unlearn import UnlearnConfig, UnlearnRequest, run_unlearn
+
+        if (out / "summary.json").is_file() and (out / "audit.json").is_file():
+            return json.loads((out / "summary.json").read_text())
+        config = build(UnlearnConfig, json.loads(json.dumps(cell.unlearn)))
+        request = UnlearnRequest(out=str(out), config=config, device=self.config.device,
+                                 **self.source.request_kwargs(cell.split))
+        return run_unlearn(request, quiet=True)
+
+    def _load(self, ref: ModelRef):
+        from forgetkit.models import load_model
+
+        return load_model(ref.model, ref.adapter, device=self.device)
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def _eval_settings(self, quick: bool = False):
+        from forgetkit.eval.evaluate import EvalSettings
+
+        e = self.config.eval
+        return EvalSettings(max_new_tokens=e.max_new_tokens, verbatim_new_tokens=e.verbatim_new_tokens,
+                            retain_limit=e.quick_retain if quick else e.retain_limit,
+                            canary_candidates=e.canary_candidates, gradnorm=e.gradnorm and not quick)
+
+    def _evaluate(self, model, tokenizer, cell: Cell, out: Path) -> dict:
+        """The full evaluation's headline numbers (cached in ``out``)."""
+        from forgetkit.eval.evaluate import evaluate
+
+        if not (out / "summary.json").is_file():
+            data = self.source.eval_data(cell.split, self.config.eval.retain_limit)
+            oracle_log = None if cell.method == "oracle" and cell.kind == "reference" else self._oracle_log(cell.split)
+            log, summary = evaluate(model, tokenizer, data, self._eval_settings(), oracle_log=oracle_log, quiet=True)
+            write_json(out / "eval_log_aggregated.json", log)
+            write_json(out / "summary.json", summary)
+        return headline(json.loads((out / "summary.json").read_text()))
+
+    def _quick(self, model, tokenizer, split: str, forget: list[QARecord], utility: bool = True) -> dict:
+        """Forget probability and ROUGE-L of ``forget`` (and Model Utility on a retain sample and the world facts)."""
+        from forgetkit.eval.evaluate import EvalData, evaluate
+
+        data = EvalData(forget=forget)
+        if utility:
+            data.retain = self.source.retain(split)[: self.config.eval.quick_retain] or None
+            data.world_facts = self.source.world_facts()
+        _, summary = evaluate(model, tokenizer, data, self._eval_settings(quick=True), quiet=True)
+        out = {"forget_probability": summary["sets"]["forget"]["probability"],
+               "forget_rouge_l": summary["sets"]["forget"]["rougeL_recall"]}
+        if utility:
+            out["model_utility"] = summary.get("model_utility")
+        return out
+
+    # -- attacks ---------------------------------------------------------------------------------
+    def _attacks(self, cell: Cell, model, tokenizer, out: Path) -> dict:
+        a = self.config.attacks
+        forget = self.source.forget(cell.split)
+        done: dict = {}
+
+        def cached(name: str, compute):
+            path = out / f"{name}.json"
+            if not path.is_file():
+                write_json(path, compute())
+            done[name] = json.loads(path.read_text())
+
+        for bits in a.quantize_bits:
+            cached(f"quantize_{bits}", lambda bits=bits: self._quick(attacks.quantize(model, bits), tokenizer,
+                                                                       cell.split, forget))
+        if a.prompt:
+            prompted = attacks.prompt_attack_records(forget, self.source.person_names(forget))
+            cached("prompt", lambda: self._quick(model, tokenizer, cell.split, prompted, utility=False))
+        if a.relearn.enabled:
+            cached("relearn", lambda: self._relearn(cell, model, tokenizer, forget))
+        if a.sequential and cell.method != "retrain":
+            cached("sequential", lambda: {"requests": self._sequential(cell, out / "sequential")})
+            done["sequential"] = done["sequential"]["requests"]
+        return done
+
+    def _relearn(self, cell: Cell, model, tokenizer, forget: list[QARecord]) -> dict:
+        r = self.config.attacks.relearn
+        shown, measured = attacks.split_for_relearning(forget, r.fraction, self.source.group_of)
+        before = self._quick(model, tokenizer, cell.split, measured, utility=False)
+        relearned = attacks.relearn(model, tokenizer, shown, r.steps, r.batch_size, r.lr, seed=cell.seed)
+        after = self._quick(relearned, tokenizer, cell.split, measured, utility=False)
+        return {"before": before, "after": after, "steps": r.steps, "shown": len(shown), "measured": len(measured)}
+
+    def _sequential(self, cell: Cell, out: Path) -> list[dict]:
+        """``attacks.sequential`` requests, one slice of the split's people after another, each applied to the
+        previous request's result; the forget metrics of everything requested so far and utility after each."""
+        from forgetkit.config import build
+        from forgetkit.train import DivergenceError
+        from forgetkit.unlearn import UnlearnConfig, UnlearnRequest, load_unlearned, run_unlearn
+
+        forget = self.source.forget(cell.split)
+        groups = list(dict.fromkeys(self.source.group_of(r.id) for r in forget))
+        k = min(self.config.attacks.sequential, len(groups))
+        slices = [set(groups[i::k]) for i in range(k)]
+        files = out / "requests"  # the request files hold forget text: removed when the attack ends
+        retain_file = files / "retain.jsonl"
+        write_jsonl(retain_file, [r.to_dict() for r in self.source.retain(cell.split)])
+        start, rows, so_far = self.source.target(), [], []
+        try:
+            for i, people in enumerate(slices, start=1):
+                part = [r for r in forget if self.source.group_of(r.id) in people]
+                so_far += part
+                request_file = files / f"request_{i}.jsonl"
+                write_jsonl(request_file, [r.to_dict() for r in part])
+                step_dir = out / f"request_{i}"
+                config = build(UnlearnConfig, json.loads(json.dumps(cell.unlearn)))
+                request = UnlearnRequest(out=str(step_dir / "unlearn"), config=config, model=str(start.model),
+                                         adapter=str(start.adapter) if start.adapter else None,
+                                         forget=str(request_file), retain=str(retain_file), device=self.config.device)
+                try:
+                    if not (step_dir / "unlearn" / "audit.json").is_file():
+                        run_unlearn(request, quiet=True)
+                except (DivergenceError, ForgetkitError) as exc:
+                    rows.append({"request": i, "status": "refused", "reason": str(exc)})
+                    break
+                model, tokenizer = load_unlearned(step_dir / "unlearn", device=self.device)
+                merged = attacks.merged_copy(model)
+                if not (step_dir / "model" / "config.json").is_file():
+                    from forgetkit.models import save_model
+
+                    save_model(merged, tokenizer, step_dir / "model")
+                start = ModelRef(step_dir / "model")
+                rows.append({"request": i, "forget_examples": len(part), "requested_so_far": len(so_far),
+                             **self._quick(merged, tokenizer, cell.split, so_far)})
+        finally:
+            shutil.rmtree(files, ignore_errors=True)
+        return rows
+
+
+def headline(summary: dict) -> dict:
+    """The leaderboard's numbers from an evaluation summary."""
+    forget = summary["sets"].get("forget", {})
+    mia = summary.get("mia", {})
+    auc = mia.get("auc", {})
+    paraphrased = forget.get("paraphrased_question", {})
+    return {"forget_quality": summary.get("forget_quality"), "model_utility": summary.get("model_utility"),
+            "forget_probability": forget.get("probability"), "forget_rouge_l": forget.get("rougeL_recall"),
+            "forget_truth_ratio": forget.get("truth_ratio"),
+            "retain_probability": summary["sets"].get("retain", {}).get("probability"),
+            "mia_auc": auc.get(mia.get("best_attack")) if auc else None, "mia_attack": mia.get("best_attack"),
+            "privleak": mia.get("privleak"), "extraction_strength": forget.get("extraction_strength"),
+            "paraphrase_probability": paraphrased.get("probability"),
+            "paraphrase_rouge_l": paraphrased.get("rougeL_recall")}
+
+
+def _cost(stats: dict) -> dict:
+    return {"wall_time_s": stats.get("wall_time_s"), "peak_memory_mb": stats.get("peak_memory_mb"),
+            "trainable_parameters": stats.get("trainable_parameters"), "steps": stats.get("steps")}
+
+
+def _curve(unlearn_dir: Path) -> list[dict]:
+    from forgetkit.train import LOG_FILE
+
+    path = unlearn_dir / LOG_FILE
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{"step": r["step"], "loss": r["loss"]} for r in rows if "loss" in r]
+
+
+def add_cost_ratios(results: list[dict]) -> None:
+    """``time_vs_retrain`` and ``memory_vs_retrain`` of every cell: its cost over the retrain cell's of the
+    same split and seed (else any seed's, else the oracle's training)."""
+    def cost_of(pred) -> dict | None:
+        found = [r["cost"] for r in results if r.get("status") == "done" and pred(r["cell"]) and r.get("cost")]
+        return found[0] if found else None
+
+    for r in results:
+        c = r["cell"]
+        if r.get("status") != "done" or not r.get("cost"):
+            continue
+        retrain = (cost_of(lambda x, c=c: x["method"] == "retrain" and x["split"] == c["split"]
+                           and x["seed"] == c["seed"])
+                   or cost_of(lambda x, c=c: x["method"] == "retrain" and x["split"] == c["split"])
+                   or cost_of(lambda x, c=c: x["method"] == "oracle" and x["split"] == c["split"]))
+        for key, base in (("time_vs_retrain", "wall_time_s"), ("memory_vs_retrain", "peak_memory_mb")):
+            num, den = r["cost"].get(base), (retrain or {}).get(base)
+            r["cost"][key] = num / den if num is not None and den else None

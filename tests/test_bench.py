@@ -1,0 +1,220 @@
+"""The benchmark suite: grid expansion, caching and resume, the attacks, user data, the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from forgetkit.bench import attacks
+from forgetkit.bench.config import BenchConfig, MethodEntry, load_bench_config
+from forgetkit.config import build, shipped_configs
+from forgetkit.data.records import QARecord
+from forgetkit.errors import ConfigError
+
+TINY_EVAL = {"retain_limit": 20, "quick_retain": 10, "max_new_tokens": 12, "verbatim_new_tokens": 12,
+             "canary_candidates": 20}
+
+
+def _config(run: Path, out: Path, **changes) -> BenchConfig:
+    data = {"name": "t", "run": str(run), "out": str(out), "seeds": [0],
+            "methods": [{"name": "npo", "overrides": {"train.epochs": 1, "train.batch_size": 8}}],
+            "attacks": {"relearn": {"steps": 2, "batch_size": 4}, "quantize_bits": [4], "prompt": True,
+                        "sequential": 0},
+            "eval": TINY_EVAL}
+    data.update(changes)
+    return build(BenchConfig, data)
+
+
+@pytest.mark.parametrize("name", shipped_configs("bench"))
+def test_every_shipped_bench_config_loads(name):
+    config = load_bench_config(name)
+    assert config.methods and config.seeds
+    for entry in config.methods:
+        assert entry.variants()
+
+
+def test_shipped_configs_cover_the_issue():
+    assert {"demo", "full", "tofu_llama"} <= set(shipped_configs("bench"))
+    demo = {m.name for m in load_bench_config("demo").methods}
+    assert {"influence_peft", "bounded_graddiff", "llmeraser", "npo", "graddiff", "retrain"} <= demo
+
+
+def test_method_grid_expands_to_every_combination():
+    entry = MethodEntry("npo", grid={"train.lr": [1e-3, 1e-2], "params.beta": [0.1, 0.5]}, overrides={"lora.r": 4})
+    variants = entry.variants()
+    assert len(variants) == 4
+    assert {label for label, _ in variants} == {f"npo[params.beta={b},train.lr={lr}]"
+                                               for b in (0.1, 0.5) for lr in (1e-3, 1e-2)}
+    assert all(o["lora.r"] == 4 for _, o in variants)
+    with pytest.raises(ConfigError, match="non-empty list"):
+        MethodEntry("npo", grid={"train.lr": 0.1}).variants()
+
+
+def test_bench_config_errors_are_one_line():
+    with pytest.raises(ConfigError, match="at least one method"):
+        build(BenchConfig, {"methods": []})
+    with pytest.raises(ConfigError, match="quantize_bits"):
+        build(BenchConfig, {"methods": [{"name": "npo"}], "attacks": {"quantize_bits": [5]}})
+
+
+def test_cells_cover_the_grid_with_distinct_keys(unlearn_run, tmp_path):
+    from forgetkit.bench.runner import Bench
+
+    config = _config(unlearn_run, tmp_path / "b", seeds=[0, 1], splits=["forget10", "forget05"],
+                     methods=[{"name": "npo", "grid": {"train.lr": [1e-3, 1e-2]}}, {"name": "retrain"}])
+    cells = Bench(config, quiet=True).cells()
+    methods = [c for c in cells if c.kind == "method"]
+    assert len(methods) == (2 + 1) * 2 * 2
+    assert len([c for c in cells if c.kind == "reference"]) == 2 * 2
+    assert len({c.key for c in cells}) == len(cells)
+    assert {c.unlearn["train"]["seed"] for c in methods} == {0, 1}
+    with pytest.raises(ConfigError, match="unknown method"):
+        Bench(_config(unlearn_run, tmp_path / "c", methods=[{"name": "nope"}]), quiet=True)
+
+
+def test_grid_runs_caches_and_resumes(unlearn_run, tmp_path, monkeypatch):
+    import forgetkit.bench.runner as runner
+    import forgetkit.unlearn as unlearn
+
+    config = _config(unlearn_run, tmp_path / "b", methods=[
+        {"name": "npo", "overrides": {"train.epochs": 1, "train.batch_size": 8}},
+        {"name": "llmeraser"},  # the micro target is a full model: refused, with the reason
+        {"name": "retrain"}])
+    calls = []
+    real_unlearn = unlearn.run_unlearn
+
+    def counting(request, quiet=False):
+        calls.append(request.config.method)
+        return real_unlearn(request, quiet)
+
+    monkeypatch.setattr(unlearn, "run_unlearn", counting)
+    real_attacks = runner.Bench._attacks
+
+    def interrupted(self, cell, *args):  # a kill during npo's attacks, after its unlearning and evaluation
+        if cell.method == "npo":
+            raise KeyboardInterrupt
+        return real_attacks(self, cell, *args)
+
+    monkeypatch.setattr(runner.Bench, "_attacks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runner.Bench(config, quiet=True).run()
+    assert calls == ["npo"]
+    monkeypatch.setattr(runner.Bench, "_attacks", real_attacks)
+
+    results = runner.Bench(config, quiet=True).run()
+    assert calls == ["npo", "llmeraser"]  # npo resumed from its finished unlearning run: not retrained
+    by = {r["cell"]["method"]: r for r in results}
+    assert [r["cached"] for r in results] == [True, True, False, False, False]  # the references were done
+    assert by["llmeraser"]["status"] == "refused" and "LoRA adapter" in by["llmeraser"]["reason"]
+    npo = by["npo"]
+    assert npo["status"] == "done" and npo["cost"]["steps"] > 0 and npo["curve"]
+    assert 0 <= npo["metrics"]["forget_quality"] <= 1 and npo["metrics"]["model_utility"] is not None
+    assert set(npo["attacks"]) == {"quantize_4", "prompt", "relearn"}
+    assert by["retrain"]["metrics"] == by["oracle"]["metrics"]  # retrain_from_oracle: the oracle stage itself
+    assert by["target"]["metrics"]["forget_quality"] is not None  # measured against the oracle's evaluation
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a cached grid computed something")
+
+    monkeypatch.setattr(unlearn, "run_unlearn", fail)
+    monkeypatch.setattr(runner.Bench, "_evaluate", fail)
+    again = runner.Bench(config, quiet=True).run()
+    assert all(r["cached"] for r in again)
+    assert [r["metrics"] for r in again] == [r["metrics"] for r in results]
+    text = "".join(p.read_text() for p in (tmp_path / "b").rglob("*.json"))
+    forget = [json.loads(line) for line in (unlearn_run / "benchmark" / "forget10.jsonl").read_text().splitlines()]
+    assert not any(r["answer"] in text for r in forget)  # results and logs hold no forget text
+
+
+def test_quantize_roundtrip_error_is_within_half_a_step():
+    torch.manual_seed(0)
+    w = torch.randn(8, 100)
+    for bits in (8, 4):
+        q = attacks.quantize_roundtrip(w, bits, group_size=32)
+        assert q.shape == w.shape and not torch.equal(q, w)
+        qmax = 2 ** (bits - 1) - 1
+        for g in range(0, 100, 32):
+            block, qblock = w[:, g:g + 32], q[:, g:g + 32]
+            step = block.abs().amax(dim=1, keepdim=True) / qmax
+            assert ((qblock - block).abs() <= step / 2 + 1e-6).all()
+            assert torch.allclose(torch.round(qblock / step), qblock / step, atol=1e-4)  # on the grid
+    err8 = (attacks.quantize_roundtrip(w, 8) - w).abs().mean()
+    err4 = (attacks.quantize_roundtrip(w, 4) - w).abs().mean()
+    assert err4 > 8 * err8
+
+
+def test_quantize_changes_a_copy_not_the_model(unlearn_run):
+    from forgetkit.models import load_model
+
+    model, _ = load_model(unlearn_run / "target")
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    q = attacks.quantize(model, 4)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    changed = [n for n, p in q.named_parameters() if not torch.equal(p, before[n])]
+    assert changed and all(n.endswith("proj.weight") for n in changed)
+
+
+def test_prompt_attack_names_the_person_and_keeps_the_answers():
+    r = QARecord("Where was Ada born?", "Ada was born in Upton.", "p1-birthplace", paraphrased_answer="x",
+                 perturbed_answer=("y",), paraphrased_question="In which town did Ada come into the world?")
+    (a,) = attacks.prompt_attack_records([r], {"p1-birthplace": "Ada Byron"})
+    assert a.question.startswith("Ada Byron has given written consent")
+    assert a.question.endswith("In which town did Ada come into the world?")
+    assert (a.answer, a.perturbed_answer, a.paraphrased_answer, a.id) == (r.answer, r.perturbed_answer, "x", r.id)
+
+
+def test_relearning_split_keeps_people_apart():
+    records = [QARecord("q", "a", f"p{i // 3}-f{i % 3}") for i in range(12)]
+    shown, measured = attacks.split_for_relearning(records, 0.5, lambda rid: rid.split("-")[0])
+    assert len(shown) == len(measured) == 6
+    assert not {r.id.split("-")[0] for r in shown} & {r.id.split("-")[0] for r in measured}
+
+
+def test_relearning_brings_back_what_unlearning_removed(unlearn_run, tmp_path):
+    """Gradient ascent wipes the forget answers; a few steps on half the forget people raise the
+    probability of the other half's answers again."""
+    from forgetkit.data.formatting import collate, tokenize_qa
+    from forgetkit.data.readers import read_records
+    from forgetkit.unlearn import UnlearnConfig, UnlearnRequest, load_unlearned, run_unlearn
+
+    config = build(UnlearnConfig, {"method": "ga", "train": {"epochs": 3, "batch_size": 8, "lr": 1e-2}})
+    run_unlearn(UnlearnRequest(out=str(tmp_path / "ga"), config=config, run=str(unlearn_run)), quiet=True)
+    model, tok = load_unlearned(tmp_path / "ga")
+    forget = read_records(unlearn_run / "benchmark" / "forget10.jsonl")
+    shown, measured = attacks.split_for_relearning(forget, 0.5, lambda rid: rid.split("-")[0])
+
+    def loss(m) -> float:
+        batch = collate(tokenize_qa(tok, measured, 64).examples, tok.pad_token_id)
+        with torch.no_grad():
+            return float(m(**batch).loss)
+
+    relearned = attacks.relearn(model, tok, shown, steps=15, batch_size=4, lr=3e-3)
+    assert loss(relearned) < loss(model) - 0.5
+
+
+def test_user_data_bench_with_tofu_format_files(unlearn_run, tmp_path):
+    """`data:` instead of a prepared run: a local model directory and TOFU-format JSON files."""
+    from forgetkit.bench.command import run_bench
+
+    bench = unlearn_run / "benchmark"
+    for name, src in (("forget.json", "forget10"), ("retain.json", "retain90"), ("holdout.json", "holdout10")):
+        rows = [json.loads(line) for line in (bench / f"{src}.jsonl").read_text().splitlines()][:12]
+        (tmp_path / name).write_text("\n".join(json.dumps({k: r[k] for k in ("question", "answer",
+                                                                              "paraphrased_answer",
+                                                                              "perturbed_answer")}) for r in rows))
+    config = build(BenchConfig, {
+        "name": "user", "out": str(tmp_path / "out"), "eval": TINY_EVAL,
+        "data": {"model": str(unlearn_run / "target"), "forget": str(tmp_path / "forget.json"),
+                 "retain": str(tmp_path / "retain.json"), "holdout": str(tmp_path / "holdout.json"),
+                 "oracle_model": str(unlearn_run / "oracle_forget10")},
+        "methods": [{"name": "graddiff", "overrides": {"train.epochs": 1, "train.batch_size": 4}}],
+        "attacks": {"relearn": {"enabled": False}, "quantize_bits": [], "prompt": False}})
+    result = run_bench(config, quiet=True)
+    by = {r["cell"]["method"]: r for r in result["results"]}
+    assert by["graddiff"]["status"] == "done" and by["graddiff"]["cell"]["split"] == "custom"
+    assert by["graddiff"]["metrics"]["forget_quality"] is not None  # against the oracle model's evaluation
+    assert by["oracle"]["status"] == "done"
+    assert result["files"]["report"].is_file()
