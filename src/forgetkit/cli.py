@@ -162,11 +162,13 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from forgetkit.bench.command import run_bench
     from forgetkit.bench.config import load_bench_config
-    from forgetkit.bench.leaderboard import format_markdown
+    from forgetkit.bench.leaderboard import COLUMNS, format_markdown
 
     result = run_bench(load_bench_config(args.config, args.overrides), quiet=args.quiet)
     meta = result["meta"]
-    print(format_markdown(result["rows"]))
+    shown = ("FQ", "MU", "forget prob", "MIA AUC", "× retrain time", "relearn recovery", "4-bit forget prob",
+             "prompt forget ROUGE-L")
+    print(format_markdown(result["rows"], [c for c in COLUMNS if c[1] in shown]))
     print(f"\n{meta['cells']} cells ({meta['computed now']} computed now, {meta['done']} done, "
           f"{meta['refused or diverged']} refused or diverged)")
     for row in result["results"]:

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 from forgetkit.bench.config import BenchConfig
 from forgetkit.bench.runner import Bench, add_cost_ratios
+from forgetkit.data.records import records_hash
 from forgetkit.io import write_json
 
 
@@ -30,10 +31,16 @@ def run_bench(config: BenchConfig, quiet: bool = False) -> dict:
             "grid": f"{len(config.methods)} methods × {len(config.splits)} splits × {len(config.seeds)} seeds",
             "cells": len(results), "computed now": sum(not r["cached"] for r in results),
             "done": sum(r["status"] == "done" for r in results),
-            "refused or diverged": sum(r["status"] != "done" for r in results)}
+            "refused or diverged": sum(r["status"] != "done" for r in results),
+            "forget sets": {split: _identify(bench.source.forget(split)) for split in config.splits}}
     report = write_report(f"forgetkit bench: {config.name}", results, rows, plots, out / "report.html", meta)
     return {"out": out, "rows": rows, "results": results, "files": {**files, "report": report}, "plots": plots,
             "meta": meta}
+
+
+def _identify(records) -> str:
+    """A forget set as the report names it: count and content hash, never text."""
+    return f"{len(records)} records, sha256 {records_hash(records)}"
 
 
 def _cpu_count() -> int:
