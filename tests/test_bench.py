@@ -218,3 +218,24 @@ def test_user_data_bench_with_tofu_format_files(unlearn_run, tmp_path):
     assert by["graddiff"]["metrics"]["forget_quality"] is not None  # against the oracle model's evaluation
     assert by["oracle"]["status"] == "done"
     assert result["files"]["report"].is_file()
+
+
+def test_sequential_requests_chain_from_each_result(lora_run, tmp_path):
+    """Two requests of half the forget people each: a new adapter over the merged result (npo), or the
+    LoRA target edited again in place (llmeraser); the request files (forget text) are removed afterwards."""
+    from forgetkit.bench.runner import Bench
+
+    config = _config(lora_run, tmp_path / "b", methods=[
+        {"name": "npo", "overrides": {"train.epochs": 1, "train.batch_size": 8}}, {"name": "llmeraser"}],
+        attacks={"relearn": {"enabled": False}, "quantize_bits": [], "prompt": False, "sequential": 2})
+    results = {r["cell"]["method"]: r for r in Bench(config, quiet=True).run()}
+    n_forget = len((lora_run / "benchmark" / "forget10.jsonl").read_text().splitlines())
+    for method in ("npo", "llmeraser"):
+        rows = results[method]["attacks"]["sequential"]
+        assert [r["request"] for r in rows] == [1, 2]
+        assert rows[0]["requested_so_far"] < rows[1]["requested_so_far"] == n_forget
+        assert all(0 <= r["forget_probability"] <= 1 and r["model_utility"] is not None for r in rows)
+    cell = tmp_path / "b" / "cells" / results["llmeraser"]["cell"]["id"] / "attacks" / "sequential"
+    second = json.loads((cell / "request_2" / "unlearn" / "audit.json").read_text())
+    assert second["adapter_in"]["path"] == str(cell / "request_1" / "unlearn" / "adapter")
+    assert not (cell / "requests").exists()

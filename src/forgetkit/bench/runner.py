@@ -28,7 +28,7 @@ from forgetkit.data.records import QARecord
 from forgetkit.errors import ConfigError, ForgetkitError
 from forgetkit.io import write_json, write_jsonl
 
-BENCH_VERSION = 1  # bump when what a cell computes changes: every cached cell is recomputed
+BENCH_VERSION = 2  # bump when what a cell computes changes: every cached cell is recomputed
 RESULT = "result.json"
 
 
@@ -203,7 +203,7 @@ class Bench:
         config = build(UnlearnConfig, json.loads(json.dumps(cell.unlearn)))
         request = UnlearnRequest(out=str(out), config=config, device=self.config.device,
                                  **self.source.request_kwargs(cell.split))
-        return run_unlearn(request, quiet=True)
+        return run_unlearn(request, quiet=self.quiet)
 
     def _load(self, ref: ModelRef):
         from forgetkit.models import load_model
@@ -225,8 +225,14 @@ class Bench:
 
         if not (out / "summary.json").is_file():
             data = self.source.eval_data(cell.split, self.config.eval.retain_limit)
-            oracle_log = None if cell.method == "oracle" and cell.kind == "reference" else self._oracle_log(cell.split)
-            log, summary = evaluate(model, tokenizer, data, self._eval_settings(), oracle_log=oracle_log, quiet=True)
+            oracle = cell.method == "oracle" and cell.kind == "reference"
+            log, summary = evaluate(model, tokenizer, data, self._eval_settings(),
+                                    oracle_log=None if oracle else self._oracle_log(cell.split), quiet=self.quiet)
+            if oracle:  # as TOFU's retain model: its Forget Quality against its own log (KS p-value of equal samples)
+                from forgetkit.eval.tofu import aggregate
+
+                summary["forget_quality"] = aggregate(log, log)["forget_quality"]
+                summary.pop("forget_quality_note", None)
             write_json(out / "eval_log_aggregated.json", log)
             write_json(out / "summary.json", summary)
         return headline(json.loads((out / "summary.json").read_text()))
@@ -312,14 +318,17 @@ class Bench:
                     rows.append({"request": i, "status": "refused", "reason": str(exc)})
                     break
                 model, tokenizer = load_unlearned(step_dir / "unlearn", device=self.device)
-                merged = attacks.merged_copy(model)
-                if not (step_dir / "model" / "config.json").is_file():
-                    from forgetkit.models import save_model
+                load = json.loads((step_dir / "unlearn" / "audit.json").read_text())["load"]
+                if load["adapter"] and not load["merge"]:  # the adapter holding the knowledge was changed in place
+                    start = ModelRef(Path(load["model"]), Path(load["adapter"]))
+                else:  # the next request starts from this result, merged
+                    if not (step_dir / "model" / "config.json").is_file():
+                        from forgetkit.models import save_model
 
-                    save_model(merged, tokenizer, step_dir / "model")
-                start = ModelRef(step_dir / "model")
+                        save_model(attacks.merged_copy(model), tokenizer, step_dir / "model")
+                    start = ModelRef(step_dir / "model")
                 rows.append({"request": i, "forget_examples": len(part), "requested_so_far": len(so_far),
-                             **self._quick(merged, tokenizer, cell.split, so_far)})
+                             **self._quick(model, tokenizer, cell.split, so_far)})
         finally:
             shutil.rmtree(files, ignore_errors=True)
         return rows
