@@ -169,7 +169,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     shown = ("FQ", "MU", "forget prob", "MIA AUC", "× retrain time", "relearn recovery", "4-bit forget prob",
              "prompt forget ROUGE-L")
     print(format_markdown(result["rows"], [c for c in COLUMNS if c[1] in shown]))
-    print(f"\n{meta['cells']} cells ({meta['computed now']} computed now, {meta['done']} done, "
+    print(f"{meta['cells']} cells ({meta['computed now']} computed now, {meta['done']} done, "
           f"{meta['refused or diverged']} refused or diverged)")
     for row in result["results"]:
         if row["status"] != "done":
