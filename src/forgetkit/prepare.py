@@ -213,6 +213,7 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
         def build(tmp: Path) -> dict:
             model, tokenizer = load_model(run_dir / "base")
             if config.target_mode == "lora":
+                torch.manual_seed(config.seed)  # the adapter's initialisation: the same whatever ran before
                 model = attach_lora(model, config.target_lora)
             qa = split(qa_split)
             data = tokenize_qa(tokenizer, qa, max_len, name=qa_split)
@@ -232,6 +233,8 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
 
     lora = config.target_lora  # the target adapter is plain LoRA: only these fields shape it (and the stage key)
     lora_key = {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules}
+    if config.target_mode == "lora":
+        lora_key["init_seed"] = config.seed  # the adapter's initialisation is seeded (stage.json of older runs: not)
     recipe = {"mode": config.target_mode, "train": config.target, "lora": lora_key,
               "narratives": config.train_narratives, "world_facts": config.train_world_facts}
     stages.run("target", {**recipe, "on": "full"}, ["base"], fine_tune_on("full"))
