@@ -55,7 +55,7 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
         config = build(UnlearnConfig, apply_overrides({}, overrides))
     request = UnlearnRequest(out=args.out, config=config, model=args.model, adapter=args.adapter, forget=args.forget,
                              retain=args.retain, run=args.run, split=args.split, evaluate=args.eval,
-                             eval_every=args.eval_every, device=args.device, edits=args.edits)
+                             eval_every=args.eval_every, device=args.device, edits=args.edits, ledger=args.ledger)
     summary = run_unlearn(request, quiet=args.quiet)
     if not summary:  # not the main process of a multi-process launch
         return 0
@@ -77,6 +77,7 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
             print(f"{ev['success']['request']} success: {ev['success']['success']:.3f} "
                   f"({ev['success']['count']} examples)")
     print(f"Wrote {args.out}: adapter or model, train_log.jsonl, summary.json, audit.json")
+    print(f"Recorded request {summary['ledger']['id']} in {summary['ledger']['path']} (forgetkit audit show ID)")
     return 0
 
 
@@ -179,6 +180,34 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    import json
+
+    from forgetkit.audit.ledger import LEDGER_FILE, entries, entry, format_entry
+
+    ledger = Path(args.ledger) if args.ledger else Path(args.run or ".") / LEDGER_FILE
+    if args.action == "show":
+        if not args.id:
+            raise ForgetkitError("audit show: give the request id (forgetkit audit list shows them)")
+        print(format_entry(entry(ledger, args.id)))
+    elif args.action == "export":
+        text = json.dumps(entries(ledger), indent=2, ensure_ascii=False) + "\n"
+        if args.out:
+            from forgetkit.io import write_text
+
+            write_text(args.out, text)
+            print(f"Wrote {args.out}")
+        else:
+            print(text, end="")
+    else:
+        rows = entries(ledger)
+        for e in rows:
+            print(f"{e['id']}  {e['recorded']}  {e['method']:<17} {e['request_kind']:<8} {e['forget_count']:>6} "
+                  f"records  {e['guarantee']}")
+        print(f"{len(rows)} request(s) in {ledger}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgetkit", description="Make a language model forget data, and measure it.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
@@ -215,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=0, metavar="N",
                    help="with --run: Forget Quality and Model Utility every N steps (quick evaluation) in the step log")
     p.add_argument("--device", default="auto")
+    p.add_argument("--ledger", help="the audit ledger (SQLite) to append the request to (default: RUN/ledger.sqlite "
+                                    "with --run, else ledger.sqlite beside --out)")
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_unlearn)
 
@@ -282,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seeds=[0,1,2]")
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("audit", help="the ledger of unlearning requests: list, show one, export as JSON")
+    p.add_argument("action", choices=("list", "show", "export"))
+    p.add_argument("id", nargs="?", help="show: a request id (or its unique suffix)")
+    p.add_argument("--ledger", help="the ledger file (default: RUN/ledger.sqlite with --run, else ./ledger.sqlite)")
+    p.add_argument("--run", help="a prepared run directory whose ledger to read")
+    p.add_argument("--json", action="store_true", help="export: JSON (the only format; accepted for clarity)")
+    p.add_argument("--out", help="export: write to this file (atomically) instead of stdout")
+    p.set_defaults(func=_cmd_audit)
     return parser
 
 

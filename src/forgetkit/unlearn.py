@@ -9,6 +9,7 @@ target. The output directory holds:
 - ``summary.json`` (time, peak memory, trainable parameters, steps, losses);
 - ``audit.json``: hashes of the model, adapter and data sets, counts, method, config, start and
   end time, the output's hash, and the evaluation summary with ``--eval``; never a record's text;
+  the same request is appended to the audit ledger (``forgetkit.audit.ledger``, ``--ledger``);
 - while running, ``checkpoint/``: rerunning the same command resumes from it.
 """
 
@@ -68,6 +69,14 @@ class UnlearnRequest:
     eval_every: int = 0  # with --run: Forget Quality and Model Utility every N steps, into the step log
     device: str = "auto"
     edits: str | None = None  # closed-form editors: an edit file (or, with --run, "query" / "response")
+    ledger: str | None = None  # the audit ledger (SQLite); None: RUN/ledger.sqlite, else beside --out
+
+    def ledger_path(self) -> Path:
+        from forgetkit.audit.ledger import LEDGER_FILE
+
+        if self.ledger:
+            return Path(self.ledger)
+        return (Path(self.run) if self.run else Path(self.out).resolve().parent) / LEDGER_FILE
 
 
 def refusals() -> list[str]:
@@ -255,8 +264,11 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
         "resumed_from_step": stats.resumed_from_step,
         "metrics": summary.get("eval"),
     }
-    write_json(out / "summary.json", summary)
     write_json(out / "audit.json", audit)
+    from forgetkit.audit.ledger import record
+
+    summary["ledger"] = {"path": str(request.ledger_path()), "id": record(request.ledger_path(), audit)}
+    write_json(out / "summary.json", summary)
     _remove_checkpoint(out)
     return summary
 
@@ -350,4 +362,5 @@ def _evaluate(request: UnlearnRequest, model, tokenizer, forget_path: Path, out:
     write_json(out / "eval" / "eval_log_aggregated.json", eval_log)
     write_json(out / "eval" / "summary.json", summary)
     return {"forget_quality": summary.get("forget_quality"), "model_utility": summary.get("model_utility"),
-            "mia_auc": summary.get("mia", {}).get("auc"), "forget": summary["sets"].get("forget")}
+            "mia_auc": summary.get("mia", {}).get("auc"), "forget": summary["sets"].get("forget"),
+            "empirical_epsilon": summary.get("mia", {}).get("empirical_epsilon")}

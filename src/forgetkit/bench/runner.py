@@ -76,11 +76,15 @@ class Bench:
             if entry.name not in METHODS and entry.name not in EDITORS:
                 known = ", ".join(sorted({*METHODS, *EDITORS}))
                 raise ConfigError(f"methods: unknown method '{entry.name}' (known: {known})")
+            if entry.name == "retrain" and config.data is not None:
+                raise ConfigError("methods: retrain starts from the base model, which data: does not name; give "
+                                  "data.oracle_model (fine-tuned on the retain set only): it is the oracle row")
         self.config, self.quiet = config, quiet
         self.source = open_source(config, quiet)
         default_out = (Path(config.run or getattr(self.source, "run", "runs")) / "bench" / config.name
                        if config.data is None else Path("runs/bench") / config.name)
         self.out = Path(config.out) if config.out else default_out
+        self.ledger = self.out / "ledger.sqlite"  # the grid's requests, apart from the run's real ones
         self._device = None
 
     @property
@@ -100,11 +104,8 @@ class Bench:
         c = self.config
         cells = []
         for split in c.splits:
-            for name in ("oracle", "target"):  # the oracle's evaluation is every other cell's Forget Quality reference
-                cell = Cell("reference", name, name, split, 0)
-                cell.key = config_hash({**self._settings_key(), "reference": name, "split": split,
-                                        "oracle": self.source.oracle_key(split)})
-                cells.append(cell)
+            # the oracle first: its evaluation is every other cell's Forget Quality reference
+            cells += [self._reference("oracle", split), self._reference("target", split)]
         for entry in c.methods:
             for label, overrides in entry.variants():
                 for split in c.splits:
@@ -116,6 +117,12 @@ class Bench:
                                                 "retrain_from_oracle": self._from_oracle(cell)})
                         cells.append(cell)
         return cells
+
+    def _reference(self, name: str, split: str) -> Cell:
+        cell = Cell("reference", name, name, split, 0)
+        cell.key = config_hash({**self._settings_key(), "reference": name, "split": split,
+                                "oracle": self.source.oracle_key(split)})
+        return cell
 
     def _from_oracle(self, cell: Cell) -> bool:
         return cell.method == "retrain" and self.config.retrain_from_oracle and self.config.data is None
@@ -152,8 +159,7 @@ class Bench:
         return read_log(log) if (log / "eval_log_aggregated.json").is_file() else None
 
     def _oracle_eval_dir(self, split: str) -> Path:
-        oracle = next(c for c in self.cells() if c.kind == "reference" and c.method == "oracle" and c.split == split)
-        return self.out / "cells" / oracle.id / "eval"
+        return self.out / "cells" / self._reference("oracle", split).id / "eval"
 
     def _run_cell(self, cell: Cell) -> dict:
         cell_dir = self.out / "cells" / cell.id
@@ -201,7 +207,7 @@ class Bench:
         if (out / "summary.json").is_file() and (out / "audit.json").is_file():
             return json.loads((out / "summary.json").read_text())
         config = build(UnlearnConfig, json.loads(json.dumps(cell.unlearn)))
-        request = UnlearnRequest(out=str(out), config=config, device=self.config.device,
+        request = UnlearnRequest(out=str(out), config=config, device=self.config.device, ledger=str(self.ledger),
                                  **self.source.request_kwargs(cell.split))
         return run_unlearn(request, quiet=self.quiet)
 
@@ -310,7 +316,8 @@ class Bench:
                 config = build(UnlearnConfig, json.loads(json.dumps(cell.unlearn)))
                 request = UnlearnRequest(out=str(step_dir / "unlearn"), config=config, model=str(start.model),
                                          adapter=str(start.adapter) if start.adapter else None,
-                                         forget=str(request_file), retain=str(retain_file), device=self.config.device)
+                                         forget=str(request_file), retain=str(retain_file), device=self.config.device,
+                                         ledger=str(self.ledger))
                 try:
                     if not (step_dir / "unlearn" / "audit.json").is_file():
                         run_unlearn(request, quiet=True)

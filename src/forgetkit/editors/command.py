@@ -132,8 +132,11 @@ def run_edit(request, quiet: bool = False) -> dict:
         "started": started, "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "metrics": summary.get("eval"),
     }
-    write_json(out / "summary.json", summary)
     write_json(out / "audit.json", audit)
+    from forgetkit.audit.ledger import record
+
+    summary["ledger"] = {"path": str(request.ledger_path()), "id": record(request.ledger_path(), audit)}
+    write_json(out / "summary.json", summary)
     return summary
 
 
@@ -159,4 +162,4 @@ def _evaluate(request, model, tokenizer, inputs: dict, out: Path, quiet: bool, k
         del success["answered"]
     return {"forget_quality": summary.get("forget_quality"), "model_utility": summary.get("model_utility"),
             "mia_auc": summary.get("mia", {}).get("auc"), "forget": summary["sets"].get("forget"),
-            "success": success}
+            "empirical_epsilon": summary.get("mia", {}).get("empirical_epsilon"), "success": success}

@@ -1,0 +1,1 @@
+"""The record of unlearning requests: the SQLite ledger behind ``forgetkit audit``."""

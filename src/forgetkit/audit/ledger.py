@@ -1,0 +1,161 @@
+"""The audit ledger: every unlearning request in a local SQLite database (``forgetkit audit``).
+
+One row per request, written in one transaction (SQLite's atomic commit: a process killed
+mid-write leaves the previous state, never half a record), in WAL mode with a busy timeout so
+concurrent requests queue instead of failing. A row holds ids, times, hashes, counts, the method,
+its config, the guarantee (``exact``, ``certified`` with ε and δ, or ``empirical audit``), the
+evaluation's headline numbers and the empirical ε lower bound of the best membership-inference
+attack: never a record's text (the request arrives as ``audit.json``, which holds none).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from forgetkit.errors import ForgetkitError
+
+LEDGER_FILE = "ledger.sqlite"
+GUARANTEES = ("exact", "certified", "empirical audit")
+COLUMNS = (
+    ("seq", "INTEGER PRIMARY KEY AUTOINCREMENT"), ("id", "TEXT UNIQUE NOT NULL"), ("recorded", "TEXT NOT NULL"), ("tool", "TEXT"), ("method", "TEXT NOT NULL"),
+    ("request_kind", "TEXT"), ("guarantee", "TEXT NOT NULL"), ("epsilon", "REAL"), ("delta", "REAL"),
+    ("model_hash", "TEXT"), ("adapter_in_hash", "TEXT"), ("output_hash", "TEXT"), ("forget_hash", "TEXT"),
+    ("forget_count", "INTEGER"), ("kept_hash", "TEXT"), ("kept_count", "INTEGER"), ("config_hash", "TEXT"),
+    ("config_json", "TEXT"), ("metrics_json", "TEXT"), ("empirical_epsilon", "REAL"), ("started", "TEXT"),
+    ("ended", "TEXT"), ("output_path", "TEXT"),
+)
+SCHEMA = f"CREATE TABLE IF NOT EXISTS requests ({', '.join(f'{n} {t}' for n, t in COLUMNS)})"
+EXACT_METHODS = ("retrain",)  # retraining from the base without the data: exact by construction
+
+
+@contextmanager
+def _connect(path: Path) -> Iterator[sqlite3.Connection]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(SCHEMA)
+    except sqlite3.DatabaseError as exc:
+        raise ForgetkitError(f"{path}: not a forgetkit ledger ({exc})") from None
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def guarantee_of(audit: dict) -> tuple[str, float | None, float | None]:
+    """The guarantee of a request: (kind, ε, δ) from its audit record."""
+    certificate = audit.get("certificate")
+    if certificate:
+        return "certified", certificate.get("epsilon"), certificate.get("delta")
+    if audit.get("method") in EXACT_METHODS:
+        return "exact", None, None
+    return "empirical audit", None, None
+
+
+def row_from_audit(audit: dict) -> dict:
+    """The ledger row of an ``audit.json`` record (``forgetkit unlearn`` or an editor)."""
+    kind, epsilon, delta = guarantee_of(audit)
+    removed = audit.get("forget") or audit.get("request_set") or {}
+    kept = audit.get("retain") or audit.get("kept") or {}
+    metrics = audit.get("metrics") or {}
+    empirical = (metrics.get("empirical_epsilon") or {}).get("epsilon") if isinstance(metrics, dict) else None
+    now = datetime.now(timezone.utc)
+    return {
+        "id": f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}", "recorded": now.isoformat(timespec="seconds"),
+        "tool": audit.get("tool"), "method": audit["method"], "request_kind": audit.get("request", "removal"),
+        "guarantee": kind, "epsilon": epsilon, "delta": delta,
+        "model_hash": (audit.get("model") or {}).get("hash"),
+        "adapter_in_hash": (audit.get("adapter_in") or {}).get("hash"),
+        "output_hash": (audit.get("output") or {}).get("hash"),
+        "forget_hash": removed.get("hash"), "forget_count": removed.get("count"),
+        "kept_hash": kept.get("hash"), "kept_count": kept.get("count"), "config_hash": audit.get("config_hash"),
+        "config_json": json.dumps(audit.get("config"), sort_keys=True),
+        "metrics_json": json.dumps(_headline(metrics), sort_keys=True), "empirical_epsilon": empirical,
+        "started": audit.get("started"), "ended": audit.get("ended"),
+        "output_path": (audit.get("output") or {}).get("path"),
+    }
+
+
+def _headline(metrics: dict) -> dict:
+    """The evaluation numbers a compliance reader needs (aggregates only)."""
+    forget = metrics.get("forget") or {}
+    auc = metrics.get("mia_auc")
+    return {"forget_quality": metrics.get("forget_quality"), "model_utility": metrics.get("model_utility"),
+            "forget_probability": forget.get("probability"), "forget_rouge_l": forget.get("rougeL_recall"),
+            "mia_auc": auc, "success": metrics.get("success")}
+
+
+def record(ledger: str | Path, audit: dict) -> str:
+    """Append the request of ``audit`` to the ledger in one transaction; return its id."""
+    row = row_from_audit(audit)
+    names = [n for n, _ in COLUMNS if n != "seq"]
+    with _connect(Path(ledger)) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(f"INSERT INTO requests ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                         [row[n] for n in names])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return row["id"]
+
+
+def entries(ledger: str | Path) -> list[dict]:
+    path = Path(ledger)
+    if not path.is_file():
+        raise ForgetkitError(f"{path}: no ledger here (it is created by the first forgetkit unlearn request)")
+    with _connect(path) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY seq")]
+
+
+def entry(ledger: str | Path, request_id: str) -> dict:
+    found = [e for e in entries(ledger) if e["id"] == request_id or e["id"].endswith(request_id)]
+    if len(found) != 1:
+        raise ForgetkitError(f"{ledger}: {'no' if not found else 'more than one'} request with id '{request_id}'")
+    return found[0]
+
+
+def format_entry(e: dict) -> str:
+    """One request, in words a compliance officer can read."""
+    metrics = json.loads(e["metrics_json"] or "{}")
+    guarantee = {"exact": "exact unlearning: the model was retrained without the records (by construction, as if "
+                          "never trained on them)",
+                 "certified": f"certified removal with (ε = {e['epsilon']}, δ = {e['delta']})",
+                 "empirical audit": "empirical: approximate unlearning, checked by evaluation (no formal guarantee)"}
+    lines = [
+        f"Request {e['id']} (recorded {e['recorded']})",
+        f"  what was removed: {e['forget_count']} {e['request_kind']} record(s), content hash {e['forget_hash']} "
+        "(the text is not stored)",
+        f"  how: method '{e['method']}' ({e['tool']}), config hash {e['config_hash']}, "
+        f"from {e['started']} to {e['ended']}",
+        f"  model: {e['model_hash']}" + (f" with adapter {e['adapter_in_hash']}" if e["adapter_in_hash"] else "")
+        + f"  ->  result {e['output_hash']} ({e['output_path']})",
+        f"  kept data: {e['kept_count']} record(s), hash {e['kept_hash']}",
+        f"  guarantee: {guarantee[e['guarantee']]}",
+    ]
+    if any(v is not None for v in metrics.values()):
+        checks = ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if v is not None)
+        lines.append(f"  checks: {checks}")
+        if e["empirical_epsilon"] is not None:
+            lines.append(f"  empirical ε lower bound (best membership-inference attack, 95 %): "
+                         f"{e['empirical_epsilon']:.3f}")
+    else:
+        lines.append("  checks: none recorded (run with --eval to record them)")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) + "}"
+    return str(value)

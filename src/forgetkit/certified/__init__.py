@@ -1,0 +1,1 @@
+"""Unlearning with guarantees: certified removal for a convex head on frozen features."""
