@@ -23,7 +23,8 @@ from forgetkit.errors import ForgetkitError
 LEDGER_FILE = "ledger.sqlite"
 GUARANTEES = ("exact", "certified", "empirical audit")
 COLUMNS = (
-    ("seq", "INTEGER PRIMARY KEY AUTOINCREMENT"), ("id", "TEXT UNIQUE NOT NULL"), ("recorded", "TEXT NOT NULL"), ("tool", "TEXT"), ("method", "TEXT NOT NULL"),
+    ("seq", "INTEGER PRIMARY KEY AUTOINCREMENT"), ("id", "TEXT UNIQUE NOT NULL"), ("recorded", "TEXT NOT NULL"),
+    ("tool", "TEXT"), ("method", "TEXT NOT NULL"),
     ("request_kind", "TEXT"), ("guarantee", "TEXT NOT NULL"), ("epsilon", "REAL"), ("delta", "REAL"),
     ("model_hash", "TEXT"), ("adapter_in_hash", "TEXT"), ("output_hash", "TEXT"), ("forget_hash", "TEXT"),
     ("forget_count", "INTEGER"), ("kept_hash", "TEXT"), ("kept_count", "INTEGER"), ("config_hash", "TEXT"),

@@ -111,7 +111,8 @@ class CertifiedHead:
         d1, _ = _loss_terms(self.w, Xr, yr)
         delta_vec = self.lam * len(indices) * self.w + Xr.T @ d1
         step = torch.linalg.solve(objective_hessian(self.w, X, y, self.lam), delta_vec)
-        bound = GAMMA_LOGISTIC * float(torch.linalg.matrix_norm(X, ord=2)) * float(step.norm()) * float((X @ step).norm())
+        spectral = float(torch.linalg.matrix_norm(X, ord=2))
+        bound = GAMMA_LOGISTIC * spectral * float(step.norm()) * float((X @ step).norm())
         record = {"removed": len(indices), "remaining": int(keep.sum()), "residual_bound": bound,
                   "budget": self.budget}
         self.X, self.y = X, y
