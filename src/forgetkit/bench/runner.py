@@ -47,6 +47,13 @@ class Cell:
         slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.variant).strip("_")[:60]
         return f"{slug}-{self.split}-s{self.seed}-{self.key[:8]}"
 
+    def unlearn_config(self):
+        """The cell's resolved ``UnlearnConfig`` (a fresh object: ``run_unlearn`` may fill in defaults)."""
+        from forgetkit.config import build
+        from forgetkit.unlearn import UnlearnConfig
+
+        return build(UnlearnConfig, json.loads(json.dumps(self.unlearn)))
+
     def describe(self) -> dict:
         return {"id": self.id, "kind": self.kind, "method": self.method, "variant": self.variant,
                 "split": self.split, "seed": self.seed, "key": self.key}
@@ -183,16 +190,13 @@ class Bench:
             result["cost"] = _cost(ref.train or {})
             result["note"] = "the run's oracle stage (retrain_from_oracle)"
         else:
-            from forgetkit.train import DivergenceError
             from forgetkit.unlearn import load_unlearned
 
             unlearn_dir = cell_dir / "unlearn"
             try:
-                summary = self._unlearn(cell, unlearn_dir)
-            except DivergenceError as exc:
-                return {**result, "status": "diverged", "reason": str(exc)}
+                summary = self._finished_or_run(self._request(cell, unlearn_dir))
             except ForgetkitError as exc:
-                return {**result, "status": "refused", "reason": str(exc)}
+                return {**result, **_failure(exc)}
             model, tokenizer = load_unlearned(unlearn_dir, device=self.device)
             result["metrics"] = self._evaluate(model, tokenizer, cell, cell_dir / "eval")
             result["cost"] = _cost(summary)
@@ -200,15 +204,20 @@ class Bench:
         result["attacks"] = self._attacks(cell, model, tokenizer, cell_dir / "attacks")
         return result
 
-    def _unlearn(self, cell: Cell, out: Path) -> dict:
-        from forgetkit.config import build
-        from forgetkit.unlearn import UnlearnConfig, UnlearnRequest, run_unlearn
+    def _request(self, cell: Cell, out: Path, **inputs):
+        """The cell's ``unlearn`` request into ``out``: on the source's split, or on ``inputs`` (model, files)."""
+        from forgetkit.unlearn import UnlearnRequest
 
+        return UnlearnRequest(out=str(out), config=cell.unlearn_config(), device=self.config.device,
+                              ledger=str(self.ledger), **(inputs or self.source.request_kwargs(cell.split)))
+
+    def _finished_or_run(self, request) -> dict:
+        """The summary of the unlearning run in ``request.out``: read when it finished, else run (or resumed)."""
+        from forgetkit.unlearn import run_unlearn
+
+        out = Path(request.out)
         if (out / "summary.json").is_file() and (out / "audit.json").is_file():
             return json.loads((out / "summary.json").read_text())
-        config = build(UnlearnConfig, json.loads(json.dumps(cell.unlearn)))
-        request = UnlearnRequest(out=str(out), config=config, device=self.config.device, ledger=str(self.ledger),
-                                 **self.source.request_kwargs(cell.split))
         return run_unlearn(request, quiet=self.quiet)
 
     def _load(self, ref: ModelRef):
@@ -294,9 +303,7 @@ class Bench:
     def _sequential(self, cell: Cell, out: Path) -> list[dict]:
         """``attacks.sequential`` requests, one slice of the split's people after another, each applied to the
         previous request's result; the forget metrics of everything requested so far and utility after each."""
-        from forgetkit.config import build
-        from forgetkit.train import DivergenceError
-        from forgetkit.unlearn import UnlearnConfig, UnlearnRequest, load_unlearned, run_unlearn
+        from forgetkit.unlearn import load_unlearned
 
         forget = self.source.forget(cell.split)
         groups = list(dict.fromkeys(self.source.group_of(r.id) for r in forget))
@@ -313,16 +320,13 @@ class Bench:
                 request_file = files / f"request_{i}.jsonl"
                 write_jsonl(request_file, [r.to_dict() for r in part])
                 step_dir = out / f"request_{i}"
-                config = build(UnlearnConfig, json.loads(json.dumps(cell.unlearn)))
-                request = UnlearnRequest(out=str(step_dir / "unlearn"), config=config, model=str(start.model),
-                                         adapter=str(start.adapter) if start.adapter else None,
-                                         forget=str(request_file), retain=str(retain_file), device=self.config.device,
-                                         ledger=str(self.ledger))
+                request = self._request(cell, step_dir / "unlearn", model=str(start.model),
+                                        adapter=str(start.adapter) if start.adapter else None,
+                                        forget=str(request_file), retain=str(retain_file))
                 try:
-                    if not (step_dir / "unlearn" / "audit.json").is_file():
-                        run_unlearn(request, quiet=True)
-                except (DivergenceError, ForgetkitError) as exc:
-                    rows.append({"request": i, "status": "refused", "reason": str(exc)})
+                    self._finished_or_run(request)
+                except ForgetkitError as exc:
+                    rows.append({"request": i, **_failure(exc)})
                     break
                 model, tokenizer = load_unlearned(step_dir / "unlearn", device=self.device)
                 load = json.loads((step_dir / "unlearn" / "audit.json").read_text())["load"]
@@ -339,6 +343,13 @@ class Bench:
         finally:
             shutil.rmtree(files, ignore_errors=True)
         return rows
+
+
+def _failure(exc: Exception) -> dict:
+    """A method that stopped: ``diverged`` (NaN/inf loss or gradient guard) or ``refused``, with the reason."""
+    from forgetkit.train import DivergenceError
+
+    return {"status": "diverged" if isinstance(exc, DivergenceError) else "refused", "reason": str(exc)}
 
 
 def headline(summary: dict) -> dict:
