@@ -322,7 +322,8 @@ def _remove_checkpoint(out: Path) -> None:
 
 
 def _oracle_log(request: UnlearnRequest) -> dict | None:
-    """The run's oracle evaluation log for the split (written by ``make demo``), if there is one."""
+    """The run's oracle evaluation log for the split, if there is one
+    (``forgetkit eval --model RUN/oracle_SPLIT ... --out RUN/eval/oracle_SPLIT`` writes it)."""
     from forgetkit.eval.command import read_log
 
     oracle = Path(request.run) / "eval" / f"oracle_{request.split}"
