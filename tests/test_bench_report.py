@@ -189,7 +189,7 @@ def report(tmp_path_factory) -> dict:
 
 
 def test_write_plots_writes_valid_pngs(report):
-    assert set(report["plots"]) == {"pareto", "cost", "curves", "attacks", "sequential"}
+    assert set(report["plots"]) == {"pareto", "cost", "curves", "attacks", "sequential", "scaling"}
     for name, path in report["plots"].items():
         assert path == report["out"] / "plots" / f"{name}.png"
         data = path.read_bytes()

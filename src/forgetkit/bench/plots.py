@@ -46,6 +46,8 @@ CAPTIONS = {
                "Relearning trains on half of the forget people and is measured on the other half, before and "
                "after. A bar that rises after an attack means the forgotten answers came back.",
     "sequential": "Forget probability and model utility after each of a sequence of forget requests, mean over seeds.",
+    "scaling": "Forget quality (log scale) and model utility against the size of the forget set (forget01, 05, 10: "
+               "the percentage of people forgotten), mean over seeds.",
 }
 
 
@@ -217,12 +219,42 @@ def _sequential(cells: list[dict], rows: list[dict], styles: dict[str, dict]) ->
     return fig
 
 
+def _split_size(split: str) -> float | None:
+    """``forget05`` → 5 (the percentage of people forgotten); None for a split without a number."""
+    digits = split.removeprefix("forget")
+    return float(digits) if digits.isdigit() else None
+
+
+def _scaling(cells: list[dict], rows: list[dict], styles: dict[str, dict]) -> Figure | None:
+    """Forget quality and model utility against the forget set's size, one line per variant (grids over several
+    forget splits: forget01 → 05 → 10)."""
+    sized = [r for r in rows if r["status"] == "done" and _split_size(r["split"]) is not None]
+    if len({r["split"] for r in sized}) < 2:
+        return None
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for variant in sorted({r["variant"] for r in sized}):
+        mine = sorted((r for r in sized if r["variant"] == variant), key=lambda r: _split_size(r["split"]))
+        style = REFERENCE_STYLE.get(variant) or styles.get(variant, {"color": None, "marker": "o"})
+        for ax, key in zip(axes, (FORGET_QUALITY, MODEL_UTILITY), strict=True):
+            xs = [_split_size(r["split"]) for r in mine]
+            ys = [r["columns"][key]["mean"] for r in mine]
+            ax.plot(xs, [float("nan") if y is None else y for y in ys], marker=style["marker"], color=style["color"],
+                    label=variant)
+    axes[0].set_yscale("log")
+    for ax, label in zip(axes, ("forget quality (log)", "model utility"), strict=True):
+        ax.set(title=f"{label} against the forget set's size", xlabel="forget set (% of people)", ylabel=label)
+        ax.legend(fontsize="small")
+    return fig
+
+
 PLOTS: dict[str, Callable[[list[dict], list[dict], dict[str, dict]], Figure | None]] = {
     "pareto": _pareto,
     "cost": _cost,
     "curves": _curves,
     "attacks": _attacks,
     "sequential": _sequential,
+    "scaling": _scaling,
 }
 
 
