@@ -8,6 +8,7 @@ from forgetkit.methods import (  # noqa: F401  (each module registers its method
     idk_nll,
     influence_peft,
     kl,
+    noisy_finetune,
     npo,
     relearn,
     retrain,
