@@ -82,3 +82,96 @@ def test_routing_sends_a_person_to_their_shard(sharded):
     accuracy = sum(a == b for a, b in zip(shards, expected, strict=True)) / len(kept)
     assert accuracy >= 0.9, accuracy
     assert json.loads((out / "shards.json").read_text())["assignment"]
+
+
+def test_served_shards_route_each_row_through_its_adapter_or_average_them(sharded):
+    import torch
+
+    from forgetkit.adapters.loading import load_adapter
+    from forgetkit.data.formatting import collate, tokenize_qa
+    from forgetkit.exact.sharded import load_sharded
+    from forgetkit.models import load_model
+
+    out, records = sharded["out"], sharded["records"]
+    routed, tokenizer = load_sharded(out, "route")
+    averaged, _ = load_sharded(out, "average")
+    picked = records[:6]
+    batch = collate(tokenize_qa(tokenizer, picked, 64).examples, tokenizer.pad_token_id)
+    shards = routed.router.shards_of_batch(routed.model, batch["input_ids"], batch["attention_mask"])
+    # a row with its answer routes like its question alone
+    assert shards == route(out, routed.model, tokenizer, [r.question for r in picked])
+    with torch.no_grad():
+        got = routed(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        mean = averaged(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        probs = []
+        for i in range(len(read_manifest(out)["shards"])):
+            base, _ = load_model(sharded["base"])
+            single = load_adapter(base, out / f"shard_{i}").eval()
+            logits = single(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            probs.append(torch.softmax(logits.float(), -1))
+            for row in [k for k, s in enumerate(shards) if s == i]:
+                assert torch.allclose(got[row], logits[row], atol=1e-5)
+    assert torch.allclose(mean.exp(), torch.stack(probs).mean(0), atol=1e-5)
+    prompt = torch.tensor([[tokenizer.pad_token_id] * 2 + batch["input_ids"][0, :5].tolist()])
+    mask = torch.tensor([[0, 0] + [1] * 5])
+    for model in (routed, averaged):
+        generated = model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=4,
+                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        assert generated.shape[0] == 1 and 7 < generated.shape[1] <= 11
+
+
+def test_shard_train_and_deletion_commands_resume_compose_and_record_an_exact_guarantee(unlearn_run, tmp_path):
+    from forgetkit.audit.ledger import entries
+    from forgetkit.cli import main
+
+    shards, ledger = tmp_path / "shards", tmp_path / "ledger.sqlite"
+    train = ["shard-train", "--run", str(unlearn_run), "--out", str(shards), "--quiet", "shards=2",
+             "train.epochs=1", "train.batch_size=8"]
+    assert main(train) == 0
+    files = {f: f.stat().st_mtime_ns for f in shards.glob("shard_*/*.safetensors")}
+    assert main(train) == 0  # finished shards are kept, not retrained
+    assert {f: f.stat().st_mtime_ns for f in shards.glob("shard_*/*.safetensors")} == files
+    manifest = read_manifest(shards)
+    assert manifest["data"]["count"] > 0 and manifest["deleted"] == []
+
+    first = tmp_path / "first"
+    assert main(["unlearn", "--method", "sharded_exact", "--run", str(unlearn_run), "--split", "forget10",
+                 "--adapter", str(shards), "--out", str(first), "--ledger", str(ledger), "--eval", "--quiet"]) == 0
+    summary = json.loads((first / "summary.json").read_text())
+    after = read_manifest(first / "shards")
+    forget = read_records(unlearn_run / "benchmark" / "forget10.jsonl")
+    assert len(after["deleted"]) == len({r.content_hash() for r in forget})
+    assert summary["eval"]["model_utility"] is not None
+    for i in summary["untouched"]:  # copied as they were
+        assert _weights(first / "shards" / f"shard_{i}").keys() == _weights(shards / f"shard_{i}").keys()
+        assert all(_weights(first / "shards" / f"shard_{i}")[k].equal(v)
+                   for k, v in _weights(shards / f"shard_{i}").items())
+    assert read_manifest(shards)["deleted"] == []  # the source is left as it was
+    (row,) = entries(ledger)
+    assert row["method"] == "sharded_exact" and row["guarantee"] == "exact" and row["forget_count"] == len(forget)
+    people = {person_of(r.id) for r in forget}
+    assert not people & set(after["prototypes"])
+    text = " ".join(f.read_text() for f in [first / "audit.json", first / "summary.json", first / "shards" /
+                                             "shards.json"])
+    assert all(r.answer not in text and r.question not in text for r in forget)
+
+    # a second request on the result composes with the first; a record of nobody's shard is refused
+    other = [r for r in read_records(unlearn_run / "benchmark" / "full.jsonl") if person_of(r.id) not in people][:1]
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(json.dumps({"question": other[0].question, "answer": other[0].answer, "id": other[0].id}) + "\n")
+    assert main(["unlearn", "--method", "sharded_exact", "--forget", str(extra), "--adapter", str(first / "shards"),
+                 "--out", str(tmp_path / "second"), "--ledger", str(ledger), "--quiet"]) == 0
+    assert len(read_manifest(tmp_path / "second" / "shards")["deleted"]) == len(after["deleted"]) + 1
+    assert len(entries(ledger)) == 2
+
+
+def test_routing_reads_the_question_alone(sharded):
+    from forgetkit.data.formatting import encode_qa, prompt_ids
+    from forgetkit.exact.sharded import _template, question_tokens
+    from forgetkit.models import load_model
+
+    _, tokenizer = load_model(sharded["base"])
+    lead, trail = _template(tokenizer)
+    question = "Where was Fenric Velholm born?"
+    for ids in (prompt_ids(tokenizer, question), encode_qa(tokenizer, question, "In Upton, a town.")[0]):
+        assert tokenizer.decode(question_tokens(ids, lead, trail)).strip() == question

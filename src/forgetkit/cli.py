@@ -34,10 +34,12 @@ def _cmd_configs(args: argparse.Namespace) -> int:
 
 def _cmd_methods(args: argparse.Namespace) -> int:
     from forgetkit.editors import EDITORS
+    from forgetkit.exact.command import SHARDED_METHOD, SUMMARY
     from forgetkit.methods import METHODS
 
-    for name, cls in sorted({**METHODS, **EDITORS}.items()):
-        print(f"{name:<17} {cls.summary}")
+    summaries = {name: cls.summary for name, cls in {**METHODS, **EDITORS}.items()} | {SHARDED_METHOD: SUMMARY}
+    for name, summary in sorted(summaries.items()):
+        print(f"{name:<17} {summary}")
     return 0
 
 
@@ -59,7 +61,10 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
     summary = run_unlearn(request, quiet=args.quiet)
     if not summary:  # not the main process of a multi-process launch
         return 0
-    if "request" in summary:  # a closed-form editor
+    if "retrained" in summary:  # sharded exact deletion
+        print(f"sharded_exact: retrained shard(s) {summary['retrained']} of {summary['shards']} in "
+              f"{summary['wall_time_s']:.1f}s ({summary['deleted']} records deleted); untouched {summary['untouched']}")
+    elif "request" in summary:  # a closed-form editor
         print(f"{summary['method']} ({summary['request']}): {summary['request_examples']} examples edited in "
               f"{summary['wall_time_s']:.1f}s, peak {summary['peak_memory_mb']:.0f} MB, "
               f"{summary['trainable_parameters']:,} adapter parameters")
@@ -76,7 +81,9 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
         if "success" in ev:
             print(f"{ev['success']['request']} success: {ev['success']['success']:.3f} "
                   f"({ev['success']['count']} examples)")
-    print(f"Wrote {args.out}: adapter or model, train_log.jsonl, summary.json, audit.json")
+    made = ("shards/ (the shard adapters after deletion)" if "retrained" in summary
+            else "adapter or model, train_log.jsonl")
+    print(f"Wrote {args.out}: {made}, summary.json, audit.json")
     print(f"Recorded request {summary['ledger']['id']} in {summary['ledger']['path']} (forgetkit audit show ID)")
     return 0
 
@@ -177,6 +184,27 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print(f"  {row['cell']['id']}: {row['status']}: {row.get('reason', '')}")
     print(f"Leaderboard: {result['files']['markdown']}, .csv, .json")
     print(f"Report: {result['files']['report']}")
+    return 0
+
+
+def _cmd_shard_train(args: argparse.Namespace) -> int:
+    from forgetkit.config import apply_overrides, build
+    from forgetkit.exact.command import ShardTrainRequest, run_shard_train
+    from forgetkit.exact.sharded import ShardConfig
+
+    config = build(ShardConfig, apply_overrides({}, list(args.overrides)), "shard-train")
+    request = ShardTrainRequest(out=args.out, config=config, run=args.run, model=args.model, data=args.data,
+                                shared=args.shared, evaluate=args.eval, split=args.split,
+                                serving=tuple(args.serving.split(",")))
+    summary = run_shard_train(request, quiet=args.quiet)
+    print(f"{summary['shards']} shards trained on {summary['records']} records (+{summary['shared']} shared) in "
+          f"{summary['train_time_s']:.1f}s")
+    for mode, ev in summary.get("eval", {}).items():
+        fq = ev["forget_quality"]
+        print(f"{mode}: model utility {ev['model_utility']:.4f}, forget quality "
+              + (f"{fq:.4g}" if fq is not None else "missing (no oracle log)"))
+    print(f"Wrote {args.out}: shard_N/ adapters, shards.json, summary.json; delete records with "
+          f"forgetkit unlearn --method sharded_exact --adapter {args.out} ...")
     return 0
 
 
@@ -313,6 +341,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seeds=[0,1,2]")
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("shard-train", help="exact unlearning: train one LoRA adapter per shard of the data "
+                                            "(delete with unlearn --method sharded_exact)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="shard settings, e.g. shards=4 lora.r=32 train.epochs=15 train.lr=5e-3")
+    p.add_argument("--run", help="a prepared run: its base, its people's records, its world facts shared")
+    p.add_argument("--model", help="base model directory (local)")
+    p.add_argument("--data", help="training records (a person's or group's records share one shard)")
+    p.add_argument("--shared", help="records every shard trains on and no request deletes")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--eval", action="store_true", help="with --run: evaluate the served shards")
+    p.add_argument("--split", default="forget10", help="with --eval: the forget split to evaluate on")
+    p.add_argument("--serving", default="route", help="route, average or route,average (evaluated)")
+    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_shard_train)
 
     p = sub.add_parser("audit", help="the ledger of unlearning requests: list, show one, export as JSON")
     p.add_argument("action", choices=("list", "show", "export"))

@@ -133,10 +133,16 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
 
     config = request.config
     from forgetkit.editors import EDITORS
+    from forgetkit.exact.command import SHARDED_METHOD
     from forgetkit.methods import METHODS
 
+    if config.method == SHARDED_METHOD:
+        from forgetkit.exact.command import run_shard_delete
+
+        return run_shard_delete(request, quiet=quiet)
     if config.method not in METHODS and config.method not in EDITORS:
-        raise ConfigError(f"unknown method '{config.method}' (known: {', '.join(sorted({*METHODS, *EDITORS}))})")
+        known = ", ".join(sorted({*METHODS, *EDITORS, SHARDED_METHOD}))
+        raise ConfigError(f"unknown method '{config.method}' (known: {known})")
     if config.method in EDITORS:
         from forgetkit.editors.command import run_edit
 
@@ -264,6 +270,8 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
         "resumed_from_step": stats.resumed_from_step,
         "metrics": summary.get("eval"),
     }
+    if "certificate" in phases:  # a method with a formal (ε, δ) guarantee
+        audit["certificate"] = phases["certificate"]
     write_json(out / "audit.json", audit)
     from forgetkit.audit.ledger import record
 

@@ -32,7 +32,8 @@ COLUMNS = (
     ("ended", "TEXT"), ("output_path", "TEXT"),
 )
 SCHEMA = f"CREATE TABLE IF NOT EXISTS requests ({', '.join(f'{n} {t}' for n, t in COLUMNS)})"
-EXACT_METHODS = ("retrain",)  # retraining from the base without the data: exact by construction
+# retraining without the data (from the base, or the shards that held it): exact by construction
+EXACT_METHODS = ("retrain", "sharded_exact")
 
 
 @contextmanager

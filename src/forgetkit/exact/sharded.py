@@ -5,9 +5,10 @@ person's records stay in one shard); each shard trains its own LoRA adapter on t
 from a seed that depends only on the shard's index. A deletion request removes the records, and
 retrains from scratch, with the same seed, only the shards that held them: each adapter is then
 exactly what training without the deleted records gives (``test_exact`` checks it bit for bit), and
-the other shards are untouched. Serving routes a prompt to the shard of the nearest group prototype
-(the base model's mean input embedding over a group's questions, centred); a deleted group's
-prototype is deleted with it, since it was computed from the deleted text.
+the other shards are untouched. Serving (:class:`ShardedModel`) routes a prompt to the shard of the
+nearest group prototype (the base model's mean input embedding over a group's question tokens,
+centred), or averages every shard's next-token distribution; a deletion recomputes the prototypes
+from the remaining questions, since they were computed from the deleted text.
 
 ``shards.json`` in the output directory holds the assignment (group → shard), each shard's record
 count and content hash, its adapter's hash and training cost, and the prototypes: no text.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -25,7 +27,7 @@ from pathlib import Path
 import torch
 
 from forgetkit.adapters.lora import LoraSettings, attach_lora
-from forgetkit.data.formatting import tokenize_qa
+from forgetkit.data.formatting import prompt_ids, tokenize_qa
 from forgetkit.data.records import QARecord, records_hash
 from forgetkit.data.synthetic import person_of
 from forgetkit.errors import ForgetkitError
@@ -33,6 +35,8 @@ from forgetkit.io import write_json
 from forgetkit.train import TrainConfig, fine_tune
 
 MANIFEST = "shards.json"
+SHARD_INFO = "shard.json"  # written last in a shard's directory: the shard is finished
+SERVING = ("route", "average")
 
 
 @dataclass
@@ -78,29 +82,46 @@ def train_shard(base_dir: Path, records: list[QARecord], shared: list[QARecord],
             "train": stats.to_dict()}
 
 
-def question_embeddings(model, tokenizer, questions: list[str], layer: int = 0,
-                        batch_size: int = 64) -> torch.Tensor:
-    """The mean hidden state at ``layer`` over each question's tokens (rows of a float32 matrix). Layer 0, the
-    input embeddings, keeps what tells people apart (their names); on small models the last layers' states are
-    dominated by the question templates every person shares (routing accuracy 0.70-0.74 against ≥ 0.9 on the
-    tests' micro run)."""
-    out = []
+def _template(tokenizer) -> tuple[int, list[int]]:
+    """What every prompt shares around its question: the template's leading token count and trailing ids
+    (common to prompts of questions that share no first or last token)."""
+    probes = [prompt_ids(tokenizer, q) for q in ("alpha", "omega zeta?", "42")]
+    shortest = min(len(p) for p in probes)
+    lead = next((i for i in range(shortest) if len({p[i] for p in probes}) > 1), shortest)
+    trail = 0
+    while trail < shortest - lead and len({p[len(p) - 1 - trail] for p in probes}) == 1:
+        trail += 1
+    return lead, probes[0][len(probes[0]) - trail:]
+
+
+def question_tokens(ids: list[int], lead: int, trail: list[int]) -> list[int]:
+    """The question's tokens in a prompt (or a prompt followed by its answer): after the template's head, up to
+    its tail; the whole sequence where that leaves nothing."""
+    for j in range(lead, len(ids) - len(trail) + 1):
+        if ids[j:j + len(trail)] == trail:
+            return ids[lead:j] or ids
+    return ids[lead:] or ids
+
+
+def token_embeddings(model, sequences: list[list[int]]) -> torch.Tensor:
+    """Each token sequence's mean input embedding (rows of a float32 matrix). The input embeddings keep what
+    tells people apart (their names); on small models the last layers' states are dominated by the question
+    templates every person shares (routing accuracy 0.70-0.74 against ≥ 0.9 on the tests' micro run)."""
+    table = model.get_input_embeddings()
     with torch.no_grad():
-        for i in range(0, len(questions), batch_size):
-            enc = tokenizer(questions[i:i + batch_size], return_tensors="pt", padding=True)
-            hidden = model(**enc, output_hidden_states=True).hidden_states[layer]
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            out.append((hidden * mask).sum(1) / mask.sum(1))
-    return torch.cat(out).float()
+        return torch.stack([table(torch.tensor(s, device=table.weight.device)).float().mean(0).cpu()
+                            for s in sequences])
 
 
 def _prototypes(base_dir: Path, records: list[QARecord], group_of: Callable[[str], str]) -> tuple[dict, list]:
-    """Per group, the mean embedding of its questions, centred on the mean over all questions (which the shared
-    question templates dominate); and that centre."""
+    """Per group, the mean embedding of its questions, centred on the mean over all questions; and that centre."""
     from forgetkit.models import load_model
 
+    if not records:
+        return {}, []
     model, tokenizer = load_model(base_dir)
-    emb = question_embeddings(model, tokenizer, [r.question for r in records])
+    lead, trail = _template(tokenizer)
+    emb = token_embeddings(model, [question_tokens(prompt_ids(tokenizer, r.question), lead, trail) for r in records])
     centre = emb.mean(0)
     emb = emb - centre
     groups = [group_of(r.id) for r in records]
@@ -111,7 +132,8 @@ def _prototypes(base_dir: Path, records: list[QARecord], group_of: Callable[[str
 def shard_train(base_dir: str | Path, records: list[QARecord], out_dir: str | Path, config: ShardConfig,
                 shared: list[QARecord] | None = None, group_of: Callable[[str], str] = person_of,
                 quiet: bool = True) -> dict:
-    """Train every shard and write the manifest; return it."""
+    """Train every shard and write the manifest; return it. A shard finished by an interrupted run (same
+    records, same config) is kept."""
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     assignment = assign([group_of(r.id) for r in records], config.shards)
     manifest = {"base": str(base_dir), "config": asdict(config), "assignment": assignment,
@@ -120,9 +142,14 @@ def shard_train(base_dir: str | Path, records: list[QARecord], out_dir: str | Pa
     manifest["prototypes"], manifest["centre"] = _prototypes(base_dir, records, group_of)
     for index in range(config.shards):
         mine = [r for r in records if assignment[group_of(r.id)] == index]
-        start = time.perf_counter()
-        info = train_shard(base_dir, mine, shared or [], config, index, out_dir / f"shard_{index}", quiet)
-        manifest["shards"].append({"index": index, **info, "wall_time_s": time.perf_counter() - start})
+        done = out_dir / f"shard_{index}" / SHARD_INFO
+        info = json.loads(done.read_text()) if done.is_file() else {}
+        if info.get("hash") != records_hash(mine) or info.get("config") != asdict(config):  # else: resumed
+            start = time.perf_counter()
+            info = train_shard(base_dir, mine, shared or [], config, index, out_dir / f"shard_{index}", quiet)
+            info.update({"index": index, "wall_time_s": time.perf_counter() - start, "config": asdict(config)})
+            write_json(done, info)
+        manifest["shards"].append({k: v for k, v in info.items() if k != "config"})
     write_json(out_dir / MANIFEST, manifest)
     return manifest
 
@@ -139,7 +166,7 @@ def delete(out_dir: str | Path, records: list[QARecord], to_delete: list[QARecor
            shared: list[QARecord] | None = None, group_of: Callable[[str], str] = person_of,
            quiet: bool = True) -> dict:
     """Remove ``to_delete`` from the training set ``records``: retrain the shards that held them, drop the
-    prototypes of groups left without records; return what was retrained and what it cost."""
+    prototypes from the remaining records; return what was retrained and what it cost."""
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
     config = _config(manifest["config"])
@@ -155,9 +182,11 @@ def delete(out_dir: str | Path, records: list[QARecord], to_delete: list[QARecor
         info = train_shard(Path(manifest["base"]), mine, shared or [], config, index, out_dir / f"shard_{index}",
                            quiet)
         manifest["shards"][index].update(info)
-    left = {group_of(r.id) for r in remaining}
-    for group in [g for g in manifest["prototypes"] if g not in left]:
-        del manifest["prototypes"][group]
+        write_json(out_dir / f"shard_{index}" / SHARD_INFO, {**manifest["shards"][index], "config": asdict(config)})
+    manifest["deleted"] = sorted({*manifest.get("deleted", []), *gone})
+    # the prototypes and their centre, recomputed without the deleted questions (a group left without records
+    # has none): routing too is what it would be had the records never been there
+    manifest["prototypes"], manifest["centre"] = _prototypes(Path(manifest["base"]), remaining, group_of)
     write_json(out_dir / MANIFEST, manifest)
     return {"retrained": affected, "untouched": [i for i in range(config.shards) if i not in affected],
             "deleted": len(to_delete), "wall_time_s": time.perf_counter() - start}
@@ -169,12 +198,94 @@ def _config(data: dict) -> ShardConfig:
     return build(ShardConfig, data)
 
 
+class Router:
+    """Sends a prompt to the shard of the group whose prototype is nearest (cosine, centred embeddings)."""
+
+    def __init__(self, manifest: dict, tokenizer) -> None:
+        groups = list(manifest["prototypes"])
+        self.shard_of = [manifest["assignment"][g] for g in groups]
+        self.prototypes = torch.nn.functional.normalize(torch.tensor([manifest["prototypes"][g] for g in groups]),
+                                                        dim=1)
+        self.centre = torch.tensor(manifest["centre"])
+        self.lead, self.trail = _template(tokenizer)
+
+    def shards(self, model, sequences: list[list[int]]) -> list[int]:
+        emb = token_embeddings(model, [question_tokens(s, self.lead, self.trail) for s in sequences]) - self.centre
+        nearest = (torch.nn.functional.normalize(emb, dim=1) @ self.prototypes.T).argmax(dim=1).tolist()
+        return [self.shard_of[i] for i in nearest]
+
+    def shards_of_batch(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[int]:
+        rows = input_ids.tolist()
+        if attention_mask is not None:
+            rows = [[t for t, m in zip(r, mask, strict=True) if m] for r, mask in zip(rows, attention_mask.tolist(),
+                                                                                     strict=True)]
+        return self.shards(model, rows)
+
+
 def route(out_dir: str | Path, model, tokenizer, questions: list[str]) -> list[int]:
-    """The shard each question goes to: the shard of the group whose prototype is nearest (cosine, centred)."""
+    """The shard each question goes to."""
+    return Router(read_manifest(out_dir), tokenizer).shards(model, [prompt_ids(tokenizer, q) for q in questions])
+
+
+class ShardedModel(torch.nn.Module):
+    """The shard adapters served as one causal LM. ``route``: each row through its shard's adapter (peft's
+    mixed-adapter batches); ``average``: the mean of every shard's next-token distribution (logits returned
+    are its logarithm). ``generate`` is greedy."""
+
+    def __init__(self, peft_model, router: Router, shards: int, mode: str = "route") -> None:
+        super().__init__()
+        if mode not in SERVING:
+            raise ForgetkitError(f"sharded serving must be one of {', '.join(SERVING)}, got '{mode}'")
+        self.model, self.router, self.names, self.mode = peft_model, router, [f"shard_{i}" for i in range(shards)], mode
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def _names(self, input_ids, attention_mask) -> list[str]:
+        return [self.names[i] for i in self.router.shards_of_batch(self.model, input_ids, attention_mask)]
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        from transformers.modeling_outputs import CausalLMOutput
+
+        if self.mode == "route":
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              adapter_names=self._names(input_ids, attention_mask), **kwargs)
+        logps = [torch.log_softmax(self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                              adapter_names=[name] * len(input_ids)).logits.float(), dim=-1)
+                 for name in self.names]
+        return CausalLMOutput(logits=torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps)))
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask, max_new_tokens: int, pad_token_id: int, eos_token_id=None,
+                 **_) -> torch.Tensor:
+        if self.mode == "route":
+            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                                       max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
+                                       eos_token_id=eos_token_id, adapter_names=self._names(input_ids, attention_mask))
+        done = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
+        for _ in range(max_new_tokens):  # no KV cache across the shards: recomputed each step
+            nxt = self(input_ids, attention_mask).logits[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
+            input_ids = torch.cat([input_ids, nxt[:, None]], dim=1)
+            attention_mask = torch.cat([attention_mask, (~done).long()[:, None]], dim=1)
+            done |= nxt == eos_token_id if eos_token_id is not None else done
+            if bool(done.all()):
+                break
+        return input_ids
+
+
+def load_sharded(out_dir: str | Path, mode: str = "route", device: str = "cpu") -> tuple[ShardedModel, object]:
+    """``(model, tokenizer)``: the base with every shard's adapter, served by ``mode``."""
+    from peft import PeftModel
+
+    from forgetkit.models import load_model
+
+    out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
-    groups = list(manifest["prototypes"])
-    protos = torch.nn.functional.normalize(torch.tensor([manifest["prototypes"][g] for g in groups]), dim=1)
-    emb = question_embeddings(model, tokenizer, questions) - torch.tensor(manifest["centre"])
-    emb = torch.nn.functional.normalize(emb, dim=1)
-    nearest = (emb @ protos.T).argmax(dim=1).tolist()
-    return [manifest["assignment"][groups[i]] for i in nearest]
+    model, tokenizer = load_model(manifest["base"], device=device)
+    count = len(manifest["shards"])
+    model = PeftModel.from_pretrained(model, str(out_dir / "shard_0"), adapter_name="shard_0")
+    for i in range(1, count):
+        model.load_adapter(str(out_dir / f"shard_{i}"), adapter_name=f"shard_{i}")
+    return ShardedModel(model.to(device).eval(), Router(manifest, tokenizer), count, mode), tokenizer

@@ -1,0 +1,180 @@
+"""``forgetkit shard-train`` and deletion from sharded adapters (``forgetkit unlearn --method sharded_exact``).
+
+``shard-train`` trains the shards (:mod:`forgetkit.exact.sharded`) on a prepared run's training set (its
+people, with the world facts shared by every shard) or on user files, and can evaluate the served model.
+A deletion request copies the shard directory into ``OUT/shards``, retrains there only the shards that held
+the records, and writes an audit record (guarantee: exact) to ``OUT/audit.json`` and the ledger. The shard
+directory remembers the training file (path and hash) and the hashes of every record deleted so far, so
+successive requests compose; it never holds a deleted record's text.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from forgetkit.config import config_hash
+from forgetkit.data.readers import read_records
+from forgetkit.data.records import QARecord, records_hash
+from forgetkit.errors import ForgetkitError
+from forgetkit.exact.sharded import MANIFEST, SERVING, ShardConfig, delete, load_sharded, read_manifest, shard_train
+from forgetkit.io import write_json
+
+SHARDED_METHOD = "sharded_exact"
+SUMMARY = "sharded exact unlearning: retrain only the shard adapters that held the records (forgetkit shard-train)"
+
+
+@dataclass
+class ShardTrainRequest:
+    out: str
+    config: ShardConfig = field(default_factory=ShardConfig)
+    run: str | None = None  # a prepared run: its base, its people (full.jsonl), its world facts shared
+    model: str | None = None
+    data: str | None = None
+    shared: str | None = None  # records every shard trains on and no request deletes
+    evaluate: bool = False
+    split: str = "forget10"
+    serving: tuple[str, ...] = ("route",)
+
+
+def _sources(request: ShardTrainRequest) -> tuple[Path, Path, Path | None]:
+    if request.run:
+        bench = Path(request.run) / "benchmark"
+        if not (bench / "full.jsonl").is_file():
+            raise ForgetkitError(f"{request.run}: not a prepared run (no benchmark/full.jsonl)")
+        world = bench / "world_facts.jsonl"
+        return Path(request.run) / "base", bench / "full.jsonl", world if world.is_file() else None
+    if not request.model or not request.data:
+        raise ForgetkitError("shard-train: give --model DIR and --data FILE (and --shared FILE), or --run DIR")
+    return Path(request.model), Path(request.data), Path(request.shared) if request.shared else None
+
+
+def run_shard_train(request: ShardTrainRequest, quiet: bool = False) -> dict:
+    """Train every shard into ``request.out`` (resumable: a finished shard is kept), return the summary."""
+    base, data_file, shared_file = _sources(request)
+    records = read_records(data_file)
+    shared = read_records(shared_file) if shared_file else []
+    for mode in request.serving:
+        if mode not in SERVING:
+            raise ForgetkitError(f"shard-train: serving must be among {', '.join(SERVING)}, got '{mode}'")
+    out = Path(request.out)
+    start = time.perf_counter()
+    manifest = shard_train(base, records, out, request.config, shared, quiet=quiet)
+    manifest["data"] = {"file": str(data_file.resolve()), "hash": records_hash(records), "count": len(records)}
+    manifest["shared"]["file"] = str(shared_file.resolve()) if shared_file else None
+    manifest["deleted"] = []
+    write_json(out / MANIFEST, manifest)
+    summary = {"shards": len(manifest["shards"]), "records": len(records), "shared": len(shared),
+               "wall_time_s": time.perf_counter() - start,
+               "train_time_s": sum(s["wall_time_s"] for s in manifest["shards"])}
+    if request.evaluate:
+        if not request.run:
+            raise ForgetkitError("shard-train: --eval needs --run (the benchmark's evaluation sets)")
+        summary["eval"] = {mode: evaluate_sharded(out, Path(request.run), request.split, mode, out / "eval" / mode,
+                                                  quiet) for mode in request.serving}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def evaluate_sharded(shards: Path, run: Path, split: str, serving: str, out: Path, quiet: bool) -> dict:
+    """Every metric of ``forgetkit eval`` on the served shards (GradNorm aside), Forget Quality against the
+    run's oracle log where there is one; the logs go to ``out``."""
+    from forgetkit.eval.command import read_log
+    from forgetkit.eval.evaluate import EvalSettings, benchmark_data, evaluate
+
+    model, tokenizer = load_sharded(shards, serving)
+    oracle = run / "eval" / f"oracle_{split}"
+    oracle_log = read_log(oracle) if (oracle / "eval_log_aggregated.json").is_file() else None
+    data = benchmark_data(run / "benchmark", split)
+    eval_log, summary = evaluate(model, tokenizer, data, EvalSettings(gradnorm=False), oracle_log=oracle_log,
+                                 quiet=quiet)
+    write_json(out / "eval_log_aggregated.json", eval_log)
+    write_json(out / "summary.json", summary)
+    return {"forget_quality": summary.get("forget_quality"), "model_utility": summary.get("model_utility"),
+            "mia_auc": summary.get("mia", {}).get("auc"), "forget": summary["sets"].get("forget"),
+            "empirical_epsilon": summary.get("mia", {}).get("empirical_epsilon")}
+
+
+def _current_training_set(manifest: dict, where: Path) -> tuple[list[QARecord], list[QARecord]]:
+    """The records the shards now stand for: the training file less every deletion so far; and the shared set."""
+    data = manifest.get("data") or {}
+    if not data.get("file"):
+        raise ForgetkitError(f"{where / MANIFEST}: field 'data' names no training file (train with forgetkit "
+                             "shard-train)")
+    records = read_records(data["file"])
+    if records_hash(records) != data["hash"]:
+        raise ForgetkitError(f"{data['file']}: changed since forgetkit shard-train (hash {records_hash(records)}, "
+                             f"expected {data['hash']}); the shards cannot be retrained exactly")
+    gone = set(manifest.get("deleted", []))
+    shared_file = manifest["shared"].get("file")
+    shared = read_records(shared_file) if shared_file else []
+    return [r for r in records if r.content_hash() not in gone], shared
+
+
+def run_shard_delete(request, quiet: bool = False) -> dict:
+    """A deletion request (an :class:`forgetkit.unlearn.UnlearnRequest` with ``--adapter SHARDS``)."""
+    from forgetkit.audit.ledger import record
+    from forgetkit.unlearn import dir_hash
+
+    if not request.adapter:
+        raise ForgetkitError("sharded_exact: give --adapter DIR, the output of forgetkit shard-train")
+    source = Path(request.adapter)
+    manifest = read_manifest(source)
+    if request.run:
+        forget_file = Path(request.run) / "benchmark" / f"{request.split}.jsonl"
+        if not forget_file.is_file():
+            raise ForgetkitError(f"{request.run}: no prepared benchmark split '{request.split}'")
+    elif request.forget:
+        forget_file = Path(request.forget)
+    else:
+        raise ForgetkitError("sharded_exact: give --forget FILE (or --run DIR --split NAME)")
+    serving = request.config.params.get("serving", "route")
+    if serving not in SERVING:
+        raise ForgetkitError(f"sharded_exact: params.serving must be one of {', '.join(SERVING)}, got '{serving}'")
+    forget = read_records(forget_file)
+    records, shared = _current_training_set(manifest, source)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    out = Path(request.out)
+    result, partial = out / "shards", out / "shards.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns("eval", "summary.json"))
+    report = delete(partial, records, forget, shared, quiet=quiet)
+    shutil.rmtree(result, ignore_errors=True)
+    partial.rename(result)
+    remaining = [r for r in records if r.content_hash() not in {f.content_hash() for f in forget}]
+    summary = {"method": SHARDED_METHOD, "mode": "lora", **report, "forget_examples": len(forget),
+               "retain_examples": len(remaining), "shards": len(manifest["shards"]),
+               "share_retrained": len(report["retrained"]) / len(manifest["shards"])}
+    if request.evaluate:
+        if not request.run:
+            raise ForgetkitError("sharded_exact: --eval needs --run (the benchmark's evaluation sets)")
+        summary["eval"] = evaluate_sharded(result, Path(request.run), request.split, serving, out / "eval", quiet)
+    audit = {
+        "tool": "forgetkit unlearn", "method": SHARDED_METHOD, "config": {**asdict(request.config),
+                                                                          "shards": manifest["config"]},
+        "config_hash": config_hash(request.config),
+        "model": {"path": manifest["base"], "hash": dir_hash(Path(manifest["base"]))},
+        "adapter_in": {"path": str(source), "hash": _shards_hash(source)},
+        "forget": {"file": str(forget_file), "hash": records_hash(forget), "count": len(forget)},
+        "retain": {"file": manifest["data"]["file"], "hash": records_hash(remaining), "count": len(remaining)},
+        "output": {"path": str(result), "hash": _shards_hash(result)},
+        "retrained_shards": report["retrained"], "untouched_shards": report["untouched"],
+        "started": started, "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "metrics": summary.get("eval"),
+    }
+    write_json(out / "audit.json", audit)
+    summary["ledger"] = {"path": str(request.ledger_path()), "id": record(request.ledger_path(), audit)}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _shards_hash(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(path.glob("shard_*/*.safetensors")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
