@@ -129,8 +129,10 @@ def test_shard_train_and_deletion_commands_resume_compose_and_record_an_exact_gu
              "train.epochs=1", "train.batch_size=8"]
     assert main(train) == 0
     files = {f: f.stat().st_mtime_ns for f in shards.glob("shard_*/*.safetensors")}
-    assert main(train) == 0  # finished shards are kept, not retrained
+    assert main([*train, "--eval"]) == 0  # finished shards are kept, not retrained
     assert {f: f.stat().st_mtime_ns for f in shards.glob("shard_*/*.safetensors")} == files
+    trained = json.loads((shards / "summary.json").read_text())
+    assert trained["routing_accuracy"]["question"] >= 0.9 and trained["eval"]["route"]["model_utility"] > 0
     manifest = read_manifest(shards)
     assert manifest["data"]["count"] > 0 and manifest["deleted"] == []
 

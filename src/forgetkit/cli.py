@@ -199,6 +199,8 @@ def _cmd_shard_train(args: argparse.Namespace) -> int:
     summary = run_shard_train(request, quiet=args.quiet)
     print(f"{summary['shards']} shards trained on {summary['records']} records (+{summary['shared']} shared) in "
           f"{summary['train_time_s']:.1f}s")
+    if "routing_accuracy" in summary:
+        print("routing accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["routing_accuracy"].items()))
     for mode, ev in summary.get("eval", {}).items():
         fq = ev["forget_quality"]
         print(f"{mode}: model utility {ev['model_utility']:.4f}, forget quality "

@@ -73,10 +73,30 @@ def run_shard_train(request: ShardTrainRequest, quiet: bool = False) -> dict:
     if request.evaluate:
         if not request.run:
             raise ForgetkitError("shard-train: --eval needs --run (the benchmark's evaluation sets)")
+        summary["routing_accuracy"] = routing_accuracy(out, records)
         summary["eval"] = {mode: evaluate_sharded(out, Path(request.run), request.split, mode, out / "eval" / mode,
                                                   quiet) for mode in request.serving}
     write_json(out / "summary.json", summary)
     return summary
+
+
+def routing_accuracy(shards: Path, records: list[QARecord]) -> dict:
+    """The share of the training questions (and of their paraphrases, where records have them) that the router
+    sends to their own person's shard."""
+    from forgetkit.data.synthetic import person_of
+    from forgetkit.exact.sharded import route
+    from forgetkit.models import load_model
+
+    manifest = read_manifest(shards)
+    model, tokenizer = load_model(manifest["base"])
+    out = {}
+    for field_name in ("question", "paraphrased_question"):
+        chosen = [r for r in records if getattr(r, field_name, None)]
+        if chosen:
+            got = route(shards, model, tokenizer, [getattr(r, field_name) for r in chosen])
+            right = sum(g == manifest["assignment"][person_of(r.id)] for g, r in zip(got, chosen, strict=True))
+            out[field_name] = right / len(chosen)
+    return out
 
 
 def evaluate_sharded(shards: Path, run: Path, split: str, serving: str, out: Path, quiet: bool) -> dict:
