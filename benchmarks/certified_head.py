@@ -15,6 +15,7 @@ step against a retraining.
 Usage (a run prepared with ``forgetkit prepare --config small target_mode=lora run_dir=runs/demo``)::
 
     python benchmarks/certified_head.py --run-dir runs/demo [--split forget10] [--epsilon 1] [--sigma 1]
+        [--ledger runs/demo/ledger.sqlite] [--save runs/demo/certified_head]
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ from pathlib import Path
 
 import torch
 
+from forgetkit.audit import ledger
 from forgetkit.certified.convex_head import CertifiedHead, fit
 from forgetkit.data.readers import read_records
+from forgetkit.data.records import records_hash
 from forgetkit.data.synthetic import person_of
+from forgetkit.unlearn import dir_hash
 
 CONTACT = ("email", "phone", "home_address")
 
@@ -71,6 +75,8 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=1.0)
     parser.add_argument("--lam", type=float, default=1e-3)
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--ledger", help="record every removal request in this audit ledger (SQLite)")
+    parser.add_argument("--save", help="save the head after the requests (forgetkit.certified.convex_head)")
     args = parser.parse_args()
 
     run = Path(args.run_dir)
@@ -88,12 +94,18 @@ def main() -> None:
     before = {"held_out": accuracy(head.w, Xh, yh), "train": accuracy(head.w, X, y)}
     ids = [r.id for r in train]
     newton_s, retrain_s = [], []
+    model_hash = dir_hash(run / "target")
     for person in people:
         indices = [i for i, rid in enumerate(ids) if person_of(rid) == person]
         start = time.perf_counter()
         record = head.remove(indices)
         (newton_s if record["action"] == "newton" else retrain_s).append(time.perf_counter() - start)
         ids = [rid for rid in ids if person_of(rid) != person]
+        if args.ledger:
+            removed = records_hash([r for r in train if person_of(r.id) == person])
+            ledger.record(args.ledger, head.audit_record(record, removed, model_hash, args.save))
+    if args.save:
+        head.save(args.save)
     start = time.perf_counter()
     exact = fit(head.X, head.y, args.lam, head.b)  # retraining without the people, the same noise vector
     retrain_once_s = time.perf_counter() - start

@@ -54,3 +54,26 @@ def test_budget_exhaustion_retrains():
     assert rec["action"] == "retrained" and head.retrainings == 1 and head.spent == 0.0
     assert float(objective_gradient(head.w, head.X, head.y, head.lam, head.b).norm()) < 1e-9
     assert head.X.shape[0] == 197
+
+
+def test_a_saved_head_continues_exactly_and_its_requests_enter_the_ledger(tmp_path):
+    from forgetkit.audit.ledger import entries, format_entry, record
+
+    X, y = _data()
+    head = CertifiedHead(lam=1e-2, sigma=10.0, epsilon=1.0, seed=1).fit(X, y)
+    first = head.remove([3])
+    head.save(tmp_path / "head")
+    again = CertifiedHead.load(tmp_path / "head")
+    assert again.spent == head.spent and again.history == head.history and torch.equal(again.w, head.w)
+    assert again.remove([0, 1]) == head.remove([0, 1])  # the same Newton step (or retraining, same noise)
+    assert torch.equal(again.w, head.w)
+
+    ledger = tmp_path / "ledger.sqlite"
+    record(ledger, head.audit_record(first, removed_hash="abc123"))
+    (row,) = entries(ledger)
+    assert row["guarantee"] == "certified" and row["epsilon"] == 1.0 and row["delta"] == 1e-4
+    assert row["forget_count"] == 1 and row["method"] == "certified_head"
+    assert "newton" in format_entry(row)
+    (tmp_path / "broken").mkdir()
+    with pytest.raises(ForgetkitError, match="not a saved certified head"):
+        CertifiedHead.load(tmp_path / "broken")

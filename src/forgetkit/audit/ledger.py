@@ -91,7 +91,7 @@ def _headline(metrics: dict) -> dict:
     auc = metrics.get("mia_auc")
     return {"forget_quality": metrics.get("forget_quality"), "model_utility": metrics.get("model_utility"),
             "forget_probability": forget.get("probability"), "forget_rouge_l": forget.get("rougeL_recall"),
-            "mia_auc": auc, "success": metrics.get("success")}
+            "mia_auc": auc, "success": metrics.get("success"), "certified_removal": metrics.get("certified_removal")}
 
 
 def record(ledger: str | Path, audit: dict) -> str:
@@ -140,7 +140,7 @@ def format_entry(e: dict) -> str:
         f"  how: method '{e['method']}' ({e['tool']}), config hash {e['config_hash']}, "
         f"from {e['started']} to {e['ended']}",
         f"  model: {e['model_hash']}" + (f" with adapter {e['adapter_in_hash']}" if e["adapter_in_hash"] else "")
-        + f"  ->  result {e['output_hash']} ({e['output_path']})",
+        + f"  ->  result {e['output_hash']}" + (f" ({e['output_path']})" if e["output_path"] else ""),
         f"  kept data: {e['kept_count']} record(s), hash {e['kept_hash']}",
         f"  guarantee: {guarantee[e['guarantee']]}",
     ]

@@ -20,14 +20,23 @@ here holds for any features.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from forgetkit.errors import ForgetkitError
+from forgetkit.io import write_json
 
 GAMMA_LOGISTIC = 0.25
+TENSORS, STATE = "head.safetensors", "head.json"
 
 
 def budget(sigma: float, epsilon: float, delta: float) -> float:
@@ -131,3 +140,52 @@ class CertifiedHead:
 
     def predict(self, X: torch.Tensor) -> torch.Tensor:
         return torch.sign(X.to(torch.float64) @ self.w)
+
+    def save(self, out: str | Path) -> None:
+        """``head.safetensors`` (w, the noise b, the training features X and labels y, which later Newton steps
+        need) and ``head.json`` (settings, budget spent, history); each written to a temp file, then renamed."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".{TENSORS}.tmp"
+        save_file({"w": self.w, "b": self.b, "X": self.X, "y": self.y}, str(tmp))
+        os.replace(tmp, out / TENSORS)
+        write_json(out / STATE, {"lam": self.lam, "sigma": self.sigma, "epsilon": self.epsilon, "delta": self.delta,
+                                 "seed": self.seed, "spent": self.spent, "retrainings": self.retrainings,
+                                 "draws": self._draws, "history": self.history})
+
+    @classmethod
+    def load(cls, path: str | Path) -> CertifiedHead:
+        path = Path(path)
+        try:
+            state = json.loads((path / STATE).read_text(encoding="utf-8"))
+            tensors = load_file(str(path / TENSORS))
+        except (OSError, json.JSONDecodeError, SafetensorError) as exc:
+            raise ForgetkitError(f"{path}: not a saved certified head ({exc})") from None
+        draws = state.pop("draws")
+        head = cls(**state)
+        head._draws = draws
+        head.w, head.b, head.X, head.y = tensors["w"], tensors["b"], tensors["X"], tensors["y"]
+        return head
+
+    def audit_record(self, record: dict, removed_hash: str, model_hash: str | None = None,
+                     saved_to: str | None = None) -> dict:
+        """The ledger's view of one :meth:`remove` request (hashes and numbers; the guarantee is certified)."""
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        settings = {"lam": self.lam, "sigma": self.sigma, "epsilon": self.epsilon, "delta": self.delta}
+        return {"tool": "forgetkit.certified.convex_head", "method": "certified_head", "config": settings,
+                "config_hash": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16],
+                "model": {"hash": model_hash} if model_hash else None,
+                "forget": {"hash": removed_hash, "count": record["removed"]},
+                "retain": {"hash": _tensor_hash(self.X, self.y), "count": record["remaining"]},
+                "output": {"hash": _tensor_hash(self.w), "path": saved_to}, "certificate": record["certificate"],
+                "metrics": {"certified_removal": {"action": record["action"], "budget": record["budget"],
+                                                  "residual_bound": record["residual_bound"],
+                                                  "budget_spent": record["spent"]}},
+                "started": now, "ended": now}
+
+
+def _tensor_hash(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
