@@ -120,7 +120,8 @@ def test_served_shards_route_each_row_through_its_adapter_or_average_them(sharde
         assert generated.shape[0] == 1 and 7 < generated.shape[1] <= 11
 
 
-def test_shard_train_and_deletion_commands_resume_compose_and_record_an_exact_guarantee(unlearn_run, tmp_path):
+def test_shard_train_and_deletion_commands_resume_compose_and_record_an_exact_guarantee(unlearn_run, tmp_path,
+                                                                                       capsys):
     from forgetkit.audit.ledger import entries
     from forgetkit.cli import main
 
@@ -165,6 +166,14 @@ def test_shard_train_and_deletion_commands_resume_compose_and_record_an_exact_gu
                  "--out", str(tmp_path / "second"), "--ledger", str(ledger), "--quiet"]) == 0
     assert len(read_manifest(tmp_path / "second" / "shards")["deleted"]) == len(after["deleted"]) + 1
     assert len(entries(ledger)) == 2
+    stranger = tmp_path / "stranger.jsonl"
+    stranger.write_text(json.dumps({"question": "q?", "answer": "a.", "id": "zz-unknown"}) + "\n")
+    capsys.readouterr()
+    assert main(["unlearn", "--method", "sharded_exact", "--forget", str(stranger), "--adapter", str(shards),
+                 "--out", str(tmp_path / "third"), "--ledger", str(ledger), "--quiet"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert str(stranger) in err and "zz-unknown" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "third").exists() and len(entries(ledger)) == 2
 
 
 def test_routing_reads_the_question_alone(sharded):

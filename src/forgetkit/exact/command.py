@@ -19,6 +19,7 @@ from pathlib import Path
 from forgetkit.config import config_hash
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord, records_hash
+from forgetkit.data.synthetic import person_of
 from forgetkit.errors import ForgetkitError
 from forgetkit.exact.sharded import MANIFEST, SERVING, ShardConfig, delete, load_sharded, read_manifest, shard_train
 from forgetkit.io import write_json
@@ -83,7 +84,6 @@ def run_shard_train(request: ShardTrainRequest, quiet: bool = False) -> dict:
 def routing_accuracy(shards: Path, records: list[QARecord]) -> dict:
     """The share of the training questions (and of their paraphrases, where records have them) that the router
     sends to their own person's shard."""
-    from forgetkit.data.synthetic import person_of
     from forgetkit.exact.sharded import route
     from forgetkit.models import load_model
 
@@ -155,6 +155,9 @@ def run_shard_delete(request, quiet: bool = False) -> dict:
     if serving not in SERVING:
         raise ForgetkitError(f"sharded_exact: params.serving must be one of {', '.join(SERVING)}, got '{serving}'")
     forget = read_records(forget_file)
+    strangers = [r.id for r in forget if person_of(r.id) not in manifest["assignment"]]
+    if strangers:
+        raise ForgetkitError(f"{forget_file}: record '{strangers[0]}' (field id) belongs to no shard of {source}")
     records, shared = _current_training_set(manifest, source)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out = Path(request.out)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from tqdm.auto import tqdm
 
 from forgetkit.certified.noisy_finetune import NoisySchedule, certificate, noisy_sgd, sigma_for
 from forgetkit.errors import ForgetkitError
@@ -63,7 +64,9 @@ class NoisyFinetune(Method):
             return losses.mean_nll(forward(ctx.model, part).logits, part["labels"])
 
         ctx.model.train()
-        log = noisy_sgd(params, batch_loss, batches(), schedule, seed=ctx.config.train.seed)
+        with tqdm(total=schedule.steps, desc="noisy phase", disable=ctx.quiet, unit="step") as bar:
+            log = noisy_sgd(params, batch_loss, batches(), schedule, seed=ctx.config.train.seed,
+                            progress=lambda _step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
         ctx.data.forget = None  # the noise-free phase runs on D_r alone, its epochs over D_r
         if schedule.sigma == 0:  # no noise: the same steps, no guarantee (an empirical audit, like any method)
             return {"noisy_phase": log, "certificate_withheld": "sigma = 0"}
