@@ -186,3 +186,23 @@ def test_routing_reads_the_question_alone(sharded):
     question = "Where was Fenric Velholm born?"
     for ids in (prompt_ids(tokenizer, question), encode_qa(tokenizer, question, "In Upton, a town.")[0]):
         assert tokenizer.decode(question_tokens(ids, lead, trail)).strip() == question
+
+
+@pytest.mark.parametrize("group_by", ["cluster", "record"])
+def test_other_groupings_keep_a_group_in_one_shard_and_delete_exactly(group_by, unlearn_run, tmp_path):
+    from forgetkit.exact.sharded import shard_of
+
+    records = read_records(unlearn_run / "benchmark" / "full.jsonl")[:60]
+    config = ShardConfig(shards=2, group_by=group_by, clusters=5, train=TrainConfig(epochs=1, batch_size=8, lr=3e-3))
+    manifest = shard_train(unlearn_run / "base", records, tmp_path / "shards", config)
+    groups = manifest["record_groups"]
+    assert len(set(groups.values())) == (5 if group_by == "cluster" else 60)
+    assert {manifest["assignment"][g] for g in groups.values()} == {0, 1}
+    for i, shard in enumerate(manifest["shards"]):
+        assert shard["count"] == sum(shard_of(manifest, r) == i for r in records)
+    victim = records[7]
+    report = delete(tmp_path / "shards", records, [victim])
+    assert report["retrained"] == [shard_of(manifest, victim)]
+    assert victim.content_hash() not in read_manifest(tmp_path / "shards")["record_groups"]
+    with pytest.raises(ForgetkitError):
+        ShardConfig(group_by="alphabet")

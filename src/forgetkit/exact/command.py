@@ -19,9 +19,17 @@ from pathlib import Path
 from forgetkit.config import config_hash
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord, records_hash
-from forgetkit.data.synthetic import person_of
 from forgetkit.errors import ForgetkitError
-from forgetkit.exact.sharded import MANIFEST, SERVING, ShardConfig, delete, load_sharded, read_manifest, shard_train
+from forgetkit.exact.sharded import (
+    MANIFEST,
+    SERVING,
+    ShardConfig,
+    delete,
+    load_sharded,
+    read_manifest,
+    shard_of,
+    shard_train,
+)
 from forgetkit.io import write_json
 
 SHARDED_METHOD = "sharded_exact"
@@ -83,7 +91,7 @@ def run_shard_train(request: ShardTrainRequest, quiet: bool = False) -> dict:
 
 def routing_accuracy(shards: Path, records: list[QARecord]) -> dict:
     """The share of the training questions (and of their paraphrases, where records have them) that the router
-    sends to their own person's shard."""
+    sends to the shard that trained on them."""
     from forgetkit.exact.sharded import route
     from forgetkit.models import load_model
 
@@ -94,7 +102,7 @@ def routing_accuracy(shards: Path, records: list[QARecord]) -> dict:
         chosen = [r for r in records if getattr(r, field_name, None)]
         if chosen:
             got = route(shards, model, tokenizer, [getattr(r, field_name) for r in chosen])
-            right = sum(g == manifest["assignment"][person_of(r.id)] for g, r in zip(got, chosen, strict=True))
+            right = sum(g == shard_of(manifest, r) for g, r in zip(got, chosen, strict=True))
             out[field_name] = right / len(chosen)
     return out
 
@@ -155,7 +163,7 @@ def run_shard_delete(request, quiet: bool = False) -> dict:
     if serving not in SERVING:
         raise ForgetkitError(f"sharded_exact: params.serving must be one of {', '.join(SERVING)}, got '{serving}'")
     forget = read_records(forget_file)
-    strangers = [r.id for r in forget if person_of(r.id) not in manifest["assignment"]]
+    strangers = [r.id for r in forget if shard_of(manifest, r) is None]
     if strangers:
         raise ForgetkitError(f"{forget_file}: record '{strangers[0]}' (field id) belongs to no shard of {source}")
     records, shared = _current_training_set(manifest, source)

@@ -1,7 +1,8 @@
 """Exact unlearning with sharded adapters (SISA / LMEraser for LoRA): deleting data retrains only its shard.
 
-The fine-tuning data is split into shards by group (on the built-in benchmark a person: all of a
-person's records stay in one shard); each shard trains its own LoRA adapter on the frozen base,
+The fine-tuning data is split into shards by group (``group_by``: a person, the id's prefix, so that
+all of a person's records stay in one shard; each record alone; or a k-means cluster of the question
+embeddings, for data without people); each shard trains its own LoRA adapter on the frozen base,
 from a seed that depends only on the shard's index. A deletion request removes the records, and
 retrains from scratch, with the same seed, only the shards that held them: each adapter is then
 exactly what training without the deleted records gives (``test_exact`` checks it bit for bit), and
@@ -10,8 +11,9 @@ nearest group prototype (the base model's mean input embedding over a group's qu
 centred), or averages every shard's next-token distribution; a deletion recomputes the prototypes
 from the remaining questions, since they were computed from the deleted text.
 
-``shards.json`` in the output directory holds the assignment (group → shard), each shard's record
-count and content hash, its adapter's hash and training cost, and the prototypes: no text.
+``shards.json`` in the output directory holds the assignment (group → shard), each record's group by
+content hash, each shard's record count and content hash, its adapter's hash and training cost, and
+the prototypes: no text.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -30,13 +31,14 @@ from forgetkit.adapters.lora import LoraSettings, attach_lora
 from forgetkit.data.formatting import prompt_ids, tokenize_qa
 from forgetkit.data.records import QARecord, records_hash
 from forgetkit.data.synthetic import person_of
-from forgetkit.errors import ForgetkitError
+from forgetkit.errors import ConfigError, ForgetkitError
 from forgetkit.io import write_json
 from forgetkit.train import TrainConfig, fine_tune
 
 MANIFEST = "shards.json"
 SHARD_INFO = "shard.json"  # written last in a shard's directory: the shard is finished
 SERVING = ("route", "average")
+GROUPINGS = ("person", "record", "cluster")
 
 
 @dataclass
@@ -47,6 +49,14 @@ class ShardConfig:
                                                                    scheduler="cosine", warmup_ratio=0.03))
     max_length: int = 64
     seed: int = 0
+    group_by: str = "person"  # person (id prefix before '-'), record, or cluster (k-means of question embeddings)
+    clusters: int = 0  # group_by=cluster: the number of clusters (0: four per shard)
+
+    def __post_init__(self) -> None:
+        if self.group_by not in GROUPINGS:
+            raise ConfigError(f"group_by must be one of {', '.join(GROUPINGS)}, got '{self.group_by}'")
+        if self.clusters < 0:
+            raise ConfigError("clusters must be ≥ 0")
 
 
 def assign(groups: list[str], shards: int) -> dict[str, int]:
@@ -113,35 +123,56 @@ def token_embeddings(model, sequences: list[list[int]]) -> torch.Tensor:
                             for s in sequences])
 
 
-def _prototypes(base_dir: Path, records: list[QARecord], group_of: Callable[[str], str]) -> tuple[dict, list]:
-    """Per group, the mean embedding of its questions, centred on the mean over all questions; and that centre."""
+def _question_embeddings(base_dir: Path, records: list[QARecord]) -> torch.Tensor:
     from forgetkit.models import load_model
 
-    if not records:
-        return {}, []
     model, tokenizer = load_model(base_dir)
     lead, trail = _template(tokenizer)
-    emb = token_embeddings(model, [question_tokens(prompt_ids(tokenizer, r.question), lead, trail) for r in records])
+    return token_embeddings(model, [question_tokens(prompt_ids(tokenizer, r.question), lead, trail) for r in records])
+
+
+def group_records(base_dir: Path, records: list[QARecord], config: ShardConfig) -> dict[str, str]:
+    """Record content hash → group: the person (``p0042-email`` → ``p0042``), the record itself, or a k-means
+    cluster of the centred, normalised question embeddings (scikit-learn, seeded)."""
+    if config.group_by == "person":
+        return {r.content_hash(): person_of(r.id) for r in records}
+    if config.group_by == "record":
+        return {r.content_hash(): r.content_hash() for r in records}
+    from sklearn.cluster import KMeans
+
+    emb = _question_embeddings(base_dir, records)
+    emb = torch.nn.functional.normalize(emb - emb.mean(0), dim=1).numpy()
+    k = min(config.clusters or 4 * config.shards, len(records))
+    labels = KMeans(n_clusters=k, n_init=10, random_state=config.seed).fit_predict(emb)
+    return {r.content_hash(): f"c{label:03d}" for r, label in zip(records, labels, strict=True)}
+
+
+def _prototypes(base_dir: Path, records: list[QARecord], groups_of: dict[str, str]) -> tuple[dict, list]:
+    """Per group, the mean embedding of its questions, centred on the mean over all questions; and that centre."""
+    if not records:
+        return {}, []
+    emb = _question_embeddings(base_dir, records)
     centre = emb.mean(0)
     emb = emb - centre
-    groups = [group_of(r.id) for r in records]
+    groups = [groups_of[r.content_hash()] for r in records]
     protos = {g: emb[[i for i, x in enumerate(groups) if x == g]].mean(0).tolist() for g in dict.fromkeys(groups)}
     return protos, centre.tolist()
 
 
 def shard_train(base_dir: str | Path, records: list[QARecord], out_dir: str | Path, config: ShardConfig,
-                shared: list[QARecord] | None = None, group_of: Callable[[str], str] = person_of,
-                quiet: bool = True) -> dict:
+                shared: list[QARecord] | None = None, quiet: bool = True) -> dict:
     """Train every shard and write the manifest; return it. A shard finished by an interrupted run (same
     records, same config) is kept."""
     base_dir, out_dir = Path(base_dir), Path(out_dir)
-    assignment = assign([group_of(r.id) for r in records], config.shards)
+    groups_of = group_records(base_dir, records, config)
+    assignment = assign(list(groups_of.values()), config.shards)
     manifest = {"base": str(base_dir), "config": asdict(config), "assignment": assignment,
+                "record_groups": groups_of,
                 "shared": {"count": len(shared or []), "hash": records_hash(shared or [])}, "shards": [],
                 "prototypes": {}, "centre": []}
-    manifest["prototypes"], manifest["centre"] = _prototypes(base_dir, records, group_of)
+    manifest["prototypes"], manifest["centre"] = _prototypes(base_dir, records, groups_of)
     for index in range(config.shards):
-        mine = [r for r in records if assignment[group_of(r.id)] == index]
+        mine = [r for r in records if assignment[groups_of[r.content_hash()]] == index]
         done = out_dir / f"shard_{index}" / SHARD_INFO
         info = json.loads(done.read_text()) if done.is_file() else {}
         if info.get("hash") != records_hash(mine) or info.get("config") != asdict(config):  # else: resumed
@@ -154,6 +185,12 @@ def shard_train(base_dir: str | Path, records: list[QARecord], out_dir: str | Pa
     return manifest
 
 
+def shard_of(manifest: dict, record: QARecord) -> int | None:
+    """The shard that trained on ``record`` (None: no shard holds it)."""
+    group = manifest["record_groups"].get(record.content_hash())
+    return None if group is None else manifest["assignment"][group]
+
+
 def read_manifest(out_dir: str | Path) -> dict:
     path = Path(out_dir) / MANIFEST
     try:
@@ -163,30 +200,32 @@ def read_manifest(out_dir: str | Path) -> dict:
 
 
 def delete(out_dir: str | Path, records: list[QARecord], to_delete: list[QARecord],
-           shared: list[QARecord] | None = None, group_of: Callable[[str], str] = person_of,
-           quiet: bool = True) -> dict:
-    """Remove ``to_delete`` from the training set ``records``: retrain the shards that held them, drop the
+           shared: list[QARecord] | None = None, quiet: bool = True) -> dict:
+    """Remove ``to_delete`` from the training set ``records``: retrain the shards that held them, recompute the
     prototypes from the remaining records; return what was retrained and what it cost."""
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
     config = _config(manifest["config"])
-    gone = {r.content_hash() for r in to_delete}
-    unknown = [r.id for r in to_delete if group_of(r.id) not in manifest["assignment"]]
+    unknown = [r.id for r in to_delete if shard_of(manifest, r) is None]
     if unknown:
         raise ForgetkitError(f"delete: record '{unknown[0]}' belongs to no shard of {out_dir}")
-    remaining = [r for r in records if r.content_hash() not in gone]
-    affected = sorted({manifest["assignment"][group_of(r.id)] for r in to_delete})
+    gone = {r.content_hash() for r in to_delete}
+    affected = sorted({shard_of(manifest, r) for r in to_delete})
+    # what the shards still stand for: records deleted by an earlier request stay out
+    remaining = [r for r in records if r.content_hash() not in gone and r.content_hash() in manifest["record_groups"]]
     start = time.perf_counter()
     for index in affected:
-        mine = [r for r in remaining if manifest["assignment"].get(group_of(r.id)) == index]
+        mine = [r for r in remaining if shard_of(manifest, r) == index]
         info = train_shard(Path(manifest["base"]), mine, shared or [], config, index, out_dir / f"shard_{index}",
                            quiet)
         manifest["shards"][index].update(info)
         write_json(out_dir / f"shard_{index}" / SHARD_INFO, {**manifest["shards"][index], "config": asdict(config)})
     manifest["deleted"] = sorted({*manifest.get("deleted", []), *gone})
+    manifest["record_groups"] = {h: g for h, g in manifest["record_groups"].items() if h not in gone}
     # the prototypes and their centre, recomputed without the deleted questions (a group left without records
     # has none): routing too is what it would be had the records never been there
-    manifest["prototypes"], manifest["centre"] = _prototypes(Path(manifest["base"]), remaining, group_of)
+    manifest["prototypes"], manifest["centre"] = _prototypes(Path(manifest["base"]), remaining,
+                                                             manifest["record_groups"])
     write_json(out_dir / MANIFEST, manifest)
     return {"retrained": affected, "untouched": [i for i in range(config.shards) if i not in affected],
             "deleted": len(to_delete), "wall_time_s": time.perf_counter() - start}
