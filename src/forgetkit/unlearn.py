@@ -272,11 +272,9 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
     }
     if "certificate" in phases:  # a method with a formal (ε, δ) guarantee
         audit["certificate"] = phases["certificate"]
-    write_json(out / "audit.json", audit)
-    from forgetkit.audit.ledger import record
+    from forgetkit.audit.ledger import write_request
 
-    summary["ledger"] = {"path": str(request.ledger_path()), "id": record(request.ledger_path(), audit)}
-    write_json(out / "summary.json", summary)
+    write_request(out, audit, summary, request.ledger_path())
     _remove_checkpoint(out)
     return summary
 

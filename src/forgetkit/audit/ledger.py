@@ -110,6 +110,16 @@ def record(ledger: str | Path, audit: dict) -> str:
     return row["id"]
 
 
+def write_request(out: Path, audit: dict, summary: dict, ledger: Path) -> None:
+    """Finish a request: ``OUT/audit.json``, its ledger row (the id goes into the summary), then
+    ``OUT/summary.json``, each written atomically."""
+    from forgetkit.io import write_json
+
+    write_json(out / "audit.json", audit)
+    summary["ledger"] = {"path": str(ledger), "id": record(ledger, audit)}
+    write_json(out / "summary.json", summary)
+
+
 def entries(ledger: str | Path) -> list[dict]:
     path = Path(ledger)
     if not path.is_file():

@@ -132,11 +132,9 @@ def run_edit(request, quiet: bool = False) -> dict:
         "started": started, "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "metrics": summary.get("eval"),
     }
-    write_json(out / "audit.json", audit)
-    from forgetkit.audit.ledger import record
+    from forgetkit.audit.ledger import write_request
 
-    summary["ledger"] = {"path": str(request.ledger_path()), "id": record(request.ledger_path(), audit)}
-    write_json(out / "summary.json", summary)
+    write_request(out, audit, summary, request.ledger_path())
     return summary
 
 

@@ -29,10 +29,12 @@ from forgetkit.exact.sharded import (
     read_manifest,
     shard_of,
     shard_train,
+    weights_hash,
 )
 from forgetkit.io import write_json
 
 SHARDED_METHOD = "sharded_exact"
+SHARD_WEIGHTS = "shard_*/*.safetensors"
 SUMMARY = "sharded exact unlearning: retrain only the shard adapters that held the records (forgetkit shard-train)"
 
 
@@ -144,7 +146,7 @@ def _current_training_set(manifest: dict, where: Path) -> tuple[list[QARecord], 
 
 def run_shard_delete(request, quiet: bool = False) -> dict:
     """A deletion request (an :class:`forgetkit.unlearn.UnlearnRequest` with ``--adapter SHARDS``)."""
-    from forgetkit.audit.ledger import record
+    from forgetkit.audit.ledger import write_request
     from forgetkit.unlearn import dir_hash
 
     if not request.adapter:
@@ -188,24 +190,13 @@ def run_shard_delete(request, quiet: bool = False) -> dict:
                                                                           "shards": manifest["config"]},
         "config_hash": config_hash(request.config),
         "model": {"path": manifest["base"], "hash": dir_hash(Path(manifest["base"]))},
-        "adapter_in": {"path": str(source), "hash": _shards_hash(source)},
+        "adapter_in": {"path": str(source), "hash": weights_hash(source, SHARD_WEIGHTS)},
         "forget": {"file": str(forget_file), "hash": records_hash(forget), "count": len(forget)},
         "retain": {"file": manifest["data"]["file"], "hash": records_hash(remaining), "count": len(remaining)},
-        "output": {"path": str(result), "hash": _shards_hash(result)},
+        "output": {"path": str(result), "hash": weights_hash(result, SHARD_WEIGHTS)},
         "retrained_shards": report["retrained"], "untouched_shards": report["untouched"],
         "started": started, "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "metrics": summary.get("eval"),
     }
-    write_json(out / "audit.json", audit)
-    summary["ledger"] = {"path": str(request.ledger_path()), "id": record(request.ledger_path(), audit)}
-    write_json(out / "summary.json", summary)
+    write_request(out, audit, summary, request.ledger_path())
     return summary
-
-
-def _shards_hash(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in sorted(path.glob("shard_*/*.safetensors")):
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]

@@ -67,9 +67,10 @@ def assign(groups: list[str], shards: int) -> dict[str, int]:
     return {g: i % shards for i, g in enumerate(ordered)}
 
 
-def _adapter_hash(path: Path) -> str:
+def weights_hash(path: Path, pattern: str = "*.safetensors") -> str:
+    """SHA-256 (16 hex) over the weight files under ``path`` that match ``pattern``."""
     h = hashlib.sha256()
-    for f in sorted(path.glob("*.safetensors")):
+    for f in sorted(path.glob(pattern)):
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
@@ -88,7 +89,7 @@ def train_shard(base_dir: Path, records: list[QARecord], shared: list[QARecord],
     stats = fine_tune(model, data, replace(config.train, seed=config.seed + index), pad, desc=f"shard {index}",
                       quiet=quiet)
     save_model(model, tokenizer, out)
-    return {"count": len(records), "hash": records_hash(records), "adapter_hash": _adapter_hash(out),
+    return {"count": len(records), "hash": records_hash(records), "adapter_hash": weights_hash(out),
             "train": stats.to_dict()}
 
 
