@@ -239,3 +239,25 @@ def test_sequential_requests_chain_from_each_result(lora_run, tmp_path):
     second = json.loads((cell / "request_2" / "unlearn" / "audit.json").read_text())
     assert second["adapter_in"]["path"] == str(cell / "request_1" / "unlearn" / "adapter")
     assert not (cell / "requests").exists()
+
+
+def test_sharded_exact_cells_delete_from_a_shard_set_trained_once(unlearn_run, tmp_path, monkeypatch):
+    import forgetkit.exact.command as command
+    from forgetkit.bench.runner import Bench
+
+    shard = {"params.shards": 2, "params.train.epochs": 1, "params.train.batch_size": 8}
+    config = _config(unlearn_run, tmp_path / "b", splits=["forget10", "forget05"],
+                     methods=[{"name": "sharded_exact", "overrides": shard}])
+    trained = []
+    real = command.run_shard_train
+    monkeypatch.setattr(command, "run_shard_train", lambda *a, **k: trained.append(1) or real(*a, **k))
+    results = Bench(config, quiet=True).run()
+    assert trained == [1]  # one shard set serves both splits
+    cells = [r for r in results if r["cell"]["method"] == "sharded_exact"]
+    assert len(cells) == 2 and all(r["status"] == "done" for r in cells)
+    for r in cells:  # (the micro run has an oracle, hence Forget Quality, for forget10 only)
+        assert (r["metrics"]["forget_quality"] is not None) == (r["cell"]["split"] == "forget10")
+        assert r["metrics"]["model_utility"] is not None
+        assert r["cost"]["shards"] == 2 and r["cost"]["shards_retrained"] and r["cost"]["wall_time_s"] > 0
+        assert set(r["attacks"]) == {"prompt"}
+    assert Bench(config, quiet=True).run() and trained == [1]

@@ -7,7 +7,8 @@ recomputed; a cell without it resumes from what it finished (the unlearning run'
 evaluation, each attack's file). Two reference rows per split: the target (before unlearning) and
 the oracle (never trained on the forget set). On a prepared run, ``retrain`` is the oracle stage
 itself (``retrain_from_oracle``): the same recipe on the retain split, timed when it was built.
-Results hold numbers, ids and hashes only; never a record's text.
+``sharded_exact`` cells delete the split from a shard set trained once per seed and settings
+(``BENCH_DIR/shards/``). Results hold numbers, ids and hashes only; never a record's text.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from tqdm.auto import tqdm
 
 from forgetkit.bench import attacks
 from forgetkit.bench.config import BenchConfig
-from forgetkit.bench.sources import ModelRef, open_source
+from forgetkit.bench.sources import ModelRef, PreparedRun, open_source
 from forgetkit.config import config_hash, load_config, set_dotted, shipped_configs
 from forgetkit.data.records import QARecord
 from forgetkit.errors import ConfigError, ForgetkitError
+from forgetkit.exact.command import SHARDED_METHOD
 from forgetkit.io import write_json, write_jsonl
 
 BENCH_VERSION = 2  # bump when what a cell computes changes: every cached cell is recomputed
@@ -80,8 +82,8 @@ class Bench:
         from forgetkit.methods import METHODS
 
         for entry in config.methods:
-            if entry.name not in METHODS and entry.name not in EDITORS:
-                known = ", ".join(sorted({*METHODS, *EDITORS}))
+            if entry.name not in METHODS and entry.name not in EDITORS and entry.name != SHARDED_METHOD:
+                known = ", ".join(sorted({*METHODS, *EDITORS, SHARDED_METHOD}))
                 raise ConfigError(f"methods: unknown method '{entry.name}' (known: {known})")
             if entry.name == "retrain" and config.data is not None:
                 raise ConfigError("methods: retrain starts from the base model, which data: does not name; give "
@@ -189,6 +191,8 @@ class Bench:
             result["metrics"] = self._evaluate(model, tokenizer, cell, self._oracle_eval_dir(cell.split))
             result["cost"] = _cost(ref.train or {})
             result["note"] = "the run's oracle stage (retrain_from_oracle)"
+        elif cell.method == SHARDED_METHOD:
+            return self._run_sharded(cell, cell_dir, result)
         else:
             from forgetkit.unlearn import load_unlearned
 
@@ -203,6 +207,46 @@ class Bench:
             result["curve"] = _curve(unlearn_dir)
         result["attacks"] = self._attacks(cell, model, tokenizer, cell_dir / "attacks")
         return result
+
+    def _run_sharded(self, cell: Cell, cell_dir: Path, result: dict) -> dict:
+        """Exact unlearning on a shard set: the shards trained once per seed and settings (not charged to the
+        cell, like the target's fine-tune), the split deleted from them (the cell's cost), the routed (or
+        averaged: ``params.serving``) shards evaluated. Of the attacks only the prompt attack applies: the
+        others act on one set of weights."""
+        from forgetkit.exact.sharded import load_sharded
+
+        unlearn_dir = cell_dir / "unlearn"
+        try:
+            shards = self._shards(cell)
+            summary = self._finished_or_run(self._request(cell, unlearn_dir, adapter=str(shards),
+                                                          **self.source.request_kwargs(cell.split)))
+        except ForgetkitError as exc:
+            return {**result, **_failure(exc)}
+        model, tokenizer = load_sharded(unlearn_dir / "shards", cell.unlearn["params"].get("serving", "route"),
+                                        device=self.device)
+        result["metrics"] = self._evaluate(model, tokenizer, cell, cell_dir / "eval")
+        result["cost"] = {**_cost(summary), "shards_retrained": summary["retrained"], "shards": summary["shards"]}
+        result["attacks"] = self._attacks(cell, model, tokenizer, cell_dir / "attacks", shard_set=True)
+        result["note"] = (f"retrained {len(summary['retrained'])} of {summary['shards']} shards; quantization, "
+                          "relearning and sequential attacks do not apply to a shard set")
+        return result
+
+    def _shards(self, cell: Cell) -> Path:
+        """The shard set of the cell's settings (``params``: shards, group_by, lora, train, ...) and seed,
+        trained once into BENCH_DIR/shards/ (resumable)."""
+        from forgetkit.config import build
+        from forgetkit.exact.command import ShardTrainRequest, run_shard_train
+        from forgetkit.exact.sharded import ShardConfig
+
+        if not isinstance(self.source, PreparedRun):
+            raise ForgetkitError("sharded_exact in a bench needs a prepared run (the training set it shards)")
+        params = {k: v for k, v in cell.unlearn["params"].items() if k != "serving"}
+        config = build(ShardConfig, {**params, "seed": cell.seed}, "methods.sharded_exact.params")
+        out = self.out / "shards" / f"s{cell.seed}-{config_hash(config)[:8]}"
+        if not (out / "summary.json").is_file():
+            run_shard_train(ShardTrainRequest(out=str(out), config=config, run=str(self.source.run)),
+                            quiet=self.quiet)
+        return out
 
     def _request(self, cell: Cell, out: Path, **inputs):
         """The cell's ``unlearn`` request into ``out``: on the source's split, or on ``inputs`` (model, files)."""
@@ -268,7 +312,7 @@ class Bench:
         return out
 
     # -- attacks ---------------------------------------------------------------------------------
-    def _attacks(self, cell: Cell, model, tokenizer, out: Path) -> dict:
+    def _attacks(self, cell: Cell, model, tokenizer, out: Path, shard_set: bool = False) -> dict:
         a = self.config.attacks
         forget = self.source.forget(cell.split)
         done: dict = {}
@@ -279,15 +323,15 @@ class Bench:
                 write_json(path, compute())
             done[name] = json.loads(path.read_text())
 
-        for bits in a.quantize_bits:
+        for bits in [] if shard_set else a.quantize_bits:
             cached(f"quantize_{bits}", lambda bits=bits: self._quick(attacks.quantize(model, bits), tokenizer,
                                                                        cell.split, forget))
         if a.prompt:
             prompted = attacks.prompt_attack_records(forget, self.source.person_names(forget))
             cached("prompt", lambda: self._quick(model, tokenizer, cell.split, prompted, utility=False))
-        if a.relearn.enabled:
+        if a.relearn.enabled and not shard_set:
             cached("relearn", lambda: self._relearn(cell, model, tokenizer, forget))
-        if a.sequential and cell.method != "retrain":
+        if a.sequential and cell.method != "retrain" and not shard_set:
             cached("sequential", lambda: {"requests": self._sequential(cell, out / "sequential")})
             done["sequential"] = done["sequential"]["requests"]
         return done
