@@ -55,8 +55,8 @@ class ShardConfig:
     def __post_init__(self) -> None:
         if self.group_by not in GROUPINGS:
             raise ConfigError(f"group_by must be one of {', '.join(GROUPINGS)}, got '{self.group_by}'")
-        if self.clusters < 0:
-            raise ConfigError("clusters must be ≥ 0")
+        if self.clusters < 0 or self.shards < 1:
+            raise ConfigError("shards must be at least 1 and clusters ≥ 0")
 
 
 def assign(groups: list[str], shards: int) -> dict[str, int]:
