@@ -327,13 +327,27 @@ def _remove_checkpoint(out: Path) -> None:
     shutil.rmtree(out / "refine" / CHECKPOINT_DIR, ignore_errors=True)
 
 
-def _oracle_log(request: UnlearnRequest) -> dict | None:
+def oracle_log_of(run: str | Path, split: str) -> dict | None:
     """The run's oracle evaluation log for the split, if there is one
     (``forgetkit eval --model RUN/oracle_SPLIT ... --out RUN/eval/oracle_SPLIT`` writes it)."""
     from forgetkit.eval.command import read_log
 
-    oracle = Path(request.run) / "eval" / f"oracle_{request.split}"
+    oracle = Path(run) / "eval" / f"oracle_{split}"
     return read_log(oracle) if (oracle / "eval_log_aggregated.json").is_file() else None
+
+
+def evaluate_into(out: Path, model, tokenizer, data, oracle_log: dict | None, quiet: bool, settings=None) -> dict:
+    """Evaluate, write ``out/eval_log_aggregated.json`` and ``out/summary.json``, return the headline numbers
+    an unlearning summary and its audit record keep."""
+    from forgetkit.eval.evaluate import evaluate
+
+    eval_log, summary = evaluate(model, tokenizer, data, settings, reference_model=None, oracle_log=oracle_log,
+                                 quiet=quiet)
+    write_json(out / "eval_log_aggregated.json", eval_log)
+    write_json(out / "summary.json", summary)
+    return {"forget_quality": summary.get("forget_quality"), "model_utility": summary.get("model_utility"),
+            "mia_auc": summary.get("mia", {}).get("auc"), "forget": summary["sets"].get("forget"),
+            "empirical_epsilon": summary.get("mia", {}).get("empirical_epsilon")}
 
 
 def _periodic_eval(request: UnlearnRequest, tokenizer):
@@ -343,7 +357,7 @@ def _periodic_eval(request: UnlearnRequest, tokenizer):
 
     full = benchmark_data(Path(request.run) / "benchmark", request.split, retain_limit=100)
     data = EvalData(forget=full.forget, retain=full.retain, world_facts=full.world_facts)
-    oracle_log = _oracle_log(request)
+    oracle_log = oracle_log_of(request.run, request.split)
     settings = EvalSettings(max_new_tokens=40, retain_limit=100, gradnorm=False)
 
     def on_step(step: int, model) -> dict | None:
@@ -359,15 +373,11 @@ def _periodic_eval(request: UnlearnRequest, tokenizer):
 
 
 def _evaluate(request: UnlearnRequest, model, tokenizer, forget_path: Path, out: Path, quiet: bool) -> dict:
-    from forgetkit.eval.evaluate import EvalData, benchmark_data, evaluate
+    from forgetkit.eval.evaluate import EvalData, benchmark_data
 
     if request.run:
-        data, oracle_log = benchmark_data(Path(request.run) / "benchmark", request.split), _oracle_log(request)
+        data = benchmark_data(Path(request.run) / "benchmark", request.split)
+        oracle_log = oracle_log_of(request.run, request.split)
     else:
         data, oracle_log = EvalData(forget=read_records(forget_path)), None
-    eval_log, summary = evaluate(model, tokenizer, data, reference_model=None, oracle_log=oracle_log, quiet=quiet)
-    write_json(out / "eval" / "eval_log_aggregated.json", eval_log)
-    write_json(out / "eval" / "summary.json", summary)
-    return {"forget_quality": summary.get("forget_quality"), "model_utility": summary.get("model_utility"),
-            "mia_auc": summary.get("mia", {}).get("auc"), "forget": summary["sets"].get("forget"),
-            "empirical_epsilon": summary.get("mia", {}).get("empirical_epsilon")}
+    return evaluate_into(out / "eval", model, tokenizer, data, oracle_log, quiet)

@@ -142,22 +142,18 @@ def _evaluate(request, model, tokenizer, inputs: dict, out: Path, quiet: bool, k
     """The evaluation's metrics (Forget Quality for removals on a run with an oracle log) and the
     request's success rate (for a removal, also among the answers the model gave before: ``known``)."""
     from forgetkit.eval.edit_success import edit_success, removal_success
-    from forgetkit.eval.evaluate import EvalData, benchmark_data, evaluate
-    from forgetkit.unlearn import _oracle_log
+    from forgetkit.eval.evaluate import EvalData, benchmark_data
+    from forgetkit.unlearn import evaluate_into, oracle_log_of
 
     if request.run:
         data = benchmark_data(Path(request.run) / "benchmark", request.split)
-        oracle_log = _oracle_log(request) if inputs["edits"] is None else None
+        oracle_log = oracle_log_of(request.run, request.split) if inputs["edits"] is None else None
     else:
         data, oracle_log = EvalData(forget=[QARecord(r.question, r.answer, r.id) for r in inputs["originals"]]), None
-    eval_log, summary = evaluate(model, tokenizer, data, reference_model=None, oracle_log=oracle_log, quiet=quiet)
-    write_json(out / "eval" / "eval_log_aggregated.json", eval_log)
-    write_json(out / "eval" / "summary.json", summary)
+    headline = evaluate_into(out / "eval", model, tokenizer, data, oracle_log, quiet)
     if inputs["edits"]:
         success = edit_success(model, tokenizer, inputs["edits"])
     else:
         success = removal_success(model, tokenizer, inputs["originals"], known=known)
         del success["answered"]
-    return {"forget_quality": summary.get("forget_quality"), "model_utility": summary.get("model_utility"),
-            "mia_auc": summary.get("mia", {}).get("auc"), "forget": summary["sets"].get("forget"),
-            "empirical_epsilon": summary.get("mia", {}).get("empirical_epsilon"), "success": success}
+    return {**headline, "success": success}

@@ -73,11 +73,9 @@ def run_shard_train(request: ShardTrainRequest, quiet: bool = False) -> dict:
             raise ForgetkitError(f"shard-train: serving must be among {', '.join(SERVING)}, got '{mode}'")
     out = Path(request.out)
     start = time.perf_counter()
-    manifest = shard_train(base, records, out, request.config, shared, quiet=quiet)
-    manifest["data"] = {"file": str(data_file.resolve()), "hash": records_hash(records), "count": len(records)}
-    manifest["shared"]["file"] = str(shared_file.resolve()) if shared_file else None
-    manifest["deleted"] = []
-    write_json(out / MANIFEST, manifest)
+    about = {"data": {"file": str(data_file.resolve()), "hash": records_hash(records), "count": len(records)},
+             "shared_file": str(shared_file.resolve()) if shared_file else None, "deleted": []}
+    manifest = shard_train(base, records, out, request.config, shared, quiet=quiet, about=about)
     summary = {"shards": len(manifest["shards"]), "records": len(records), "shared": len(shared),
                "wall_time_s": time.perf_counter() - start,
                "train_time_s": sum(s["wall_time_s"] for s in manifest["shards"])}
@@ -112,20 +110,12 @@ def routing_accuracy(shards: Path, records: list[QARecord]) -> dict:
 def evaluate_sharded(shards: Path, run: Path, split: str, serving: str, out: Path, quiet: bool) -> dict:
     """Every metric of ``forgetkit eval`` on the served shards (GradNorm aside), Forget Quality against the
     run's oracle log where there is one; the logs go to ``out``."""
-    from forgetkit.eval.command import read_log
-    from forgetkit.eval.evaluate import EvalSettings, benchmark_data, evaluate
+    from forgetkit.eval.evaluate import EvalSettings, benchmark_data
+    from forgetkit.unlearn import evaluate_into, oracle_log_of
 
     model, tokenizer = load_sharded(shards, serving)
-    oracle = run / "eval" / f"oracle_{split}"
-    oracle_log = read_log(oracle) if (oracle / "eval_log_aggregated.json").is_file() else None
-    data = benchmark_data(run / "benchmark", split)
-    eval_log, summary = evaluate(model, tokenizer, data, EvalSettings(gradnorm=False), oracle_log=oracle_log,
-                                 quiet=quiet)
-    write_json(out / "eval_log_aggregated.json", eval_log)
-    write_json(out / "summary.json", summary)
-    return {"forget_quality": summary.get("forget_quality"), "model_utility": summary.get("model_utility"),
-            "mia_auc": summary.get("mia", {}).get("auc"), "forget": summary["sets"].get("forget"),
-            "empirical_epsilon": summary.get("mia", {}).get("empirical_epsilon")}
+    return evaluate_into(out, model, tokenizer, benchmark_data(run / "benchmark", split), oracle_log_of(run, split),
+                         quiet, EvalSettings(gradnorm=False))
 
 
 def _current_training_set(manifest: dict, where: Path) -> tuple[list[QARecord], list[QARecord]]:
@@ -139,7 +129,7 @@ def _current_training_set(manifest: dict, where: Path) -> tuple[list[QARecord], 
         raise ForgetkitError(f"{data['file']}: changed since forgetkit shard-train (hash {records_hash(records)}, "
                              f"expected {data['hash']}); the shards cannot be retrained exactly")
     gone = set(manifest.get("deleted", []))
-    shared_file = manifest["shared"].get("file")
+    shared_file = manifest.get("shared_file")
     shared = read_records(shared_file) if shared_file else []
     return [r for r in records if r.content_hash() not in gone], shared
 

@@ -132,27 +132,26 @@ def _question_embeddings(base_dir: Path, records: list[QARecord]) -> torch.Tenso
     return token_embeddings(model, [question_tokens(prompt_ids(tokenizer, r.question), lead, trail) for r in records])
 
 
-def group_records(base_dir: Path, records: list[QARecord], config: ShardConfig) -> dict[str, str]:
+def group_records(records: list[QARecord], emb: torch.Tensor, config: ShardConfig) -> dict[str, str]:
     """Record content hash → group: the person (``p0042-email`` → ``p0042``), the record itself, or a k-means
-    cluster of the centred, normalised question embeddings (scikit-learn, seeded)."""
+    cluster of the centred, normalised question embeddings ``emb`` (scikit-learn, seeded)."""
     if config.group_by == "person":
         return {r.content_hash(): person_of(r.id) for r in records}
     if config.group_by == "record":
         return {r.content_hash(): r.content_hash() for r in records}
     from sklearn.cluster import KMeans
 
-    emb = _question_embeddings(base_dir, records)
     emb = torch.nn.functional.normalize(emb - emb.mean(0), dim=1).numpy()
     k = min(config.clusters or 4 * config.shards, len(records))
     labels = KMeans(n_clusters=k, n_init=10, random_state=config.seed).fit_predict(emb)
     return {r.content_hash(): f"c{label:03d}" for r, label in zip(records, labels, strict=True)}
 
 
-def _prototypes(base_dir: Path, records: list[QARecord], groups_of: dict[str, str]) -> tuple[dict, list]:
-    """Per group, the mean embedding of its questions, centred on the mean over all questions; and that centre."""
+def _prototypes(records: list[QARecord], emb: torch.Tensor, groups_of: dict[str, str]) -> tuple[dict, list]:
+    """Per group, the mean embedding of its questions (rows of ``emb``), centred on the mean over all questions;
+    and that centre."""
     if not records:
         return {}, []
-    emb = _question_embeddings(base_dir, records)
     centre = emb.mean(0)
     emb = emb - centre
     groups = [groups_of[r.content_hash()] for r in records]
@@ -161,17 +160,18 @@ def _prototypes(base_dir: Path, records: list[QARecord], groups_of: dict[str, st
 
 
 def shard_train(base_dir: str | Path, records: list[QARecord], out_dir: str | Path, config: ShardConfig,
-                shared: list[QARecord] | None = None, quiet: bool = True) -> dict:
-    """Train every shard and write the manifest; return it. A shard finished by an interrupted run (same
-    records, same config) is kept."""
+                shared: list[QARecord] | None = None, quiet: bool = True, about: dict | None = None) -> dict:
+    """Train every shard and write the manifest (with ``about``: what the caller records of the data); return
+    it. A shard finished by an interrupted run (same records, same config) is kept."""
     base_dir, out_dir = Path(base_dir), Path(out_dir)
-    groups_of = group_records(base_dir, records, config)
+    emb = _question_embeddings(base_dir, records)
+    groups_of = group_records(records, emb, config)
     assignment = assign(list(groups_of.values()), config.shards)
     manifest = {"base": str(base_dir), "config": asdict(config), "assignment": assignment,
                 "record_groups": groups_of,
                 "shared": {"count": len(shared or []), "hash": records_hash(shared or [])}, "shards": [],
-                "prototypes": {}, "centre": []}
-    manifest["prototypes"], manifest["centre"] = _prototypes(base_dir, records, groups_of)
+                "prototypes": {}, "centre": [], **(about or {})}
+    manifest["prototypes"], manifest["centre"] = _prototypes(records, emb, groups_of)
     for index in range(config.shards):
         mine = [r for r in records if assignment[groups_of[r.content_hash()]] == index]
         done = out_dir / f"shard_{index}" / SHARD_INFO
@@ -225,8 +225,8 @@ def delete(out_dir: str | Path, records: list[QARecord], to_delete: list[QARecor
     manifest["record_groups"] = {h: g for h, g in manifest["record_groups"].items() if h not in gone}
     # the prototypes and their centre, recomputed without the deleted questions (a group left without records
     # has none): routing too is what it would be had the records never been there
-    manifest["prototypes"], manifest["centre"] = _prototypes(Path(manifest["base"]), remaining,
-                                                             manifest["record_groups"])
+    emb = _question_embeddings(Path(manifest["base"]), remaining) if remaining else None
+    manifest["prototypes"], manifest["centre"] = _prototypes(remaining, emb, manifest["record_groups"])
     write_json(out_dir / MANIFEST, manifest)
     return {"retrained": affected, "untouched": [i for i in range(config.shards) if i not in affected],
             "deleted": len(to_delete), "wall_time_s": time.perf_counter() - start}
