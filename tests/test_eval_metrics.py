@@ -206,3 +206,27 @@ def test_digit_candidates():
     assert mem.digit_candidates("042", 50, seed=0) == cands
     whole = mem.digit_candidates("7", 100)
     assert sorted(whole) == [str(d) for d in range(10) if d != 7]
+
+
+def test_head_at_labelled_positions_only_equals_the_full_logit_pass(bpe_tokenizer):
+    """The output head run only where a label is (logits_to_keep) gives the full-logit pass's numbers,
+    on a plain model and under a peft LoRA wrapper."""
+    from forgetkit.adapters.lora import LoraSettings, attach_lora
+    from forgetkit.data.formatting import tokenize_qa
+    from forgetkit.data.records import QARecord
+    from forgetkit.models import build_tiny_model
+    from forgetkit.models.logits import takes_logits_to_keep
+
+    model = build_tiny_model(bpe_tokenizer, "llama", "micro", seed=1).eval()
+    records = [QARecord(f"Who is person {i}?" + " Tell me more." * (i % 3), f"Person {i} is a poet.", str(i))
+               for i in range(7)]
+    examples = tokenize_qa(bpe_tokenizer, records, 64).examples
+    examples.append({"input_ids": examples[0]["input_ids"], "labels": examples[0]["input_ids"]})  # every token
+    for m in (model, attach_lora(model, LoraSettings(r=2))):
+        assert takes_logits_to_keep(m)
+        fast = score_examples(m, examples, pad_token_id=1, batch_size=3)
+        full = score_examples(m, examples, pad_token_id=1, batch_size=3, labelled_positions_only=False)
+        for a, b in zip(fast, full, strict=True):
+            for field in ("logprobs", "mu", "sigma"):
+                np.testing.assert_allclose(getattr(a, field), getattr(b, field), atol=1e-5, rtol=1e-5)
+            assert (a.correct == b.correct).all() and a.n_tokens == b.n_tokens

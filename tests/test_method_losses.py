@@ -175,9 +175,11 @@ def test_method_losses_equal_their_formulas_on_a_lora_model(tiny, batch):
 
 def test_reference_is_the_adapter_disabled_model_and_a_copy_in_full_mode(tiny, batch, bpe_tokenizer):
     inputs = {k: batch.forget[k] for k in ("input_ids", "attention_mask")}
+    labelled = batch.forget["labels"][:, 1:] != IGNORE
     with torch.no_grad(), tiny.disable_adapter():
         base_logits = tiny(**inputs).logits
-    assert torch.equal(Reference(tiny)(tiny, batch.forget).logits, base_logits)
+    # π_ref's logits at the labelled positions (the head runs there only)
+    torch.testing.assert_close(Reference(tiny)(tiny, batch.forget).logits, base_logits[:, :-1][labelled])
     assert not torch.allclose(tiny(**inputs).logits, base_logits)  # the adapter is not zero
 
     full = build_tiny_model(bpe_tokenizer, "llama", "micro", seed=1)
@@ -186,7 +188,28 @@ def test_reference_is_the_adapter_disabled_model_and_a_copy_in_full_mode(tiny, b
         before = full(**inputs).logits
         for p in full.parameters():
             p.add_(0.1)
-    assert torch.equal(ref(full, batch.forget).logits, before)
+    torch.testing.assert_close(ref(full, batch.forget).logits, before[:, :-1][labelled])
+
+
+def test_losses_give_the_same_numbers_from_labelled_or_full_logits(tiny, batch):
+    """The [n, V] logits at the labelled positions (what training computes) and the full [B, T, V]
+    logits give every loss term to float tolerance."""
+    inputs = {k: batch.forget[k] for k in ("input_ids", "attention_mask")}
+    labels = batch.forget["labels"]
+    with torch.no_grad():
+        full = tiny(**inputs).logits
+        with tiny.disable_adapter():
+            ref_full = tiny(**inputs).logits
+    keep = labels[:, 1:] != IGNORE
+    part, ref_part = full[:, :-1][keep], ref_full[:, :-1][keep]
+    for a, b in ((full, part), (ref_full, ref_part)):
+        for got, want in zip(losses.sequence_nll(b, labels), losses.sequence_nll(a, labels), strict=True):
+            torch.testing.assert_close(got, want)
+    torch.testing.assert_close(losses.kl_ref_to_model(part, ref_part, labels),
+                               losses.kl_ref_to_model(full, ref_full, labels))
+    torch.testing.assert_close(losses.undial_loss(part, ref_part, labels, 3.0),
+                               losses.undial_loss(full, ref_full, labels, 3.0))
+    torch.testing.assert_close(losses.sequence_nll(full, labels)[0], torch.tensor(seq_nll64(full, labels)).float())
 
 
 def test_rmu_loss_by_formula(tiny, batch):

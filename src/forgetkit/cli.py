@@ -99,6 +99,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_gguf(args: argparse.Namespace) -> int:
+    from forgetkit.models.gguf import import_gguf
+
+    record = import_gguf(args.file, args.out)
+    print(f"Wrote {args.out}: {record['architecture']} ({record['model_type']}), {record['parameters']:,} parameters, "
+          f"float32 safetensors, tokenizer{' with chat template' if record['chat_template'] else ''}; reload checked "
+          f"(max |logit difference| {record['probe_max_abs_logit_difference']:.2g})")
+    return 0
+
+
 def _cmd_data_check(args: argparse.Namespace) -> int:
     """Read and validate data files; report counts, hashes and forget/retain overlap."""
     from forgetkit.data.readers import read_records, remove_overlap
@@ -162,7 +172,8 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
         return 0
     fq, mu = result["forget_quality"], result["model_utility"]
     print(f"forget_quality: {fq:.6g}" if fq is not None else f"forget_quality: {result['forget_quality_note']}")
-    print(f"model_utility: {mu:.6f}" if mu is not None else "model_utility: missing (no utility set in the log)")
+    print(f"model_utility: {mu:.6f}" if mu is not None
+          else f"model_utility: {result.get('model_utility_note', 'missing (no utility set in the log)')}")
     for name, value in result["model_utility_components"].items():
         print(f"  {name}: {value:.6f}")
     return 0
@@ -286,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", action="store_true", help="merge the adapter into the weights (required)")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("import-gguf", help="convert a GGUF file (llama.cpp, Ollama) into a Hugging Face model "
+                                            "directory (float safetensors, tokenizer, chat template)")
+    p.add_argument("file", help="the .gguf file")
+    p.add_argument("--out", required=True, help="the model directory to write")
+    p.set_defaults(func=_cmd_import_gguf)
 
     p = sub.add_parser("data", help="data utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)

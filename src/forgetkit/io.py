@@ -5,6 +5,7 @@ Every file forgetkit writes goes to a temporary sibling first and is renamed int
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -47,3 +48,13 @@ def write_json(path: str | os.PathLike, obj: object) -> None:
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     """Write one JSON object per line, atomically."""
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def dir_hash(path: Path) -> str:
+    """SHA-256 (16 hex) over the weight and config files of a model or adapter directory."""
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.suffix in (".safetensors", ".json") and f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]

@@ -7,6 +7,9 @@ when its key (the hash of its own config and of the stages it builds on) is unch
                    its edit requests for each forget split (``{query,response}_<split>.jsonl``);
 2. ``tokenizer/``  a byte-level BPE tokenizer trained on the benchmark's text;
 3. ``base/``       a tiny causal LM pre-trained on world facts and generic people;
+   or, with ``base_model: DIR`` (a local pretrained model, e.g. one ``forgetkit import-gguf``
+   wrote), no tokenizer stage and a ``base/`` that is a float copy of DIR with its own tokenizer
+   (chat template included): the run stays self-contained and its key records DIR's hash;
 4. ``target/``     the base fine-tuned on all benchmark people (full weights, or a LoRA
                    adapter when ``target_mode=lora``);
 5. ``oracle_<split>/`` the same recipe from the same base on the retain split only.
@@ -31,12 +34,12 @@ import torch
 from forgetkit.adapters.lora import LoraSettings, attach_lora
 from forgetkit.config import config_hash, load_config
 from forgetkit.data.edits import EDIT_KINDS, benchmark_edits
-from forgetkit.data.formatting import TokenizedSet, tokenize_qa, tokenize_text
+from forgetkit.data.formatting import TokenizedSet, has_chat_template, tokenize_qa, tokenize_text
 from forgetkit.data.readers import read_records
 from forgetkit.data.synthetic import SyntheticConfig, person_of, write_benchmark
 from forgetkit.errors import ConfigError
 from forgetkit.eval.generation import exact_match, greedy_answers
-from forgetkit.io import atomic_path, write_json, write_jsonl
+from forgetkit.io import atomic_path, dir_hash, write_json, write_jsonl
 from forgetkit.models import build_tiny_model, load_model, save_model, train_tokenizer
 from forgetkit.train import TRAINER_VERSION, TrainConfig, fine_tune
 
@@ -59,6 +62,9 @@ class PrepareConfig:
     run_dir: str = "runs/small"
     seed: int = 0
     device: str = "auto"
+    # A local pretrained model directory to fine-tune instead of the tiny base trained here
+    # (model and pretrain are then unused; a relative path is taken from the working directory).
+    base_model: str = ""
     benchmark: SyntheticConfig = field(default_factory=SyntheticConfig)
     model: ModelSettings = field(default_factory=ModelSettings)
     pretrain: TrainConfig = field(default_factory=TrainConfig)
@@ -188,26 +194,10 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
         tokenizer.save_pretrained(tmp)
         return {"vocab_size": len(tokenizer), "texts": len(texts)}
 
-    stages.run("tokenizer", config.model.vocab_size, ["benchmark"], build_tokenizer)
-
-    def build_base(tmp: Path) -> dict:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", local_files_only=True)
-        model = build_tiny_model(tokenizer, config.model.family, config.model.size, seed=config.seed)
-        pretrain = split("pretrain")
-        world = [r for r in pretrain if r.id.startswith("world-")]
-        data = tokenize_qa(tokenizer, pretrain + world * (config.pretrain_world_facts_repeat - 1), max_len,
-                           name="pretrain")
-        stats = fine_tune(model, data, config.pretrain, tokenizer.pad_token_id, desc="pre-train base", quiet=quiet)
-        save_model(model, tokenizer, tmp / "model")
-        _flatten(tmp)
-        params = sum(p.numel() for p in model.parameters())
-        return {"parameters": params, "train": stats.to_dict(), "examples": len(data)}
-
-    stages.run("base", {"model": config.model, "pretrain": config.pretrain, "seed": config.seed,
-                        "world_facts_repeat": config.pretrain_world_facts_repeat, "trainer": TRAINER_VERSION},
-               ["tokenizer"], build_base)
+    if config.base_model:
+        _copy_pretrained_base(config, stages, quiet)
+    else:
+        _train_tiny_base(config, stages, split, build_tokenizer, quiet)
 
     def fine_tune_on(qa_split: str) -> Callable[[Path], dict]:
         def build(tmp: Path) -> dict:
@@ -245,6 +235,52 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
     summary = _memorisation_summary(config, run_dir, stages, device, split)
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _train_tiny_base(config: PrepareConfig, stages: Stages, split, build_tokenizer, quiet: bool) -> None:
+    """The ``tokenizer`` and ``base`` stages of the built-in benchmark: a tiny model trained here."""
+    run_dir = stages.run_dir
+    max_len = config.model.max_length
+    stages.run("tokenizer", config.model.vocab_size, ["benchmark"], build_tokenizer)
+
+    def build_base(tmp: Path) -> dict:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", local_files_only=True)
+        model = build_tiny_model(tokenizer, config.model.family, config.model.size, seed=config.seed)
+        pretrain = split("pretrain")
+        world = [r for r in pretrain if r.id.startswith("world-")]
+        data = tokenize_qa(tokenizer, pretrain + world * (config.pretrain_world_facts_repeat - 1), max_len,
+                           name="pretrain")
+        stats = fine_tune(model, data, config.pretrain, tokenizer.pad_token_id, desc="pre-train base", quiet=quiet)
+        save_model(model, tokenizer, tmp / "model")
+        _flatten(tmp)
+        params = sum(p.numel() for p in model.parameters())
+        return {"parameters": params, "train": stats.to_dict(), "examples": len(data)}
+
+    stages.run("base", {"model": config.model, "pretrain": config.pretrain, "seed": config.seed,
+                        "world_facts_repeat": config.pretrain_world_facts_repeat, "trainer": TRAINER_VERSION},
+               ["tokenizer"], build_base)
+
+
+def _copy_pretrained_base(config: PrepareConfig, stages: Stages, quiet: bool) -> None:
+    """The ``base`` stage from a pretrained model directory: checked, copied as float safetensors
+    with its tokenizer; its key holds the source directory's content hash, so a changed source
+    rebuilds everything after it."""
+    from forgetkit.models.loading import check_model_dir
+
+    source = check_model_dir(config.base_model, "base_model")
+    fingerprint = dir_hash(source)
+
+    def build(tmp: Path) -> dict:
+        model, tokenizer = load_model(source)
+        save_model(model, tokenizer, tmp / "model")
+        _flatten(tmp)
+        params = sum(p.numel() for p in model.parameters())
+        return {"pretrained": str(source), "source_hash": fingerprint, "parameters": params,
+                "model_type": model.config.model_type, "chat_template": has_chat_template(tokenizer)}
+
+    stages.run("base", {"pretrained": fingerprint}, [], build)
 
 
 def _flatten(tmp: Path) -> None:

@@ -42,6 +42,7 @@ from forgetkit.data.formatting import TokenizedSet, collate
 from forgetkit.errors import ConfigError, ForgetkitError
 from forgetkit.io import atomic_path
 from forgetkit.methods.base import UnlearnBatch
+from forgetkit.models.logits import answer_cross_entropy
 
 # Bumped when the loop's arithmetic or data order changes, so cached trained stages are rebuilt.
 TRAINER_VERSION = 2
@@ -346,8 +347,7 @@ def fine_tune(
     """Train ``model``'s trainable parameters on ``data`` with its own cross-entropy."""
 
     def cross_entropy(model, batch: UnlearnBatch):
-        loss = model(**batch.retain).loss
-        return loss, {}
+        return answer_cross_entropy(model, batch.retain), {}
 
     return train_loop(model, cross_entropy, PairedData(retain=data.examples), config, pad_token_id, desc=desc,
                       quiet=quiet)

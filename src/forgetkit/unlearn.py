@@ -29,7 +29,7 @@ from forgetkit.data.formatting import tokenize_qa
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord, records_hash
 from forgetkit.errors import ConfigError, ForgetkitError
-from forgetkit.io import write_json
+from forgetkit.io import dir_hash, write_json
 from forgetkit.methods import build_method
 from forgetkit.train import CHECKPOINT_DIR, LOG_FILE, PairedData, TrainConfig, TrainStats, process_state, train_loop
 
@@ -93,16 +93,6 @@ def alternate_records(forget: list[QARecord], kind: str) -> list[QARecord]:
     else:
         pick = [r.vague_answer or VAGUE_FALLBACK for r in forget]
     return [QARecord(r.question, answer, r.id) for r, answer in zip(forget, pick, strict=True)]
-
-
-def dir_hash(path: Path) -> str:
-    """SHA-256 (16 hex) over the weight and config files of a model or adapter directory."""
-    h = hashlib.sha256()
-    for f in sorted(path.iterdir()):
-        if f.suffix in (".safetensors", ".json") and f.is_file():
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def _resolve_inputs(request: UnlearnRequest, method) -> tuple[Path, Path | None, Path, Path | None, dict]:

@@ -1,8 +1,12 @@
 """Prompt formatting and tokenisation with answer-only labels.
 
-A QA record becomes ``prompt + answer + EOS``. The prompt is the tokenizer's chat template
-when it has one, else ``Question: …\\nAnswer:``. Labels are the answer tokens and EOS; the
-prompt and padding are masked with -100 so that no loss or metric ever counts them.
+A QA record becomes ``prompt + answer + end``. With a chat template, the prompt is the rendered
+user turn plus the generation prompt, and the labelled answer is exactly what the template renders
+for the assistant turn, cut after its end-of-turn marker (``Paris<|im_end|>`` for ChatML,
+``Paris<|eot_id|>`` for Llama-3): one end of turn, never a second EOS after the template's trailing
+newline. Without a template the prompt is ``Question: …\\nAnswer:`` and the answer ends in EOS.
+Generation stops at the same end (``stop_token_ids``). Labels are the answer tokens and its end;
+the prompt and padding are masked with -100 so that no loss or metric ever counts them.
 Records longer than ``max_length`` are truncated (answer end first) and counted, never
 silently: a record whose prompt alone fills ``max_length`` keeps no answer and is dropped.
 """
@@ -10,6 +14,7 @@ silently: a record whose prompt alone fills ``max_length`` keeps no answer and i
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,17 +40,59 @@ def format_prompt(tokenizer, question: str) -> str:
     return PLAIN_TEMPLATE.format(question=question)
 
 
+def _render_turn(tokenizer, question: str, answer: str) -> str:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], tokenize=False
+    )
+
+
 def _answer_text(tokenizer, question: str, answer: str, prompt: str) -> str:
-    """The text after the prompt: the rendered assistant turn, or ``" " + answer``."""
-    if has_chat_template(tokenizer):
-        full = tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-            tokenize=False,
-        )
-        if full.startswith(prompt):
-            return full[len(prompt) :]
+    """The labelled text after the prompt: the rendered assistant turn up to and including its
+    end-of-turn marker (trailing whitespace after it dropped), or ``" " + answer`` without a template."""
+    if not has_chat_template(tokenizer):
+        return " " + answer
+    full = _render_turn(tokenizer, question, answer)
+    if not full.startswith(prompt):
         return answer  # a template that rewrites earlier turns: fall back to the bare answer
-    return " " + answer
+    turn = full[len(prompt) :]
+    at = turn.rfind(answer)
+    if at < 0:  # the template changed the answer's text: keep what it rendered
+        return turn.rstrip()
+    return turn[: at + len(answer)] + turn[at + len(answer) :].rstrip()
+
+
+def end_of_turn_text(tokenizer) -> str:
+    """What the chat template renders right after an assistant answer, trailing whitespace dropped
+    (``<|im_end|>``, ``<|eot_id|>``); empty without a template or when the template adds nothing."""
+    if not has_chat_template(tokenizer):
+        return ""
+    probe = "forgetkit probe answer"
+    prompt = format_prompt(tokenizer, "forgetkit probe question")
+    full = _render_turn(tokenizer, "forgetkit probe question", probe)
+    at = full.rfind(probe)
+    return full[at + len(probe) :].rstrip() if full.startswith(prompt) and at >= 0 else ""
+
+
+_STOP_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Token ids that end an answer in generation: the template's end of turn (when it is one
+    token) and EOS. Rendered once per tokenizer and template."""
+    state = (getattr(tokenizer, "chat_template", None), tokenizer.eos_token_id)
+    cached = _STOP_IDS.get(tokenizer)
+    if cached is not None and cached[0] == state:
+        return cached[1]
+    ids: list[int] = []
+    end = end_of_turn_text(tokenizer)
+    if end:
+        end_ids = tokenizer(end, add_special_tokens=False)["input_ids"]
+        if len(end_ids) == 1:
+            ids.append(end_ids[0])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    _STOP_IDS[tokenizer] = (state, ids)
+    return ids
 
 
 def prompt_ids(tokenizer, question: str) -> list[int]:
@@ -55,12 +102,16 @@ def prompt_ids(tokenizer, question: str) -> list[int]:
 
 
 def encode_qa(tokenizer, question: str, answer: str) -> tuple[list[int], list[int]]:
-    """``(input_ids, labels)`` of one QA pair, untruncated; labels are -100 outside the answer."""
+    """``(input_ids, labels)`` of one QA pair, untruncated; labels are -100 outside the answer.
+
+    The answer ends in the template's end of turn; EOS is appended only when it ends in neither
+    (no template, or a template that renders nothing after the answer)."""
     prompt = format_prompt(tokenizer, question)
     p_ids = prompt_ids(tokenizer, question)
     a_ids = tokenizer(_answer_text(tokenizer, question, answer, prompt), add_special_tokens=False)["input_ids"]
-    if tokenizer.eos_token_id is not None and (not a_ids or a_ids[-1] != tokenizer.eos_token_id):
-        a_ids = a_ids + [tokenizer.eos_token_id]
+    if not a_ids or a_ids[-1] not in stop_token_ids(tokenizer):
+        if tokenizer.eos_token_id is not None:
+            a_ids = a_ids + [tokenizer.eos_token_id]
     return p_ids + a_ids, [IGNORE_INDEX] * len(p_ids) + a_ids
 
 

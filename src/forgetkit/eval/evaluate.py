@@ -253,7 +253,9 @@ def evaluate(
     for role, records in sets.items():
         for r in records:
             seqs.add_qa((role, r.id, "gt"), r.question, r.answer)
-            seqs.add_qa((role, r.id, "para"), r.question, r.paraphrased_answer or r.answer)
+            base = r.answer if tofu.TRUTH_RATIO_BASE[role] == "answer" else r.paraphrased_answer
+            if base:  # the truth ratio's numerator (TOFU's base_answer_key); none in a question/answer-only file
+                seqs.add_qa((role, r.id, "para"), r.question, base)
             for j, wrong in enumerate(r.perturbed_answer):
                 seqs.add_qa((role, r.id, "pert", j), r.question, wrong)
             if role == "forget" and r.paraphrased_question:
@@ -355,19 +357,21 @@ def _set_log(role, records, stats, generations, gradnorm, reference, rouge, toke
         out.setdefault(metric, {})[rid] = value
 
     for r in records:
-        gt, para = stats[(role, r.id, "gt")], stats[(role, r.id, "para")]
+        gt, para = stats[(role, r.id, "gt")], stats.get((role, r.id, "para"))
         pert = [stats[(role, r.id, "pert", j)] for j in range(len(r.perturbed_answer))]
         put("avg_gt_loss", r.id, gt.avg_nll)
         put("gt_loss", r.id, gt.nll)
         put("num_token_gt", r.id, gt.n_tokens)
-        put("avg_paraphrased_loss", r.id, para.avg_nll)
-        put("paraphrased_loss", r.id, para.nll)
-        put("num_token_paraphrased", r.id, para.n_tokens)
+        if para is not None:
+            put("avg_paraphrased_loss", r.id, para.avg_nll)
+            put("paraphrased_loss", r.id, para.nll)
+            put("num_token_paraphrased", r.id, para.n_tokens)
         if pert:
             put("average_perturb_loss", r.id, _mean_nll(pert))
             put("perturb_loss", r.id, [s.nll for s in pert])
             put("num_token_perturb", r.id, [s.n_tokens for s in pert])
-            put("truth_ratio", r.id, tofu.truth_ratio(para.avg_nll, _mean_nll(pert)))
+            if para is not None:
+                put("truth_ratio", r.id, tofu.truth_ratio(para.avg_nll, _mean_nll(pert)))
         generation = generations[(role, r.id, "gt")]
         for metric, value in rouge(generation, r.answer).items():
             put(metric, r.id, value)
@@ -403,14 +407,11 @@ def _summarise(data, sets, eval_log, stats, candidates, canary_sets, continuatio
     for role, records in sets.items():
         set_log = eval_log[tofu.SET_FILES[role]]
         row = {"examples": len(records), "hash": records_hash(records), "source": data.sources.get(role, role)}
-        has_perturbed = "average_perturb_loss" in set_log and len(set_log["average_perturb_loss"]) == len(records)
-        if has_perturbed:
-            row.update(tofu.set_summary(set_log, role, tofu.SET_FILES[role]))
-            row["truth_ratio_form"] = tofu.truth_ratio_form(role)
+        row.update(tofu.set_summary(set_log, role, tofu.SET_FILES[role]))
+        if "missing" in row:
+            row["truth_ratio_note"] = row.pop("missing")
         else:
-            row["probability"] = float(np.mean(tofu.probability(list(set_log["avg_gt_loss"].values()))))
-            row["rougeL_recall"] = _mean(set_log["rougeL_recall"].values())
-            row["truth_ratio_note"] = "missing: some records have no perturbed answers"
+            row["truth_ratio_form"] = tofu.truth_ratio_form(role)
         row["rouge1_recall"] = _mean(set_log["rouge1_recall"].values())
         row["extraction_strength"] = _mean(set_log["extraction_strength"].values())
         row["exact_memorisation"] = _mean(set_log["exact_memorisation"].values())
@@ -428,6 +429,8 @@ def _summarise(data, sets, eval_log, stats, candidates, canary_sets, continuatio
     if agg.get("forget_quality_note"):
         summary["forget_quality_note"] = agg["forget_quality_note"]
     summary["model_utility"] = agg.get("model_utility")
+    if agg.get("model_utility_note"):
+        summary["model_utility_note"] = agg["model_utility_note"]
     summary["model_utility_components"] = agg.get("model_utility_components", {})
     summary["mia"] = _mia_summary(eval_log, oracle_log)
     summary["memorisation"] = _memorisation_summary(stats, candidates, canary_sets, continuations, generations,
@@ -498,8 +501,9 @@ def format_summary(summary: dict) -> str:
     """The table ``forgetkit eval`` prints."""
     lines = [f"{'set':<14}{'n':>6}{'prob':>8}{'rougeL':>8}{'truth':>8}{'ES':>8}{'EM':>8}"]
     for role, row in summary["sets"].items():
-        tr = row.get("truth_ratio")
-        lines.append(f"{role:<14}{row['examples']:>6}{row['probability']:>8.3f}{row['rougeL_recall']:>8.3f}"
+        tr, prob = row.get("truth_ratio"), row.get("probability")
+        lines.append(f"{role:<14}{row['examples']:>6}{(f'{prob:.3f}' if prob is not None else '-'):>8}"
+                     f"{row['rougeL_recall']:>8.3f}"
                      f"{(f'{tr:.3f}' if tr is not None else '-'):>8}{row['extraction_strength']:>8.3f}"
                      f"{row['exact_memorisation']:>8.3f}")
     lines.append("(truth: mean(min(R,1/R)) on forget, mean(max(0,1-R)) elsewhere; ES extraction strength; "
@@ -510,7 +514,7 @@ def format_summary(summary: dict) -> str:
     mu = summary.get("model_utility")
     parts = ", ".join(summary.get("model_utility_components", {}))
     lines.append(f"Model utility: {mu:.4f} (harmonic mean of {parts})" if mu is not None
-                 else "Model utility: missing (no utility set)")
+                 else f"Model utility: {summary.get('model_utility_note', 'missing (no utility set)')}")
     m = summary.get("mia", {})
     if "auc" in m:
         aucs = "  ".join(f"{k}={v:.3f}" for k, v in m["auc"].items())

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from forgetkit.data.formatting import prompt_ids
+from forgetkit.data.formatting import prompt_ids, stop_token_ids
 
 
 def greedy_answers(
@@ -34,7 +34,8 @@ def greedy_continuations(
     batch_size: int = 64,
     progress=None,
 ) -> list[str]:
-    """Greedy continuation of each tokenised prompt (KV cache on; special tokens removed).
+    """Greedy continuation of each tokenised prompt (KV cache on; special tokens removed), stopping
+    at the chat template's end of turn or EOS (``stop_token_ids``).
 
     Prompts are left-padded, and batched in order of length so that a batch wastes little on
     padding; results come back in input order. ``progress`` is an optional tqdm bar.
@@ -56,7 +57,7 @@ def greedy_continuations(
             do_sample=False,
             max_new_tokens=max_new_tokens,
             pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stop_token_ids(tokenizer),
             use_cache=True,
         )
         for i, text in zip(chunk, tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True),

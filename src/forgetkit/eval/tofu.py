@@ -29,6 +29,10 @@ SET_FILES = {
 UTILITY_ROLES = ("retain", "real_authors", "world_facts")
 # Sets whose probability is the plain P(a|q); the others have one true and several false answers.
 PLAIN_PROBABILITY_ROLES = ("forget", "retain", "holdout")
+# The answer a set's truth ratio sets against its perturbed answers (TOFU's ``base_answer_key``):
+# the paraphrased answer on the people's sets, the true answer on the real-world and real-author sets.
+TRUTH_RATIO_BASE = {"forget": "paraphrased_answer", "retain": "paraphrased_answer",
+                    "holdout": "paraphrased_answer", "real_authors": "answer", "world_facts": "answer"}
 
 
 def probability(avg_nll: float | np.ndarray) -> float | np.ndarray:
@@ -88,15 +92,34 @@ def set_ratios(set_log: Mapping, where: str = "log") -> np.ndarray:
     return np.exp(para - pert)
 
 
-def set_summary(set_log: Mapping, role: str, where: str = "log") -> dict[str, float]:
-    """Probability, ROUGE-L recall and the truth-ratio aggregate of one eval set."""
+def missing_truth_ratio(set_log: Mapping) -> str | None:
+    """Why a set's truth ratio (and its options probability) cannot be computed, or ``None``.
+
+    A file with only ``question`` and ``answer`` has no paraphrased or perturbed answers to score."""
+    n = len(set_log.get("avg_gt_loss", {}))
+    for key, what in (("avg_paraphrased_loss", "paraphrased"), ("average_perturb_loss", "perturbed")):
+        if len(set_log.get(key, {})) != n:
+            return f"missing: not every example has {what} answers (no '{key}' in the log)"
+    return None
+
+
+def set_summary(set_log: Mapping, role: str, where: str = "log") -> dict:
+    """Probability, ROUGE-L recall and the truth-ratio aggregate of one eval set.
+
+    Without paraphrased and perturbed answers, the truth ratio (and, on the sets scored against
+    options, the probability) is left out and ``missing`` says why; nothing is guessed."""
     gt = np.asarray(_values(set_log, "avg_gt_loss", where), dtype=np.float64)
+    missing = missing_truth_ratio(set_log)
+    out: dict = {}
     if role in PLAIN_PROBABILITY_ROLES:
-        prob = float(np.mean(probability(gt)))
-    else:
+        out["probability"] = float(np.mean(probability(gt)))
+    elif missing is None:
         false = _values(set_log, "average_perturb_loss", where)
-        prob = float(np.mean([probability_with_options(t, f) for t, f in zip(gt, false, strict=True)]))
-    out = {"probability": prob, "truth_ratio": truth_ratio_aggregate(set_ratios(set_log, where), role)}
+        out["probability"] = float(np.mean([probability_with_options(t, f) for t, f in zip(gt, false, strict=True)]))
+    if missing is None:
+        out["truth_ratio"] = truth_ratio_aggregate(set_ratios(set_log, where), role)
+    else:
+        out["missing"] = missing
     if "rougeL_recall" in set_log:
         out["rougeL_recall"] = float(np.mean(_values(set_log, "rougeL_recall", where)))
     return out
@@ -107,7 +130,8 @@ def model_utility(log: Mapping, where: str = "log") -> tuple[float | None, dict[
 
     TOFU's Model Utility is this over retain, real authors and world facts (nine numbers); a log
     with fewer utility sets gives the mean over those it has, and the components say which.
-    Returns ``(None, {})`` when the log holds no utility set.
+    Returns ``(None, {})`` when the log holds no utility set, and ``(None, components)`` when a
+    utility set lacks the paraphrased or perturbed answers a term needs (``utility_missing`` says which).
     """
     components: dict[str, float] = {}
     for role in UTILITY_ROLES:
@@ -118,12 +142,21 @@ def model_utility(log: Mapping, where: str = "log") -> tuple[float | None, dict[
         for metric in ("probability", "rougeL_recall", "truth_ratio"):
             if metric in summary:
                 components[f"{role}/{metric}"] = summary[metric]
-    if not components:
-        return None, {}
+    if not components or utility_missing(log):
+        return None, components
     values = list(components.values())
     # A zero component makes the harmonic mean zero (scipy warns on it; the answer is exact).
     mu = 0.0 if min(values) <= 0 else float(hmean(values))
     return mu, components
+
+
+def utility_missing(log: Mapping) -> str | None:
+    """Why Model Utility cannot be computed from ``log``'s utility sets, or ``None``."""
+    for role in UTILITY_ROLES:
+        key = SET_FILES[role]
+        if key in log and (reason := missing_truth_ratio(log[key])):
+            return f"{key}: {reason}"
+    return None
 
 
 def forget_quality(model_ratios: Sequence[float], oracle_ratios: Sequence[float]) -> tuple[float, float]:
@@ -138,6 +171,8 @@ def aggregate(log: Mapping, oracle_log: Mapping | None = None, where: str = "log
     mu, components = model_utility(log, where)
     out: dict = {"forget_quality": None, "ks_statistic": None, "model_utility": mu,
                  "model_utility_components": components}
+    if reason := utility_missing(log):
+        out["model_utility_note"] = reason
     forget_key = SET_FILES["forget"]
     if forget_key in log:
         out["forget"] = set_summary(log[forget_key], "forget", f"{where}: {forget_key}")
@@ -147,6 +182,10 @@ def aggregate(log: Mapping, oracle_log: Mapping | None = None, where: str = "log
     for name, doc in ((where, log), (oracle_where, oracle_log)):
         if forget_key not in doc:
             raise ForgetkitError(f"{name}: no forget set ('{forget_key}') in the log")
+    for name, doc in ((where, log), (oracle_where, oracle_log)):
+        if reason := missing_truth_ratio(doc[forget_key]):
+            out["forget_quality_note"] = f"{name}: {forget_key}: {reason}"
+            return out
     mine, theirs = log[forget_key], oracle_log[forget_key]
     n_mine, n_theirs = len(mine["avg_paraphrased_loss"]), len(theirs["avg_paraphrased_loss"])
     if n_mine != n_theirs:

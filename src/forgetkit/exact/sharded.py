@@ -309,7 +309,9 @@ class ShardedModel(torch.nn.Module):
             nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
             input_ids = torch.cat([input_ids, nxt[:, None]], dim=1)
             attention_mask = torch.cat([attention_mask, (~done).long()[:, None]], dim=1)
-            done |= nxt == eos_token_id if eos_token_id is not None else done
+            if eos_token_id is not None:
+                stops = torch.as_tensor(eos_token_id, device=nxt.device).reshape(-1)
+                done |= torch.isin(nxt, stops)
             if bool(done.all()):
                 break
         return input_ids

@@ -24,6 +24,7 @@ import torch
 from forgetkit.config import build
 from forgetkit.errors import ConfigError
 from forgetkit.methods import losses
+from forgetkit.models.logits import labelled_logits_mask, takes_logits_to_keep
 
 
 @dataclass
@@ -40,8 +41,15 @@ class UnlearnBatch:
 
 
 def forward(model, part: dict[str, torch.Tensor], hidden_states: bool = False):
-    return model(input_ids=part["input_ids"], attention_mask=part["attention_mask"],
-                 output_hidden_states=hidden_states)
+    """The model's outputs on a collated part. When the model takes ``logits_to_keep``, ``.logits`` are
+    ``[n, V]`` at the n labelled positions (the losses accept either layout), or, when the hidden states
+    are asked for (RMU reads only those), the last position's; else the full ``[B, T, V]``."""
+    inputs = {"input_ids": part["input_ids"], "attention_mask": part["attention_mask"]}
+    if not takes_logits_to_keep(model):
+        return model(**inputs, output_hidden_states=hidden_states)
+    if hidden_states:
+        return model(**inputs, output_hidden_states=True, logits_to_keep=1)
+    return model(**inputs, logits_to_keep=labelled_logits_mask(part["labels"]))
 
 
 class Reference:

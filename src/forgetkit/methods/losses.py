@@ -1,7 +1,10 @@
 """The loss terms unlearning methods are built from, on a batch's logits and answer labels.
 
 Conventions: ``labels`` are -100 outside the answer (``forgetkit.data.formatting``) and are
-shifted here, so position t's logits predict label t+1, as in Hugging Face causal LMs.
+shifted here, so position t's logits predict label t+1, as in Hugging Face causal LMs. ``logits``
+are either the full ``[B, T, V]`` or the ``[n, V]`` logits at the n labelled positions only, row
+by row (what ``methods.base.forward`` gets with ``logits_to_keep``; ``forgetkit.models.logits``):
+every term below gives the same number from either.
 NLL(y|x) is summed over the answer's tokens; Δ(x, y) = log π_θ(y|x) − log π_ref(y|x). The
 formulas are those of ../shared/reference/methods.md (open-unlearning's definitions).
 """
@@ -14,19 +17,27 @@ import torch.nn.functional as F
 from forgetkit.data.formatting import IGNORE_INDEX
 
 
+def _labelled(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The ``[n, V]`` logits at the labelled positions (given so already, or taken from ``[B, T, V]``)."""
+    if logits.dim() == 2:
+        return logits
+    return logits[:, :-1][labels[:, 1:] != IGNORE_INDEX]
+
+
 def _shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(log-probs [B, T-1, V] in float32, targets [B, T-1] with 0 where masked, mask [B, T-1])``."""
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    return logp, targets.clamp(min=0), mask
+    """``(log-probs [n, V] in float32, targets [n], mask [B, T-1])`` at the n labelled positions."""
+    mask = labels[:, 1:] != IGNORE_INDEX
+    logp = F.log_softmax(_labelled(logits, labels).float(), dim=-1)
+    return logp, labels[:, 1:][mask], mask
 
 
 def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(NLL summed over each sequence's answer tokens [B], answer token counts [B])``."""
     logp, targets, mask = _shifted(logits, labels)
-    token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return -(token_logp * mask).sum(-1), mask.sum(-1)
+    token_nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    rows = mask.nonzero()[:, 0]
+    return torch.zeros(len(labels), dtype=token_nll.dtype, device=token_nll.device).index_add(0, rows, token_nll), \
+        mask.sum(-1)
 
 
 def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -40,7 +51,7 @@ def kl_ref_to_model(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torc
     logp, _, mask = _shifted(logits, labels)
     ref_logp, _, _ = _shifted(ref_logits, labels)
     kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+    return kl.sum() / mask.sum().clamp(min=1)
 
 
 def npo_loss(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float) -> torch.Tensor:
@@ -68,11 +79,11 @@ def dpo_loss(win_nll: torch.Tensor, win_ref_nll: torch.Tensor, lose_nll: torch.T
 def undial_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
     """UNDIAL: cross-entropy of π_θ to softmax(z_ref − β·onehot(y_t)), averaged over answer positions."""
     logp, targets, mask = _shifted(logits, labels)
-    ref = ref_logits[:, :-1].float()
+    ref = _labelled(ref_logits, labels).float()
     adjusted = ref - beta * F.one_hot(targets, ref.shape[-1]).to(ref.dtype)
     target_p = F.softmax(adjusted, dim=-1)
     ce = -(target_p * logp).sum(-1)
-    return (ce * mask).sum() / mask.sum().clamp(min=1)
+    return ce.sum() / mask.sum().clamp(min=1)
 
 
 def masked_mse(hidden: torch.Tensor, target: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

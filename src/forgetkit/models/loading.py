@@ -20,7 +20,8 @@ from forgetkit.io import atomic_path
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _model_dir(path: str | os.PathLike, what: str) -> Path:
+def check_model_dir(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a local model (or adapter) directory, or a one-line error naming ``what``."""
     path = Path(path)
     if not path.is_dir():
         raise ForgetkitError(f"{path}: {what} directory not found (models load from local directories only)")
@@ -40,7 +41,7 @@ def load_model(
 
     ``dtype`` is ``float32``, ``bfloat16`` or ``float16`` (or a torch dtype).
     """
-    path = _model_dir(path, "model")
+    path = check_model_dir(path, "model")
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ForgetkitError(f"unknown dtype '{dtype}' (known: {', '.join(DTYPES)})")
@@ -54,7 +55,7 @@ def load_model(
     if adapter is not None:
         from forgetkit.adapters.loading import load_adapter
 
-        model = load_adapter(model, _model_dir(adapter, "adapter"))
+        model = load_adapter(model, check_model_dir(adapter, "adapter"))
     model.to(device)
     model.eval()
     return model, tokenizer
