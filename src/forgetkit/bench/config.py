@@ -78,6 +78,7 @@ class BenchEvalSettings:
     canary_candidates: int = 100
     gradnorm: bool = False
     quick_retain: int = 100
+    world_facts_limit: int = 0  # N world facts, evenly spaced through the file, in every evaluation (0: all)
 
 
 @dataclass

@@ -107,7 +107,10 @@ class Bench:
     # -- the grid --------------------------------------------------------------------------------
     def _settings_key(self) -> dict:
         c = self.config
-        return {"version": BENCH_VERSION, "source": self.source.key, "eval": asdict(c.eval)}
+        evaluation = asdict(c.eval)
+        if not c.eval.world_facts_limit:  # the default (all): cells cached before the setting existed keep their ids
+            del evaluation["world_facts_limit"]
+        return {"version": BENCH_VERSION, "source": self.source.key, "eval": evaluation}
 
     def cells(self) -> list[Cell]:
         c = self.config
@@ -284,6 +287,7 @@ class Bench:
 
         if not (out / "summary.json").is_file():
             data = self.source.eval_data(cell.split, self.config.eval.retain_limit)
+            data.world_facts = self._world_facts_subset(data.world_facts)
             oracle = cell.method == "oracle" and cell.kind == "reference"
             log, summary = evaluate(model, tokenizer, data, self._eval_settings(),
                                     oracle_log=None if oracle else self._oracle_log(cell.split), quiet=self.quiet)
@@ -296,6 +300,13 @@ class Bench:
             write_json(out / "summary.json", summary)
         return headline(json.loads((out / "summary.json").read_text()))
 
+    def _world_facts_subset(self, facts: list[QARecord] | None) -> list[QARecord] | None:
+        """``world_facts_limit`` of them, evenly spaced through the file (every kind of fact kept)."""
+        limit = self.config.eval.world_facts_limit
+        if not facts or not limit or limit >= len(facts):
+            return facts
+        return facts[:: len(facts) // limit][:limit]
+
     def _quick(self, model, tokenizer, split: str, forget: list[QARecord], utility: bool = True) -> dict:
         """Forget probability and ROUGE-L of ``forget`` (and Model Utility on a retain sample and the world facts)."""
         from forgetkit.eval.evaluate import EvalData, evaluate
@@ -303,7 +314,7 @@ class Bench:
         data = EvalData(forget=forget)
         if utility:
             data.retain = self.source.retain(split)[: self.config.eval.quick_retain] or None
-            data.world_facts = self.source.world_facts()
+            data.world_facts = self._world_facts_subset(self.source.world_facts())
         _, summary = evaluate(model, tokenizer, data, self._eval_settings(quick=True), quiet=True)
         out = {"forget_probability": summary["sets"]["forget"]["probability"],
                "forget_rouge_l": summary["sets"]["forget"]["rougeL_recall"]}
