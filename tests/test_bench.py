@@ -42,6 +42,20 @@ def test_shipped_configs_cover_the_issue():
     assert {"influence_peft", "bounded_graddiff", "llmeraser", "npo", "graddiff", "retrain"} <= demo
 
 
+def test_world_facts_limit_takes_an_evenly_spaced_subset_and_keeps_default_cell_ids(unlearn_run, tmp_path):
+    from forgetkit.bench.runner import Bench
+
+    plain = Bench(_config(unlearn_run, tmp_path / "a"), quiet=True)
+    limited = Bench(_config(unlearn_run, tmp_path / "b", eval={**TINY_EVAL, "world_facts_limit": 4}), quiet=True)
+    facts = plain.source.world_facts()
+    subset = limited._world_facts_subset(facts)
+    step = len(facts) // 4
+    assert [r.id for r in subset] == [facts[i * step].id for i in range(4)]
+    assert plain._world_facts_subset(facts) == facts
+    assert "world_facts_limit" not in plain._settings_key()["eval"]  # cells cached before the setting keep their ids
+    assert {c.key for c in plain.cells()}.isdisjoint({c.key for c in limited.cells()})
+
+
 def test_method_grid_expands_to_every_combination():
     entry = MethodEntry("npo", grid={"train.lr": [1e-3, 1e-2], "params.beta": [0.1, 0.5]}, overrides={"lora.r": 4})
     variants = entry.variants()

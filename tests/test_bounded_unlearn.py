@@ -128,7 +128,9 @@ def _load_script(name: str):
 def test_sine_keeps_graddiff_gradient_norm_from_growing_like_plain_lora(unlearn_run, tmp_path):
     """20 GradDiff steps at a large learning rate, no gradient clipping, three seeds: plain LoRA's gradient
     norm grows by orders of magnitude over its first value; with every adapter sine-bounded it grows far
-    less. (Observed here: medians ×228 against ×17.) With sine on the MLP projections only (the default)
+    less. (Observed here: medians ×228 against ×17 when the losses read full logits; ×54 against ×17 since
+    they read the labelled positions' logits only: the same losses to float rounding, but at lr 0.1 without
+    clipping the trajectories part from the first differing bit.) With sine on the MLP projections only (the default)
     the growth varies too much from seed to seed for a test: see the bounded-LoRA study in docs/results.md."""
     base, tokenizer = load_model(unlearn_run / "target")
     forget = tokenize_qa(tokenizer, read_records(unlearn_run / "benchmark" / "forget10.jsonl"), 48).examples
@@ -147,7 +149,7 @@ def test_sine_keeps_graddiff_gradient_norm_from_growing_like_plain_lora(unlearn_
         norms = [json.loads(line)["grad_norm"] for line in (run_dir / "train_log.jsonl").open()]
         assert len(norms) == 20
         growth[kind].append(max(norms) / norms[0])
-    assert statistics.median(growth["lora"]) > 5 * statistics.median(growth["sine"]), growth
+    assert statistics.median(growth["lora"]) > 2 * statistics.median(growth["sine"]), growth
 
 
 @pytest.mark.parametrize("kind", ["sine", "clipped"])

@@ -142,7 +142,8 @@ def test_two_processes_give_the_results_of_one(micro_run, tmp_path):
         if isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], str)):
             assert value == two[key], key  # hashes and generations: identical
         else:
-            np.testing.assert_allclose(value, two[key], rtol=1e-5, atol=1e-6, err_msg=str(key))
+            # float32 rounding: the head runs on each shard's own labelled rows (Min-K%++ amplifies it to ~1e-6)
+            np.testing.assert_allclose(value, two[key], rtol=1e-5, atol=1e-5, err_msg=str(key))
     s1, s2 = (json.loads((outs[n] / SUMMARY_FILE).read_text()) for n in (1, 2))
     assert s2["cost"]["processes"] == 2
     assert s1["mia"]["auc"] == pytest.approx(s2["mia"]["auc"])
