@@ -1,0 +1,45 @@
+"""The output head at the positions that matter.
+
+Only answer tokens carry a label, and a chat prompt is most of a sequence; with a real vocabulary
+(49,152 for SmolLM2, 128,256 for Llama-3) the head and its float32 log-softmax over every position
+are the largest tensors of a pass. Hugging Face causal LMs take ``logits_to_keep``: given a boolean
+``[B, T]`` mask they run the head only at its true positions and return ``[n, V]`` logits, row by
+row. ``labelled_logits_mask`` is that mask for a batch's labels (position t predicts label t+1),
+and ``takes_logits_to_keep`` says whether a model (under a peft or DDP wrapper: the model inside)
+accepts it; callers fall back to the full ``[B, T, V]`` logits when it does not.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from forgetkit.data.formatting import IGNORE_INDEX
+
+
+def takes_logits_to_keep(model) -> bool:
+    """Whether ``model``'s forward names ``logits_to_keep`` (looking through DDP and peft wrappers)."""
+    inner = getattr(model, "module", model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    try:
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def labelled_logits_mask(labels: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` bool: the positions whose logits predict a label (the last position never does)."""
+    scored = labels[:, 1:] != IGNORE_INDEX
+    return torch.cat([scored, torch.zeros_like(scored[:, :1])], dim=1)
+
+
+def answer_cross_entropy(model, part: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A causal LM's own loss (mean cross-entropy over the labelled tokens, in float32), with the head
+    run at the labelled positions only where the model allows it."""
+    if not takes_logits_to_keep(model):
+        return model(**part).loss
+    mask = labelled_logits_mask(part["labels"])
+    logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], logits_to_keep=mask).logits
+    targets = part["labels"][:, 1:][mask[:, :-1]]
+    return torch.nn.functional.cross_entropy(logits.float(), targets)
