@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: installs the local CPU build instead of a multi-GB CUDA one
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev,lm-eval]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,lm-eval,ray]'
 	touch $(STAMP)
 
 demo: $(STAMP)

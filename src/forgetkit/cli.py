@@ -1,6 +1,8 @@
 """The ``forgetkit`` command line: parse, build a config, call the library. No logic here.
 
-User errors (:class:`ForgetkitError`) print one line and exit non-zero without a traceback.
+User errors (:class:`ForgetkitError`, and the command line's own usage errors) print one line and
+exit with code 2 (3 for a diverged training) without a traceback. Anything else is a bug: a
+one-line summary, then the traceback, and exit code 1.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from forgetkit.errors import ForgetkitError
+from forgetkit.errors import ConfigError, ForgetkitError, SettingError
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -116,6 +118,10 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     from forgetkit.io import write_jsonl
 
     field_map = FieldMap.parse(args.map)
+    if args.out:
+        from forgetkit.checks import output_path
+
+        output_path(args.out, "--out", [args.forget, args.retain, args.file], kind="file")
     sets = {}
     for role in ("forget", "retain", "file"):
         path = getattr(args, role, None)
@@ -141,9 +147,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from forgetkit.eval.command import EvalRequest, run_eval
     from forgetkit.eval.evaluate import EvalSettings, format_summary
 
-    settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                            retain_limit=args.retain_limit, canary_candidates=args.canary_candidates,
-                            gradnorm=not args.no_gradnorm, include_text=args.include_text)
+    try:
+        settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                retain_limit=args.retain_limit, canary_candidates=args.canary_candidates,
+                                gradnorm=not args.no_gradnorm, include_text=args.include_text)
+    except SettingError as exc:  # name the flag the user typed
+        raise ConfigError(f"--{exc.setting.replace('_', '-')}: {exc.problem}") from None
     files = {role: getattr(args, role) for role in EVAL_FILE_ROLES if getattr(args, role)}
     request = EvalRequest(model=args.model, adapter=args.adapter, data=args.data, split=args.split, files=files,
                           out=args.out, oracle_log=args.oracle_log, reference_model=args.reference_model,
@@ -182,15 +191,29 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from forgetkit.bench.command import run_bench
     from forgetkit.bench.config import load_bench_config
+    from forgetkit.bench.executors import parse_slice
     from forgetkit.bench.leaderboard import COLUMNS, format_markdown
 
-    result = run_bench(load_bench_config(args.config, args.overrides), quiet=args.quiet)
+    cells_slice = parse_slice(args.cells) if args.cells else None
+    result = run_bench(load_bench_config(args.config, args.overrides), quiet=args.quiet, executor=args.executor,
+                       ray_address=args.ray_address, cells_slice=cells_slice, report_only=args.report_only)
+    if cells_slice:
+        done = sum(r["status"] == "done" for r in result["results"])
+        print(f"slice {cells_slice[0]}/{cells_slice[1]}: {len(result['results'])} cells ({done} done)")
+        for row in result["results"]:
+            if row["status"] != "done":
+                print(f"  {row['cell']['id']}: {row['status']}: {row.get('reason', '')}")
+        print(f"Gather every slice with: forgetkit bench --config {args.config} --report-only")
+        return 0
     meta = result["meta"]
     shown = ("FQ", "MU", "forget prob", "MIA AUC", "× retrain time", "relearn recovery", "4-bit forget prob",
              "prompt forget ROUGE-L")
     print(format_markdown(result["rows"], [c for c in COLUMNS if c[1] in shown]))
     print(f"{meta['cells']} cells ({meta['computed now']} computed now, {meta['done']} done, "
-          f"{meta['refused or diverged']} refused or diverged)")
+          f"{meta['refused or diverged']} refused or diverged, {meta['crashed']} crashed)")
+    if result["missing"]:
+        print(f"{len(result['missing'])} cell(s) not computed yet (left out of the leaderboard): "
+              + ", ".join(result["missing"]))
     for row in result["results"]:
         if row["status"] != "done":
             print(f"  {row['cell']['id']}: {row['status']}: {row.get('reason', '')}")
@@ -228,6 +251,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from forgetkit.audit.ledger import LEDGER_FILE, entries, entry, format_entry
 
     ledger = Path(args.ledger) if args.ledger else Path(args.run or ".") / LEDGER_FILE
+    if args.out:
+        from forgetkit.checks import output_path
+
+        output_path(args.out, "--out", [ledger], kind="file")
     if args.action == "show":
         if not args.id:
             raise ForgetkitError("audit show: give the request id (forgetkit audit list shows them)")
@@ -250,11 +277,19 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit code 2, as every user error)."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="forgetkit", description="Make a language model forget data, and measure it.")
+    parser = _Parser(prog="forgetkit", description="Make a language model forget data, and measure it.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("prepare", help="build the benchmark, tokenizer, base, target and oracle models (cached)")
     p.add_argument("--config", default="small", help="shipped config name (micro, small) or a YAML path")
@@ -305,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_import_gguf)
 
     p = sub.add_parser("data", help="data utilities")
-    data_sub = p.add_subparsers(dest="data_command", required=True)
+    data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     c = data_sub.add_parser("check", help="validate data files and report forget/retain overlap")
     c.add_argument("file", nargs="?", help="a data file to validate")
     c.add_argument("--forget", help="forget set file")
@@ -359,6 +394,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="demo", help="bench config: a shipped name (demo, full, tofu_llama) or a "
                                                    "YAML path")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seeds=[0,1,2]")
+    p.add_argument("--executor", default="serial", choices=["serial", "ray"],
+                   help="serial: one cell after another in this process; ray: each cell a Ray task in its own "
+                        "worker process (pip install 'forgetkit[ray]')")
+    p.add_argument("--ray-address", help="with --executor ray: 'auto' joins the running cluster, or a cluster's "
+                                         "address; none starts a local Ray runtime on this machine")
+    p.add_argument("--cells", metavar="I/N", help="compute slice I of N of the grid only (1 ≤ I ≤ N; stable by "
+                                                  "cell id), e.g. one job of a Slurm array; no leaderboard")
+    p.add_argument("--report-only", action="store_true",
+                   help="compute nothing: gather the finished cells (e.g. of every slice) into the leaderboard, "
+                        "plots and report")
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_bench)
 
@@ -389,7 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, already printed in one line)
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     _quiet_libraries()
@@ -404,6 +452,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into a reader that stopped (e.g. `| head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as exc:  # a bug, not a user error: say so in one line, then the traceback
+        import traceback
+
+        print(f"internal error (a bug in forgetkit, please report it with the traceback below): "
+              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        traceback.print_exc()
+        return 1
 
 
 def _quiet_libraries() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from forgetkit.errors import ConfigError
+from forgetkit.errors import ConfigError, SettingError
 
 CONFIG_PACKAGE = "forgetkit.configs"
 
@@ -94,6 +94,9 @@ def build(cls: type, data: dict, where: str = ""):
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
+    except SettingError as exc:  # a range check of the dataclass: name the setting by its full dotted key
+        raise SettingError(f"{where}.{exc.setting}" if where and not exc.setting.startswith(f"{where}.")
+                           else exc.setting, exc.problem) from None
     except TypeError as exc:
         raise ConfigError(f"{where or 'config'}: {exc}") from None
 

@@ -47,3 +47,26 @@ class DataError(ForgetkitError):
 
 class ConfigError(ForgetkitError):
     """A config file or ``key=value`` override that is unknown or of the wrong type."""
+
+
+class SettingError(ConfigError):
+    """A setting whose value is out of range: names the setting by its dotted key (``train.lr``)."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        self.problem = problem
+        super().__init__(f"setting '{setting}': {problem}")
+
+
+def require(condition: bool, setting: str, problem: str) -> None:
+    """Raise :class:`SettingError` for ``setting`` unless ``condition`` holds."""
+    if not condition:
+        raise SettingError(setting, problem)
+
+
+def require_positive(obj: object, *names: str, allow_zero: bool = False) -> None:
+    """Each named attribute of ``obj`` (a config dataclass) is > 0 (or ≥ 0); None is allowed."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+            raise SettingError(name, f"must be {'≥ 0' if allow_zero else 'positive'}, got {value}")

@@ -1,10 +1,14 @@
 """Atomic file output: nothing half-written is ever left where a reader would find it.
 
-Every file forgetkit writes goes to a temporary sibling first and is renamed into place.
+Every file forgetkit writes goes to a temporary sibling first and is renamed into place. The
+temporary sibling's name holds the writing process's id: a process killed before its rename
+(``kill -9``) leaves one behind, and the next write of the same path removes it once that
+process is gone.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -23,7 +27,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _remove_orphans(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     target = tmp / path.name
     try:
         yield target
@@ -32,6 +37,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_orphans(path: Path) -> None:
+    """Remove the temporary siblings of ``path`` left by writers that died before their rename."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

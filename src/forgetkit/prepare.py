@@ -31,16 +31,18 @@ from pathlib import Path
 
 import torch
 
+from forgetkit import checks
 from forgetkit.adapters.lora import LoraSettings, attach_lora
 from forgetkit.config import config_hash, load_config
 from forgetkit.data.edits import EDIT_KINDS, benchmark_edits
 from forgetkit.data.formatting import TokenizedSet, has_chat_template, tokenize_qa, tokenize_text
 from forgetkit.data.readers import read_records
 from forgetkit.data.synthetic import SyntheticConfig, person_of, write_benchmark
-from forgetkit.errors import ConfigError
+from forgetkit.errors import ConfigError, require_positive
 from forgetkit.eval.generation import exact_match, greedy_answers
 from forgetkit.io import atomic_path, dir_hash, write_json, write_jsonl
 from forgetkit.models import build_tiny_model, load_model, save_model, train_tokenizer
+from forgetkit.runs import check_run_dir_format, write_run_record
 from forgetkit.train import TRAINER_VERSION, TrainConfig, fine_tune
 
 log = logging.getLogger("forgetkit")
@@ -55,6 +57,9 @@ class ModelSettings:
     size: str = "small"
     vocab_size: int = 2048
     max_length: int = 64
+
+    def __post_init__(self) -> None:
+        require_positive(self, "vocab_size", "max_length")
 
 
 @dataclass
@@ -152,8 +157,12 @@ def _concat(*sets: TokenizedSet) -> TokenizedSet:
 
 def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
     """Build (or reuse) every stage of ``config`` and return the summary."""
-    run_dir = Path(config.run_dir)
+    run_dir = checks.output_path(config.run_dir, "run_dir", [config.base_model or None])
+    if config.base_model:
+        checks.model_dir(config.base_model, "base_model")
+    check_run_dir_format(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_record(run_dir)
     device = resolve_device(config.device)
     stages = Stages(run_dir, quiet)
     bench_dir = run_dir / "benchmark"
@@ -273,9 +282,7 @@ def _copy_pretrained_base(config: PrepareConfig, stages: Stages, quiet: bool) ->
     """The ``base`` stage from a pretrained model directory: checked, copied as float safetensors
     with its tokenizer; its key holds the source directory's content hash, so a changed source
     rebuilds everything after it."""
-    from forgetkit.models.loading import check_model_dir
-
-    source = check_model_dir(config.base_model, "base_model")
+    source = checks.model_dir(config.base_model, "base_model")
     fingerprint = dir_hash(source)
 
     def build(tmp: Path) -> dict:

@@ -39,7 +39,7 @@ from transformers import get_scheduler
 
 from forgetkit.cost import measure
 from forgetkit.data.formatting import TokenizedSet, collate
-from forgetkit.errors import ConfigError, ForgetkitError
+from forgetkit.errors import ConfigError, ForgetkitError, require, require_positive
 from forgetkit.io import atomic_path
 from forgetkit.methods.base import UnlearnBatch
 from forgetkit.models.logits import answer_cross_entropy
@@ -79,10 +79,11 @@ class TrainConfig:
             raise ConfigError(f"unknown scheduler '{self.scheduler}' (known: {', '.join(SCHEDULERS)})")
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(f"unknown mixed_precision '{self.mixed_precision}' (known: {', '.join(PRECISIONS)})")
-        if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0 or self.grad_accum <= 0:
-            raise ConfigError("epochs, batch_size, lr and grad_accum must be positive")
-        if self.checkpoint_every < 0 or (self.retain_batch_size is not None and self.retain_batch_size <= 0):
-            raise ConfigError("checkpoint_every must be ≥ 0 and retain_batch_size positive")
+        require_positive(self, "epochs", "batch_size", "retain_batch_size", "lr", "grad_accum")
+        require_positive(self, "weight_decay", "warmup_ratio", "max_grad_norm", "checkpoint_every", allow_zero=True)
+        require(self.warmup_ratio < 1, "warmup_ratio", f"must be below 1, got {self.warmup_ratio}")
+        require(self.abort_grad_norm is None or self.abort_grad_norm > 0, "abort_grad_norm",
+                f"must be positive, got {self.abort_grad_norm}")
 
 
 @dataclass

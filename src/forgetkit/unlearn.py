@@ -23,14 +23,17 @@ from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 
+from forgetkit import checks
 from forgetkit.adapters.lora import ADAPTER_KINDS, LoraSettings, attach_lora, bounded_layers, clip_adapters
+from forgetkit.audit.ledger import check_ledger
 from forgetkit.config import config_hash
 from forgetkit.data.formatting import tokenize_qa
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord, records_hash
-from forgetkit.errors import ConfigError, ForgetkitError
+from forgetkit.errors import ConfigError, ForgetkitError, require_positive
 from forgetkit.io import dir_hash, write_json
 from forgetkit.methods import build_method
+from forgetkit.runs import check_run
 from forgetkit.train import CHECKPOINT_DIR, LOG_FILE, PairedData, TrainConfig, TrainStats, process_state, train_loop
 
 MODES = ("lora", "full")
@@ -53,6 +56,7 @@ class UnlearnConfig:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'")
         if self.adapter is not None and self.adapter not in ADAPTER_KINDS:
             raise ConfigError(f"adapter must be one of {', '.join(ADAPTER_KINDS)}, got '{self.adapter}'")
+        require_positive(self, "max_length")
 
 
 @dataclass
@@ -95,15 +99,39 @@ def alternate_records(forget: list[QARecord], kind: str) -> list[QARecord]:
     return [QARecord(r.question, answer, r.id) for r, answer in zip(forget, pick, strict=True)]
 
 
+def check_request(request: UnlearnRequest, sharded: bool) -> None:
+    """What every kind of request is checked for before any work: its inputs exist and open, its output
+    can be written and is inside none of them, its ledger is a ledger. Nothing is written."""
+    from forgetkit.data.edits import EDIT_KINDS
+
+    if request.eval_every < 0:
+        raise ConfigError(f"--eval-every must be ≥ 0, got {request.eval_every}")
+    inputs: list[object] = [request.model, request.adapter, request.forget, request.retain]
+    if request.edits and request.edits not in EDIT_KINDS:
+        inputs.append(checks.input_file(request.edits, "edits"))
+    if request.run:
+        run = check_run(request.run, splits=(request.split,))
+        inputs += [p.parent for p in run.glob("*/stage.json")]  # every stage of the run is an input
+    else:
+        if request.model:
+            checks.model_dir(request.model)
+        if request.adapter and not sharded:
+            checks.adapter_dir(request.adapter)
+        for role in ("forget", "retain"):
+            if getattr(request, role):
+                checks.input_file(getattr(request, role), role)
+    checks.output_path(request.out, "--out", inputs)
+    check_ledger(request.ledger_path())
+
+
 def _resolve_inputs(request: UnlearnRequest, method) -> tuple[Path, Path | None, Path, Path | None, dict]:
     """Model dir, adapter dir, forget file, retain file, and where each came from."""
     if request.run:
         run = Path(request.run)
         bench = run / "benchmark"
-        if not (bench / f"{request.split}.jsonl").is_file():
-            raise ForgetkitError(f"{run}: no prepared benchmark split '{request.split}' (run forgetkit prepare first)")
         start = "base" if method.starts_from_base else "target"
-        stage = json.loads((run / start / "stage.json").read_text()) if (run / start / "stage.json").is_file() else {}
+        check_run(run, stages=(start,), splits=(request.split,))
+        stage = json.loads((run / start / "stage.json").read_text())
         lora_target = (run / start / "adapter_config.json").is_file()
         model_dir, adapter = (run / "base", run / start) if lora_target else (run / start, None)
         retain = bench / f"retain{100 - int(request.split.removeprefix('forget')):02d}.jsonl"
@@ -126,13 +154,14 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> dict:
     from forgetkit.exact.command import SHARDED_METHOD
     from forgetkit.methods import METHODS
 
+    if config.method not in (*METHODS, *EDITORS, SHARDED_METHOD):
+        known = ", ".join(sorted({*METHODS, *EDITORS, SHARDED_METHOD}))
+        raise ConfigError(f"unknown method '{config.method}' (known: {known})")
+    check_request(request, sharded=config.method == SHARDED_METHOD)
     if config.method == SHARDED_METHOD:
         from forgetkit.exact.command import run_shard_delete
 
         return run_shard_delete(request, quiet=quiet)
-    if config.method not in METHODS and config.method not in EDITORS:
-        known = ", ".join(sorted({*METHODS, *EDITORS, SHARDED_METHOD}))
-        raise ConfigError(f"unknown method '{config.method}' (known: {known})")
     if config.method in EDITORS:
         from forgetkit.editors.command import run_edit
 

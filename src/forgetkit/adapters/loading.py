@@ -33,8 +33,8 @@ def adapter_config(adapter_dir: str | Path):
     if not isinstance(raw, dict):
         raise ForgetkitError(f"{path}: the adapter config is not a JSON object")
     if raw.get("peft_type") != "LORA":
-        raise ForgetkitError(f"{path}: field 'peft_type' is {raw.get('peft_type')!r}; forgetkit loads LoRA adapters "
-                             "(plain, sine or clipped) only")
+        raise ForgetkitError(f"{path}: field 'peft_type': {raw.get('peft_type')!r} is not an adapter type forgetkit "
+                             "loads (LoRA: plain, sine or clipped)")
     cls = SineLoraConfig if raw.get("use_sine") else LoraConfig
     known = {f.name for f in fields(cls)}
     for key, value in raw.items():
@@ -47,9 +47,45 @@ def adapter_config(adapter_dir: str | Path):
         raise ForgetkitError(f"{path}: invalid adapter config ({exc})") from None
 
 
+def check_fits(model, adapter_dir: str | Path) -> None:
+    """Refuse an adapter made for another base model: every LoRA tensor must name a module of ``model``
+    whose input and output sizes match its shape (peft would fail deep inside, or skip the module)."""
+    from forgetkit.checks import safetensors_shapes
+
+    modules = dict(model.named_modules())
+    for file in sorted(Path(adapter_dir).glob("*.safetensors")):
+        for name, shape in safetensors_shapes(file).items():
+            for part, side in ((".lora_A.", "in"), (".lora_B.", "out")):
+                if part not in name or len(shape) != 2:
+                    continue
+                full_name = name.split(part)[0]
+                module_name = full_name.removeprefix("base_model.model.")
+                module = modules.get(module_name, modules.get(full_name))  # a plain model, or one peft wraps
+                if module is None:
+                    raise ForgetkitError(f"{file}: tensor '{name}': the model has no module '{module_name}' "
+                                         "(an adapter for another base model?)")
+                size = _features(module, side)
+                got = shape[1] if side == "in" else shape[0]
+                if size is not None and size != got:
+                    raise ForgetkitError(f"{file}: tensor '{name}': {side}put size {got}, but the model's "
+                                         f"'{module_name}' has {size}: an adapter for another base model")
+
+
+def _features(module, side: str) -> int | None:
+    """The input or output size of a linear-like module (nn.Linear, GPT-2's Conv1D, an already-wrapped layer)."""
+    base = getattr(module, "base_layer", module)
+    if hasattr(base, "in_features") and hasattr(base, "out_features"):
+        return base.in_features if side == "in" else base.out_features
+    weight = getattr(base, "weight", None)
+    if type(base).__name__ == "Conv1D" and weight is not None:  # GPT-2: weight is [in, out]
+        return weight.shape[0] if side == "in" else weight.shape[1]
+    return None
+
+
 def load_adapter(model, adapter_dir: str | Path, is_trainable: bool = False):
     """Wrap ``model`` in the peft adapter saved in ``adapter_dir`` (safetensors weights)."""
     from peft import PeftModel
 
     config = adapter_config(adapter_dir)
+    check_fits(model, adapter_dir)
     return PeftModel.from_pretrained(model, str(adapter_dir), config=config, is_trainable=is_trainable)

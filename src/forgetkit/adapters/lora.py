@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from forgetkit.errors import ConfigError
+from forgetkit.errors import ConfigError, require, require_positive
 
 ADAPTER_KINDS = ("lora", "sine", "clipped")
 
@@ -53,10 +53,8 @@ class LoraSettings:
     clip_norm: float = 1.0  # clipped: the largest ‖ΔW‖_F of a bounded module
 
     def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ConfigError(f"lora.r must be at least 1, got {self.r}")
-        if self.sine_omega <= 0 or self.clip_norm <= 0 or (self.sine_scale is not None and self.sine_scale <= 0):
-            raise ConfigError("lora.sine_omega, lora.sine_scale and lora.clip_norm must be positive")
+        require_positive(self, "r", "alpha", "sine_omega", "sine_scale", "clip_norm")
+        require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 def _family(model, table: dict[str, list[str]], what: str) -> list[str]:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from forgetkit.checks import output_path
 from forgetkit.errors import ForgetkitError
 
 LEDGER_FILE = "ledger.sqlite"
@@ -36,19 +37,67 @@ SCHEMA = f"CREATE TABLE IF NOT EXISTS requests ({', '.join(f'{n} {t}' for n, t i
 EXACT_METHODS = ("retrain", "sharded_exact")
 
 
+LOCK_WAIT_S = 60.0  # how long a request waits for a ledger another process holds
+
+
 @contextmanager
-def _connect(path: Path) -> Iterator[sqlite3.Connection]:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _open(path: Path, read_only: bool) -> Iterator[sqlite3.Connection]:
+    """A connection to a ledger that exists: an SQLite database that is empty or has the requests table."""
+    if path.is_dir():
+        raise ForgetkitError(f"{path}: the ledger is a directory; give a file (--ledger PATH)")
     try:
-        conn = sqlite3.connect(path, timeout=60, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(SCHEMA)
+        conn = (sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=LOCK_WAIT_S,
+                                isolation_level=None) if read_only
+                else sqlite3.connect(path, timeout=LOCK_WAIT_S, isolation_level=None))
     except sqlite3.DatabaseError as exc:
-        raise ForgetkitError(f"{path}: not a forgetkit ledger ({exc})") from None
+        raise ForgetkitError(f"{path}: cannot open the ledger ({exc})") from None
     try:
+        try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.OperationalError as exc:
+            raise _ledger_error(path, exc) from None
+        except sqlite3.DatabaseError as exc:
+            raise ForgetkitError(f"{path}: not an SQLite database, so not a forgetkit ledger ({exc})") from None
+        if tables and "requests" not in tables:
+            raise ForgetkitError(f"{path}: an SQLite database with no 'requests' table: not a forgetkit ledger")
         yield conn
     finally:
         conn.close()
+
+
+def _ledger_error(path: Path, exc: sqlite3.Error) -> ForgetkitError:
+    if "locked" in str(exc) or "busy" in str(exc):
+        return ForgetkitError(f"{path}: the ledger is locked by another process (waited {LOCK_WAIT_S:g} s); "
+                              "retry when it has finished")
+    return ForgetkitError(f"{path}: the ledger cannot be used ({exc})")
+
+
+@contextmanager
+def _connect(path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection for appending: the ledger is created (WAL mode, the requests table) when missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _open(path, read_only=False) as conn:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(SCHEMA)
+        except sqlite3.OperationalError as exc:
+            raise _ledger_error(path, exc) from None
+        yield conn
+
+
+def check_ledger(path: str | Path) -> Path:
+    """Before a request does any work: its ledger is a forgetkit ledger not held by another process,
+    or does not exist yet and can be created. Nothing is written."""
+    path = Path(path)
+    if not path.exists():
+        return output_path(path, "the ledger", kind="file")
+    with _open(path, read_only=False) as conn:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            raise _ledger_error(path, exc) from None
+    return path
 
 
 def guarantee_of(audit: dict) -> tuple[str, float | None, float | None]:
@@ -99,7 +148,10 @@ def record(ledger: str | Path, audit: dict) -> str:
     row = row_from_audit(audit)
     names = [n for n, _ in COLUMNS if n != "seq"]
     with _connect(Path(ledger)) as conn:
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _ledger_error(Path(ledger), exc) from None
         try:
             conn.execute(f"INSERT INTO requests ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                          [row[n] for n in names])
@@ -124,9 +176,14 @@ def entries(ledger: str | Path) -> list[dict]:
     path = Path(ledger)
     if not path.is_file():
         raise ForgetkitError(f"{path}: no ledger here (it is created by the first forgetkit unlearn request)")
-    with _connect(path) as conn:
+    with _open(path, read_only=True) as conn:
         conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY seq")]
+        try:
+            return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY seq")]
+        except sqlite3.OperationalError as exc:  # an empty database: no requests table yet
+            if "no such table" in str(exc):
+                return []
+            raise _ledger_error(path, exc) from None
 
 
 def entry(ledger: str | Path, request_id: str) -> dict:

@@ -13,7 +13,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from forgetkit.config import load_config
-from forgetkit.errors import ConfigError
+from forgetkit.errors import ConfigError, require_positive
 
 
 @dataclass
@@ -50,6 +50,9 @@ class RelearnAttack:
     batch_size: int = 8
     lr: float = 1.0e-3
 
+    def __post_init__(self) -> None:
+        require_positive(self, "steps", "batch_size", "lr")
+
 
 @dataclass
 class AttackSettings:
@@ -79,6 +82,23 @@ class BenchEvalSettings:
     gradnorm: bool = False
     quick_retain: int = 100
     world_facts_limit: int = 0  # N world facts, evenly spaced through the file, in every evaluation (0: all)
+
+    def __post_init__(self) -> None:
+        require_positive(self, "max_new_tokens", "canary_candidates")
+        require_positive(self, "retain_limit", "verbatim_new_tokens", "quick_retain", "world_facts_limit",
+                         allow_zero=True)
+
+
+@dataclass
+class CellResources:
+    """What one cell asks of a Ray cluster (``forgetkit bench --executor ray``); unset: 1 GPU when the
+    cluster has GPUs, else 1 CPU."""
+
+    cpus: float | None = None
+    gpus: float | None = None
+
+    def __post_init__(self) -> None:
+        require_positive(self, "cpus", "gpus", allow_zero=True)
 
 
 @dataclass
@@ -110,6 +130,7 @@ class BenchConfig:
     attacks: AttackSettings = field(default_factory=AttackSettings)
     eval: BenchEvalSettings = field(default_factory=BenchEvalSettings)
     device: str = "auto"
+    resources_per_cell: CellResources = field(default_factory=CellResources)  # --executor ray
 
     def __post_init__(self) -> None:
         if not self.methods:

@@ -13,18 +13,19 @@ itself (``retrain_from_oracle``): the same recipe on the retain split, timed whe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from forgetkit.bench import attacks
+from forgetkit.bench import attacks, executors
 from forgetkit.bench.config import BenchConfig
 from forgetkit.bench.sources import ModelRef, PreparedRun, open_source
-from forgetkit.config import config_hash, load_config, set_dotted, shipped_configs
+from forgetkit.checks import output_path
+from forgetkit.config import build, config_hash, load_config, set_dotted, shipped_configs
 from forgetkit.data.records import QARecord
 from forgetkit.errors import ConfigError, ForgetkitError
 from forgetkit.exact.command import SHARDED_METHOD
@@ -51,7 +52,6 @@ class Cell:
 
     def unlearn_config(self):
         """The cell's resolved ``UnlearnConfig`` (a fresh object: ``run_unlearn`` may fill in defaults)."""
-        from forgetkit.config import build
         from forgetkit.unlearn import UnlearnConfig
 
         return build(UnlearnConfig, json.loads(json.dumps(self.unlearn)))
@@ -63,7 +63,6 @@ class Cell:
 
 def unlearn_config(name: str, recipe: str | None, overrides: dict, seed: int):
     """The method's recipe (shipped or a path) with the overrides and the seed applied."""
-    from forgetkit.config import build
     from forgetkit.unlearn import UnlearnConfig
 
     data = {}
@@ -77,7 +76,7 @@ def unlearn_config(name: str, recipe: str | None, overrides: dict, seed: int):
 class Bench:
     """One grid: ``cells()`` lists it, ``run()`` computes what is missing and returns every cell's result."""
 
-    def __init__(self, config: BenchConfig, quiet: bool = False) -> None:
+    def __init__(self, config: BenchConfig, quiet: bool = False, build_source: bool = True) -> None:
         from forgetkit.editors import EDITORS
         from forgetkit.methods import METHODS
 
@@ -89,10 +88,12 @@ class Bench:
                 raise ConfigError("methods: retrain starts from the base model, which data: does not name; give "
                                   "data.oracle_model (fine-tuned on the retain set only): it is the oracle row")
         self.config, self.quiet = config, quiet
-        self.source = open_source(config, quiet)
+        if config.out:  # before a prepare that may take minutes
+            output_path(config.out, "the bench's out")
+        self.source = open_source(config, quiet, build=build_source)
         default_out = (Path(config.run or getattr(self.source, "run", "runs")) / "bench" / config.name
                        if config.data is None else Path("runs/bench") / config.name)
-        self.out = Path(config.out) if config.out else default_out
+        self.out = output_path(config.out or default_out, "the bench's out", self.source.inputs())
         self.ledger = self.out / "ledger.sqlite"  # the grid's requests, apart from the run's real ones
         self._device = None
 
@@ -140,27 +141,57 @@ class Bench:
         return cell.method == "retrain" and self.config.retrain_from_oracle and self.config.data is None
 
     # -- running ---------------------------------------------------------------------------------
-    def run(self) -> list[dict]:
+    def grid(self, cells_slice: tuple[int, int] | None = None) -> list[Cell]:
+        """The grid's cells (checked distinct), or slice ``(I, N)`` of them."""
         cells = self.cells()
         ids = [c.id for c in cells]
         if len(set(ids)) != len(ids):
             raise ConfigError("two cells of the grid are the same (give the methods distinct labels or grids)")
+        return [c for c in cells if cells_slice is None or executors.in_slice(c, *cells_slice)]
+
+    def run(self, executor: str = "serial", cells_slice: tuple[int, int] | None = None,
+            ray_address: str | None = None) -> list[dict]:
+        """Compute the missing cells of the grid (or of its slice) with ``executor``; every cell's result."""
+        if executor not in executors.EXECUTORS:
+            raise ConfigError(f"--executor must be one of {', '.join(executors.EXECUTORS)}, got '{executor}'")
+        cells = self.grid(cells_slice)
         (self.out / "cells").mkdir(parents=True, exist_ok=True)
-        results = []
-        with tqdm(total=len(cells), desc=f"bench {self.config.name}", unit="cell", disable=self.quiet) as bar:
-            for cell in cells:
-                path = self.out / "cells" / cell.id / RESULT
-                if path.is_file():
-                    result = json.loads(path.read_text())
-                    result["cached"] = True
-                else:
-                    bar.set_postfix_str(cell.id)
-                    result = self._run_cell(cell)
-                    write_json(path, result)
-                    result["cached"] = False
-                results.append(result)
-                bar.update()
-        return results
+        if executor == "ray":
+            return executors.run_ray(self, cells, ray_address, {"config": worker_config(self), "cell": compute_cell,
+                                                                 "shard_set": train_shard_set})
+        return executors.run_serial(self, cells)
+
+    def collect(self) -> tuple[list[dict], list[str]]:
+        """What the grid's cells hold now, computing nothing: the results (crashed cells as such), and the ids
+        of the cells that have neither (``--report-only``)."""
+        results, missing = [], []
+        for cell in self.grid():
+            cell_dir = self.out / "cells" / cell.id
+            if self.finished(cell):
+                results.append(self.result_of(cell))
+            elif (crash := executors.read_crash(cell_dir)) is not None:
+                results.append({**crash, "cell": cell.describe(), "cached": True})
+            else:
+                missing.append(cell.id)
+        return results, missing
+
+    def finished(self, cell: Cell) -> bool:
+        return (self.out / "cells" / cell.id / RESULT).is_file()
+
+    def result_of(self, cell: Cell) -> dict:
+        """The cell's result: read when it is finished, else computed and written (``result.json``, last)."""
+        path = self.out / "cells" / cell.id / RESULT
+        if path.is_file():
+            return {**json.loads(path.read_text()), "cached": True}
+        result = self._run_cell(cell)
+        write_json(path, result)
+        (path.parent / executors.CRASH).unlink(missing_ok=True)  # an earlier crash of this cell is superseded
+        return {**result, "cached": False}
+
+    def shard_set_key(self, cell: Cell) -> str:
+        """What identifies the shard set a ``sharded_exact`` cell deletes from (cells with one key share it)."""
+        return config_hash({"params": {k: v for k, v in cell.unlearn["params"].items() if k != "serving"},
+                            "seed": cell.seed})
 
     def _oracle_log(self, split: str) -> dict | None:
         from forgetkit.eval.command import read_log
@@ -237,7 +268,6 @@ class Bench:
     def _shards(self, cell: Cell) -> Path:
         """The shard set of the cell's settings (``params``: shards, group_by, lora, train, ...) and seed,
         trained once into BENCH_DIR/shards/ (resumable)."""
-        from forgetkit.config import build
         from forgetkit.exact.command import ShardTrainRequest, run_shard_train
         from forgetkit.exact.sharded import ShardConfig
 
@@ -398,6 +428,41 @@ class Bench:
         finally:
             shutil.rmtree(files, ignore_errors=True)
         return rows
+
+
+def worker_config(bench) -> dict:
+    """The bench config a worker rebuilds its ``Bench`` from: the prepared run and the bench directory by
+    absolute path (a worker's working directory is not the driver's), and no prepare to repeat."""
+    data = asdict(bench.config)
+    data["out"] = str(bench.out.resolve())
+    if bench.config.data is None:
+        data.update(run=str(Path(bench.source.run).resolve()), prepare=None, prepare_overrides=[])
+    else:
+        data["data"] = {k: str(Path(v).resolve()) if isinstance(v, str) and v else v for k, v in data["data"].items()}
+    return data
+
+
+def compute_cell(config_data: dict, cell_id: str) -> dict:
+    """Compute one cell in a worker (a fresh process): output into the cell's log, a crash caught and recorded."""
+    config = build(BenchConfig, config_data)
+    cell_dir = Path(config.out) / "cells" / cell_id
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    with open(cell_dir / executors.CELL_LOG, "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        try:
+            bench = Bench(config, quiet=True)
+            cell = {c.id: c for c in bench.cells()}[cell_id]
+            return bench.result_of(cell)
+        except Exception as exc:  # a crash is this cell's outcome, recorded; the grid goes on
+            traceback.print_exc()
+            return executors.crashed(cell_dir, cell_id, exc)
+
+
+def train_shard_set(config_data: dict, cell_id: str) -> str:
+    """Train (or find) the shard set a ``sharded_exact`` cell deletes from."""
+    bench = Bench(build(BenchConfig, config_data), quiet=True)
+    cell = {c.id: c for c in bench.cells()}[cell_id]
+    return str(bench._shards(cell))
 
 
 def _failure(exc: Exception) -> dict:

@@ -11,12 +11,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from forgetkit import checks
 from forgetkit.bench.config import BenchConfig, UserData
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord, records_hash
 from forgetkit.data.synthetic import person_of
 from forgetkit.errors import ForgetkitError
 from forgetkit.eval.evaluate import EvalData, benchmark_data
+from forgetkit.runs import check_run
 
 
 @dataclass
@@ -32,15 +34,16 @@ class PreparedRun:
     """A run directory built by ``forgetkit prepare`` (benchmark, base, target, oracle_<split>)."""
 
     def __init__(self, run_dir: str | Path, splits: list[str]) -> None:
-        self.run = Path(run_dir)
+        self.run = check_run(run_dir, stages=("target",), splits=tuple(splits))
         self.bench = self.run / "benchmark"
-        for split in splits:
-            if not (self.bench / f"{split}.jsonl").is_file():
-                raise ForgetkitError(f"{self.run}: no prepared benchmark split '{split}'")
         self.key = self._stage("target").get("key") or ""
         people = self.bench / "people.jsonl"
         self.names = ({row["person"]: row["name"] for row in map(json.loads, people.read_text().splitlines()) if row}
                       if people.is_file() else {})
+
+    def inputs(self) -> list[Path]:
+        """The run's stages: what a bench must not write into."""
+        return [p.parent for p in self.run.glob("*/stage.json")]
 
     def _stage(self, name: str) -> dict:
         path = self.run / name / "stage.json"
@@ -100,8 +103,22 @@ class UserFiles:
         self.data = data
         self.forget_records = read_records(data.forget)
         self.retain_records = read_records(data.retain) if data.retain else []
+        for path in (data.holdout, data.world_facts):  # read in every cell: checked now
+            if path:
+                read_records(path)
+        checks.model_dir(data.model, "data.model")
+        if data.adapter:
+            checks.adapter_dir(data.adapter)
+        if data.oracle_model:
+            checks.model_dir(data.oracle_model, "data.oracle_model")
         self.key = records_hash(self.forget_records) + ":" + str(Path(data.model).resolve())
         self.names: dict[str, str] = {}
+
+    def inputs(self) -> list[str]:
+        """The user's model directories and files: what a bench must not write into."""
+        d = self.data
+        return [p for p in (d.model, d.adapter, d.oracle_model, d.forget, d.retain, d.holdout, d.world_facts,
+                            d.oracle_log) if p]
 
     def target(self) -> ModelRef:
         return ModelRef(Path(self.data.model), Path(self.data.adapter) if self.data.adapter else None)
@@ -138,8 +155,9 @@ class UserFiles:
         return record_id
 
 
-def open_source(config: BenchConfig, quiet: bool):
-    """The bench's starting point; with ``prepare``, the run is built (or reused) first."""
+def open_source(config: BenchConfig, quiet: bool, build: bool = True):
+    """The bench's starting point; with ``prepare``, the run is built (or reused) first, unless ``build`` is
+    false (a report of what the cells hold: the run must be there)."""
     if config.data is not None:
         return UserFiles(config.data)
     if config.run is not None:
@@ -148,5 +166,6 @@ def open_source(config: BenchConfig, quiet: bool):
 
     overrides = list(config.prepare_overrides) + [f"oracle_splits=[{','.join(config.splits)}]"]
     prep = load_prepare_config(config.prepare, overrides)
-    prepare(prep, quiet=quiet)
+    if build:
+        prepare(prep, quiet=quiet)
     return PreparedRun(prep.run_dir, config.splits)

@@ -2,15 +2,16 @@
 
 ``run_eval`` loads the model (and adapter, and reference model), gathers the sets, evaluates,
 and writes ``eval_log_aggregated.json`` (per example, TOFU's layout) and ``summary.json`` into
-the output directory, each atomically. ``read_log`` reads forgetkit's and TOFU's logs alike.
+the output directory, each atomically, the summary last (a directory with a log and no summary holds
+an evaluation that was interrupted while writing). ``read_log`` reads forgetkit's and TOFU's logs alike.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from forgetkit import checks
 from forgetkit.data.readers import read_records
 from forgetkit.errors import DataError, ForgetkitError
 from forgetkit.eval import tofu
@@ -47,12 +48,7 @@ def read_log(path: str | Path) -> dict:
         path = path / LOG_FILE
     if not path.is_file():
         raise ForgetkitError(f"{path}: log file not found")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"malformed JSON: {exc.msg}", line=exc.lineno) from None
-    except UnicodeDecodeError:
-        raise DataError(path, "invalid UTF-8") from None
+    doc = checks.json_value(path)
     known = set(tofu.SET_FILES.values())
     if not isinstance(doc, dict) or not known & set(doc):
         raise DataError(path, f"not an evaluation log: expected top-level keys among {', '.join(sorted(known))}")
@@ -80,6 +76,22 @@ def _eval_data(request: EvalRequest) -> EvalData:
     return data
 
 
+def _check_request(request: EvalRequest) -> None:
+    """The model directories open and the output is writable and inside no input, before any work."""
+    checks.model_dir(request.model)
+    if request.adapter:
+        checks.adapter_dir(request.adapter)
+    if request.reference_model:
+        checks.model_dir(request.reference_model, "reference model")
+    if request.reference_adapter:
+        checks.adapter_dir(request.reference_adapter)
+    for role, path in request.files.items():
+        checks.input_file(path, role.replace("_", " "))
+    inputs = [request.model, request.adapter, request.reference_model, request.reference_adapter, request.data,
+              request.oracle_log, *request.files.values()]
+    checks.output_path(request.out, "--out", inputs)
+
+
 def run_eval(request: EvalRequest, quiet: bool = False) -> dict | None:
     """Evaluate, write the log and summary into ``request.out``, and return the summary.
 
@@ -94,6 +106,7 @@ def run_eval(request: EvalRequest, quiet: bool = False) -> dict | None:
 
     # On a machine without an accelerator, accelerate only forms a multi-process (gloo) group when
     # told it runs on CPU; so "auto" there means CPU, and torchrun-style launches shard the work.
+    _check_request(request)
     on_cpu = request.device == "cpu" or (request.device == "auto" and not torch.accelerator.is_available())
     accelerator = Accelerator(cpu=on_cpu)
     device = accelerator.device if request.device in ("auto", "cpu") else request.device
@@ -118,6 +131,7 @@ def run_eval(request: EvalRequest, quiet: bool = False) -> dict | None:
                                          device=str(device))
     if accelerator.is_main_process:
         out = Path(request.out)
+        (out / SUMMARY_FILE).unlink(missing_ok=True)  # written last: a summary is never an older run's
         write_json(out / LOG_FILE, eval_log)
         write_json(out / SUMMARY_FILE, summary)
     accelerator.wait_for_everyone()

@@ -18,7 +18,6 @@ id, with a content hash; question and answer text only with ``include_text``) an
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -31,14 +30,15 @@ import torch
 from tqdm.auto import tqdm
 
 from forgetkit.data.formatting import IGNORE_INDEX, encode_qa, prompt_ids
-from forgetkit.data.readers import read_records
+from forgetkit.data.readers import jsonl_rows, read_records
 from forgetkit.data.records import QARecord, TextRecord, records_hash, text_hash
 from forgetkit.data.synthetic import person_of
-from forgetkit.errors import DataError, ForgetkitError
+from forgetkit.errors import DataError, ForgetkitError, require, require_positive
 from forgetkit.eval import memorisation as mem
 from forgetkit.eval import mia, tofu
 from forgetkit.eval.generation import greedy_continuations
 from forgetkit.eval.token_stats import TokenStats, score_examples
+from forgetkit.runs import check_split
 
 log = logging.getLogger("forgetkit")
 QA_ROLES = ("forget", "retain", "holdout", "world_facts", "real_authors")
@@ -77,17 +77,19 @@ class EvalSettings:
     include_text: bool = False
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        require_positive(self, "batch_size", "generation_batch_size", "max_new_tokens", "canary_candidates")
+        require_positive(self, "verbatim_new_tokens", "retain_limit", allow_zero=True)
+        require(0 < self.min_k <= 1, "min_k", f"must be in (0, 1], got {self.min_k}")
+
 
 def read_canaries(path: Path) -> list[dict]:
     """Canaries from JSON Lines: each an object with ``prefix`` and a digit-string ``secret``."""
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(path, f"malformed JSON: {exc.msg}", line=n) from None
+    for row, where in jsonl_rows(path):
+        n = where["line"]
+        if not isinstance(row, dict):
+            raise DataError(path, f"expected a JSON object, got {type(row).__name__}", line=n)
         for key in ("prefix", "secret"):
             if not isinstance(row.get(key), str) or not row[key]:
                 raise DataError(path, "missing or not a string", line=n, field=key)
@@ -101,8 +103,10 @@ def read_canaries(path: Path) -> list[dict]:
 def benchmark_data(data_dir: str | Path, split: str, retain_limit: int = 400) -> EvalData:
     """The sets of a built-in benchmark directory for forget split ``split`` (e.g. ``forget10``)."""
     data_dir = Path(data_dir)
-    if not (data_dir / f"{split}.jsonl").is_file():
-        raise ForgetkitError(f"{data_dir}: no split '{split}' ({split}.jsonl not found)")
+    if not (data_dir / "manifest.json").is_file():
+        raise ForgetkitError(f"{data_dir}: not a benchmark directory (no manifest.json; forgetkit prepare writes "
+                             "one in RUN/benchmark)")
+    check_split(data_dir, split)
     suffix = split.removeprefix("forget")
     retain_name, holdout_name = f"retain{100 - int(suffix):02d}", f"holdout{suffix}"
 

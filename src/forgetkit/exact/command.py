@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from forgetkit import checks
 from forgetkit.config import config_hash
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord, records_hash
@@ -32,6 +33,7 @@ from forgetkit.exact.sharded import (
     weights_hash,
 )
 from forgetkit.io import write_json
+from forgetkit.runs import check_run
 
 SHARDED_METHOD = "sharded_exact"
 SHARD_WEIGHTS = "shard_*/*.safetensors"
@@ -52,25 +54,33 @@ class ShardTrainRequest:
 
 
 def _sources(request: ShardTrainRequest) -> tuple[Path, Path, Path | None]:
+    """The base model, the training file and the shared file; each checked, and the output with them."""
     if request.run:
-        bench = Path(request.run) / "benchmark"
-        if not (bench / "full.jsonl").is_file():
-            raise ForgetkitError(f"{request.run}: not a prepared run (no benchmark/full.jsonl)")
+        run = check_run(request.run, stages=("base",), splits=(request.split,) if request.evaluate else ())
+        bench = run / "benchmark"
         world = bench / "world_facts.jsonl"
-        return Path(request.run) / "base", bench / "full.jsonl", world if world.is_file() else None
-    if not request.model or not request.data:
-        raise ForgetkitError("shard-train: give --model DIR and --data FILE (and --shared FILE), or --run DIR")
-    return Path(request.model), Path(request.data), Path(request.shared) if request.shared else None
+        base, data, shared = run / "base", bench / "full.jsonl", world if world.is_file() else None
+        inputs = [p.parent for p in run.glob("*/stage.json")]
+    else:
+        if not request.model or not request.data:
+            raise ForgetkitError("shard-train: give --model DIR and --data FILE (and --shared FILE), or --run DIR")
+        base, data = checks.model_dir(request.model), checks.input_file(request.data, "--data")
+        shared = checks.input_file(request.shared, "--shared") if request.shared else None
+        inputs = [base, data, shared]
+    checks.output_path(request.out, "--out", inputs)
+    return base, data, shared
 
 
 def run_shard_train(request: ShardTrainRequest, quiet: bool = False) -> dict:
     """Train every shard into ``request.out`` (resumable: a finished shard is kept), return the summary."""
+    for mode in request.serving:
+        if mode not in SERVING:
+            raise ForgetkitError(f"shard-train: --serving must be among {', '.join(SERVING)}, got '{mode}'")
+    if request.evaluate and not request.run:
+        raise ForgetkitError("shard-train: --eval needs --run (the benchmark's evaluation sets)")
     base, data_file, shared_file = _sources(request)
     records = read_records(data_file)
     shared = read_records(shared_file) if shared_file else []
-    for mode in request.serving:
-        if mode not in SERVING:
-            raise ForgetkitError(f"shard-train: serving must be among {', '.join(SERVING)}, got '{mode}'")
     out = Path(request.out)
     start = time.perf_counter()
     about = {"data": {"file": str(data_file.resolve()), "hash": records_hash(records), "count": len(records)},
@@ -80,8 +90,6 @@ def run_shard_train(request: ShardTrainRequest, quiet: bool = False) -> dict:
                "wall_time_s": time.perf_counter() - start,
                "train_time_s": sum(s["wall_time_s"] for s in manifest["shards"])}
     if request.evaluate:
-        if not request.run:
-            raise ForgetkitError("shard-train: --eval needs --run (the benchmark's evaluation sets)")
         summary["routing_accuracy"] = routing_accuracy(out, records)
         summary["eval"] = {mode: evaluate_sharded(out, Path(request.run), request.split, mode, out / "eval" / mode,
                                                   quiet) for mode in request.serving}

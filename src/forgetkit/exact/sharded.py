@@ -31,7 +31,7 @@ from forgetkit.adapters.lora import LoraSettings, attach_lora
 from forgetkit.data.formatting import prompt_ids, tokenize_qa
 from forgetkit.data.records import QARecord, records_hash
 from forgetkit.data.synthetic import person_of
-from forgetkit.errors import ConfigError, ForgetkitError
+from forgetkit.errors import ConfigError, ForgetkitError, require_positive
 from forgetkit.io import write_json
 from forgetkit.train import TrainConfig, fine_tune
 
@@ -55,8 +55,8 @@ class ShardConfig:
     def __post_init__(self) -> None:
         if self.group_by not in GROUPINGS:
             raise ConfigError(f"group_by must be one of {', '.join(GROUPINGS)}, got '{self.group_by}'")
-        if self.clusters < 0 or self.shards < 1:
-            raise ConfigError("shards must be at least 1 and clusters ≥ 0")
+        require_positive(self, "shards", "max_length")
+        require_positive(self, "clusters", allow_zero=True)
 
 
 def assign(groups: list[str], shards: int) -> dict[str, int]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from forgetkit import checks
 from forgetkit.errors import ForgetkitError
 from forgetkit.io import atomic_path, write_json
 
@@ -72,10 +73,8 @@ def import_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike, tolera
 
     source = Path(gguf_file)
     out = Path(out_dir)
-    if not source.is_file():
-        raise ForgetkitError(f"{source}: GGUF file not found")
-    if out.exists() and not out.is_dir():
-        raise ForgetkitError(f"{out}: --out exists and is not a directory")
+    checks.input_file(source, "GGUF")
+    checks.output_path(out, "--out", [source])
     if out.is_dir() and any(out.iterdir()) and not (out / "import.json").is_file():
         raise ForgetkitError(f"{out}: --out is a non-empty directory that no import wrote; choose another")
     architecture = gguf_architecture(source)

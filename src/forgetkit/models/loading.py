@@ -14,20 +14,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from forgetkit import checks
 from forgetkit.errors import ForgetkitError
 from forgetkit.io import atomic_path
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def check_model_dir(path: str | os.PathLike, what: str) -> Path:
-    """``path`` as a local model (or adapter) directory, or a one-line error naming ``what``."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ForgetkitError(f"{path}: {what} directory not found (models load from local directories only)")
-    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-        raise ForgetkitError(f"{path}: not a Hugging Face {what} directory (no config.json)")
-    return path
 
 
 def load_model(
@@ -41,24 +32,36 @@ def load_model(
 
     ``dtype`` is ``float32``, ``bfloat16`` or ``float16`` (or a torch dtype).
     """
-    path = check_model_dir(path, "model")
+    path = checks.model_dir(path, "model")
+    adapter = checks.adapter_dir(adapter) if adapter is not None else None
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ForgetkitError(f"unknown dtype '{dtype}' (known: {', '.join(DTYPES)})")
         dtype = DTYPES[dtype]
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # what transformers raises for a bad tokenizer
+        raise ForgetkitError(f"{path}: the tokenizer does not load ({_first_line(exc)})") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, KeyError) as exc:  # e.g. a config whose architecture is not a causal LM
+        raise ForgetkitError(f"{path}: the model does not load ({_first_line(exc)})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if adapter is not None:
         from forgetkit.adapters.loading import load_adapter
 
-        model = load_adapter(model, check_model_dir(adapter, "adapter"))
+        model = load_adapter(model, adapter)
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def save_model(model: PreTrainedModel, tokenizer, out_dir: str | os.PathLike) -> Path:
@@ -74,5 +77,6 @@ def save_model(model: PreTrainedModel, tokenizer, out_dir: str | os.PathLike) ->
 def export_merged(model_dir: str | os.PathLike, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Merge the adapter (plain, sine or clipped LoRA) into the model's weights and write a plain
     Hugging Face checkpoint: the form in which any adapter, the sine kind included, reaches other tools."""
+    checks.output_path(out_dir, "--out", [model_dir, adapter_dir])
     model, tokenizer = load_model(model_dir, adapter_dir)
     return save_model(model.merge_and_unload(), tokenizer, out_dir)
