@@ -130,16 +130,20 @@ def input_file(path: str | os.PathLike, what: str) -> Path:
 
 
 def output_path(out: str | os.PathLike, what: str = "--out", inputs: Iterable[object] = (),
-                kind: str = "directory") -> Path:
+                kind: str = "directory", containers: Iterable[object] = ()) -> Path:
     """``out`` as a place a command may write a ``kind`` (``directory`` or ``file``) into: not an existing
-    thing of the other kind, not inside one of ``inputs`` (files or directories read by the command),
-    and on a location that can be written to. Nothing is created."""
+    thing of the other kind, not inside one of ``inputs`` (files or directories read by the command), not
+    one of ``containers`` itself (directories that may hold outputs, such as a prepared run), and on a
+    location that can be written to. Nothing is created."""
     out = Path(out)
     if kind == "directory" and out.exists() and not out.is_dir():
         raise ForgetkitError(f"{out}: {what} is an existing file; give a directory")
     if kind == "file" and out.is_dir():
         raise ForgetkitError(f"{out}: {what} is a directory; give a file path")
     resolved = out.resolve()
+    for container in containers:
+        if container is not None and resolved == Path(str(container)).resolve():
+            raise ForgetkitError(f"{out}: {what} is the input {container} itself; write into a new directory")
     for source in inputs:
         if source is None:
             continue

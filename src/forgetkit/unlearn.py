@@ -107,11 +107,13 @@ def check_request(request: UnlearnRequest, sharded: bool) -> None:
     if request.eval_every < 0:
         raise ConfigError(f"--eval-every must be ≥ 0, got {request.eval_every}")
     inputs: list[object] = [request.model, request.adapter, request.forget, request.retain]
+    containers: list[object] = []
     if request.edits and request.edits not in EDIT_KINDS:
         inputs.append(checks.input_file(request.edits, "edits"))
     if request.run:
         run = check_run(request.run, splits=(request.split,))
         inputs += [p.parent for p in run.glob("*/stage.json")]  # every stage of the run is an input
+        containers.append(run)
     else:
         if request.model:
             checks.model_dir(request.model)
@@ -120,7 +122,7 @@ def check_request(request: UnlearnRequest, sharded: bool) -> None:
         for role in ("forget", "retain"):
             if getattr(request, role):
                 checks.input_file(getattr(request, role), role)
-    checks.output_path(request.out, "--out", inputs)
+    checks.output_path(request.out, "--out", inputs, containers=containers)
     check_ledger(request.ledger_path())
 
 

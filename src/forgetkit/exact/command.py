@@ -61,13 +61,14 @@ def _sources(request: ShardTrainRequest) -> tuple[Path, Path, Path | None]:
         world = bench / "world_facts.jsonl"
         base, data, shared = run / "base", bench / "full.jsonl", world if world.is_file() else None
         inputs = [p.parent for p in run.glob("*/stage.json")]
+        containers = [run]
     else:
         if not request.model or not request.data:
             raise ForgetkitError("shard-train: give --model DIR and --data FILE (and --shared FILE), or --run DIR")
         base, data = checks.model_dir(request.model), checks.input_file(request.data, "--data")
         shared = checks.input_file(request.shared, "--shared") if request.shared else None
-        inputs = [base, data, shared]
-    checks.output_path(request.out, "--out", inputs)
+        inputs, containers = [base, data, shared], []
+    checks.output_path(request.out, "--out", inputs, containers=containers)
     return base, data, shared
 
 
