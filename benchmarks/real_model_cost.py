@@ -7,8 +7,10 @@ order, replayed by the bare loop):
 1. training: a bare step (``model(**batch, labels=...)``-style full-logit losses, backward, clip,
    AdamW) against ``train_loop`` with forgetkit's losses (the head at the labelled positions only),
    for cross-entropy (fine-tuning, ``retrain``), GradDiff and NPO (π_ref: the adapter disabled);
-   tokens/s and peak memory (RSS on CPU, reset per block; ``max_memory_allocated`` on GPU), the
-   LoRA weights reset to the same start before each block;
+   tokens/s and peak memory (RSS on CPU; ``max_memory_allocated`` on GPU), each block in a fresh
+   process from the same weights (so no block's peak holds what another left resident), forgetkit's
+   loop with and without ``train.gradient_checkpointing``; the process's resident memory before each
+   block is reported too, so the block's own memory can be read apart from the weights and libraries;
 2. evaluation: a bare batched loop that scores every QA text variant (full logits, log-softmax)
    and greedily generates every answer, against ``forgetkit.eval.evaluate``'s full metric set on
    the same examples; wall time, the largest per-example loss difference, and whether the greedy
@@ -31,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging as hf_logging
 
-from forgetkit.cost import measure
+from forgetkit.cost import measure, rss_mb
 from forgetkit.data.formatting import IGNORE_INDEX, collate, encode_qa, prompt_ids, stop_token_ids, tokenize_qa
 from forgetkit.data.readers import read_records
 from forgetkit.io import write_json
@@ -78,26 +80,37 @@ def _batches(kind: str, forget, retain, batch_size: int, steps: int, pad: int):
              collate([retain[i] for i in r_order.take(s * batch_size, batch_size)], pad)) for s in range(steps)]
 
 
-def training(model, tokenizer, forget, retain, batch_size: int, steps: int) -> list[dict]:
+def _starting_model(run: Path):
+    """The target merged into the base, with a fresh LoRA r 8 on it: the same weights in every process."""
+    from forgetkit.adapters.lora import LoraSettings, attach_lora
+
+    model, tokenizer = load_model(run / "base", adapter=run / "target")
+    torch.manual_seed(SEED)
+    return attach_lora(model.merge_and_unload(), LoraSettings(r=8, alpha=16)), tokenizer
+
+
+def _sets(run: Path, tokenizer):
+    bench = run / "benchmark"
+    return (tokenize_qa(tokenizer, read_records(bench / "forget10.jsonl"), 128).examples,
+            tokenize_qa(tokenizer, read_records(bench / "retain90.jsonl"), 128).examples)
+
+
+def _block(run: Path, kind: str, impl: str, batch_size: int, steps: int) -> dict:
+    """One training block in this (fresh) process: the bare loop or forgetkit's on the same batches."""
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    model, tokenizer = _starting_model(run)
+    forget, retain = _sets(run, tokenizer)
     pad = tokenizer.pad_token_id
-    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-    def reset():
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n in start:
-                    p.copy_(start[n])
-
-    rows = []
-    for kind in ("ce", "graddiff", "npo"):
-        batches = _batches(kind, forget, retain, batch_size, steps, pad)
-        parts = [p for b in batches for p in b if p is not None]
-        seen = sum(int(p["attention_mask"].sum()) for p in parts)
-        labelled = sum(int((p["labels"] != IGNORE_INDEX).sum()) for p in parts)
-        reset()
+    batches = _batches(kind, forget, retain, batch_size, steps, pad)
+    parts = [p for b in batches for p in b if p is not None]
+    out = {"tokens": sum(int(p["attention_mask"].sum()) for p in parts),
+           "labelled_tokens": sum(int((p["labels"] != IGNORE_INDEX).sum()) for p in parts)}
+    model.train()
+    out["resident_before_mb"] = rss_mb()  # the process before the block: libraries, weights, data
+    if impl == "bare":
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-5)
-        model.train()
         with measure() as bare:
             for f, r in batches:
                 loss = _bare_loss(kind, model, f, r)
@@ -105,27 +118,54 @@ def training(model, tokenizer, forget, retain, batch_size: int, steps: int) -> l
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 optimizer.zero_grad()
-        reset()
-        config = TrainConfig(epochs=steps * batch_size / len(retain if kind == "ce" else forget),
-                             batch_size=batch_size, lr=1e-5, seed=SEED)
-        if kind == "ce":
-            data = PairedData(retain=retain)
-            stats = train_loop(model, lambda m, b: (answer_cross_entropy(m, b.retain), {}), data, config, pad,
-                               quiet=True)
-        else:
-            method = build_method(kind)
-            reference = Reference(model) if method.needs_reference else None
-            stats = train_loop(model, lambda m, b, method=method, ref=reference: method.loss(m, b, ref),
-                               PairedData(forget=forget, retain=retain), config, pad, quiet=True)
-        assert stats.steps == steps, (kind, stats.steps)
-        rows.append({"loss": kind, "steps": steps, "tokens": seen, "labelled_tokens": labelled,
-                     "bare_s": bare.wall_time_s, "forgetkit_s": stats.wall_time_s,
-                     "bare_tokens_per_s": seen / bare.wall_time_s, "forgetkit_tokens_per_s": seen / stats.wall_time_s,
-                     "time_ratio": stats.wall_time_s / bare.wall_time_s,
-                     "bare_peak_mb": bare.peak_memory_mb, "forgetkit_peak_mb": stats.peak_memory_mb,
-                     "memory_ratio": stats.peak_memory_mb / bare.peak_memory_mb})
-    reset()
-    model.eval()
+        return {**out, "wall_time_s": bare.wall_time_s, "peak_memory_mb": bare.peak_memory_mb}
+    config = TrainConfig(epochs=steps * batch_size / len(retain if kind == "ce" else forget),
+                         batch_size=batch_size, lr=1e-5, seed=SEED,
+                         gradient_checkpointing=impl == "forgetkit+checkpointing")
+    if kind == "ce":
+        stats = train_loop(model, lambda m, b: (answer_cross_entropy(m, b.retain), {}), PairedData(retain=retain),
+                           config, pad, quiet=True)
+    else:
+        method = build_method(kind)
+        reference = Reference(model) if method.needs_reference else None
+        stats = train_loop(model, lambda m, b: method.loss(m, b, reference), PairedData(forget=forget, retain=retain),
+                           config, pad, quiet=True)
+    assert stats.steps == steps, (kind, stats.steps)
+    return {**out, "wall_time_s": stats.wall_time_s, "peak_memory_mb": stats.peak_memory_mb}
+
+
+def training(run: Path, batch_size: int, steps: int) -> list[dict]:
+    """Each block (loss × bare or forgetkit) in its own fresh process, so that no block's peak memory holds
+    what another left resident; the model's loading is outside the measured block."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    rows = []
+    blocks = [(k, o) for k in ("ce", "graddiff", "npo") for o in ("forgetkit", "forgetkit+checkpointing")]
+    for kind, ours_kind in blocks:
+        got = {}
+        for impl in ("bare", ours_kind):
+            if impl == "bare" and rows and rows[-1]["kind"] == kind:  # the same bare block: measured once
+                got["bare"] = rows[-1]["bare"]
+                continue
+            with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+                got[impl] = pool.submit(_block, run, kind, impl, batch_size, steps).result()
+        bare, ours, seen = got["bare"], got[ours_kind], got["bare"]["tokens"]
+        label = kind if ours_kind == "forgetkit" else f"{kind}, gradient checkpointing"
+        rows.append({"loss": label, "kind": kind, "bare": bare, "steps": steps, "tokens": seen,
+                     "labelled_tokens": bare["labelled_tokens"],
+                     "bare_s": bare["wall_time_s"], "forgetkit_s": ours["wall_time_s"],
+                     "bare_tokens_per_s": seen / bare["wall_time_s"],
+                     "forgetkit_tokens_per_s": seen / ours["wall_time_s"],
+                     "time_ratio": ours["wall_time_s"] / bare["wall_time_s"],
+                     "bare_peak_mb": bare["peak_memory_mb"], "forgetkit_peak_mb": ours["peak_memory_mb"],
+                     "memory_ratio": ours["peak_memory_mb"] / bare["peak_memory_mb"],
+                     "bare_resident_before_mb": bare["resident_before_mb"],
+                     "forgetkit_resident_before_mb": ours["resident_before_mb"],
+                     "bare_block_mb": bare["peak_memory_mb"] - bare["resident_before_mb"],
+                     "forgetkit_block_mb": ours["peak_memory_mb"] - ours["resident_before_mb"]})
+    for row in rows:
+        del row["bare"], row["kind"]
     return rows
 
 
@@ -222,31 +262,26 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     run = Path(args.run_dir)
     bench = run / "benchmark"
-    from forgetkit.adapters.lora import LoraSettings, attach_lora
-
-    model, tokenizer = load_model(run / "base", adapter=run / "target")
-    model = attach_lora(model.merge_and_unload(), LoraSettings(r=8, alpha=16))
-    forget = tokenize_qa(tokenizer, read_records(bench / "forget10.jsonl"), 128).examples
-    retain = tokenize_qa(tokenizer, read_records(bench / "retain90.jsonl"), 128).examples
-    torch.manual_seed(SEED)
     started = time.perf_counter()
-    train_rows = training(model, tokenizer, forget, retain, args.batch_size, args.steps)
+    train_rows = training(run, args.batch_size, args.steps)
+    model, tokenizer = _starting_model(run)
     n = args.eval_records
     sets = {"forget": read_records(bench / "forget10.jsonl")[:n],
             "holdout": read_records(bench / "holdout10.jsonl")[:n],
             "world_facts": read_records(bench / "world_facts.jsonl")[:n]}
     with torch.no_grad():
-        merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+        merged = model.merge_and_unload()
     eval_row = evaluation(merged.eval(), tokenizer, sets, args.max_new_tokens, 32)
     print(f"Training, batch {args.batch_size} (+ {args.batch_size} retain), {args.steps} steps, LoRA r 8, "
           f"float32, {'cuda' if torch.cuda.is_available() else 'cpu'}:")
     print("| loss | bare tokens/s | forgetkit tokens/s | time × bare | bare peak MB | forgetkit peak MB "
-          "| memory × bare |")
-    print("|---|---|---|---|---|---|---|")
+          "| memory × bare | resident before: bare / forgetkit MB | block's own: bare / forgetkit MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in train_rows:
         print(f"| {r['loss']} | {r['bare_tokens_per_s']:.0f} | {r['forgetkit_tokens_per_s']:.0f} | "
               f"{r['time_ratio']:.2f} | {r['bare_peak_mb']:.0f} | {r['forgetkit_peak_mb']:.0f} | "
-              f"{r['memory_ratio']:.2f} |")
+              f"{r['memory_ratio']:.2f} | {r['bare_resident_before_mb']:.0f} / {r['forgetkit_resident_before_mb']:.0f} "
+              f"| {r['bare_block_mb']:.0f} / {r['forgetkit_block_mb']:.0f} |")
     e = eval_row
     print(f"\nEvaluation of {e['sequences']} scored sequences and {e['questions']} generated answers: bare "
           f"{e['bare_s']:.1f} s (scoring + generation only), forgetkit eval {e['forgetkit_s']:.1f} s (every metric): "

@@ -45,3 +45,33 @@ def test_diverging_prepare_exits_cleanly_and_keeps_finished_stages(tmp_path, cap
     assert (run_dir / "base" / "stage.json").is_file()
     assert not (run_dir / "target").exists()
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")], "no temporary directory left"
+
+
+def test_gradient_checkpointing_trains_the_same_lora_weights_and_is_switched_off_after(bpe_tokenizer):
+    from forgetkit.adapters import LoraSettings, attach_lora
+
+    data = tokenize_qa(bpe_tokenizer, RECORDS, max_length=48)
+    trained = {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = attach_lora(build_tiny_model(bpe_tokenizer, "llama", "micro", seed=0), LoraSettings(r=4, alpha=8))
+        config = TrainConfig(epochs=2, batch_size=8, lr=1e-2, gradient_checkpointing=checkpointing)
+        fine_tune(model, data, config, bpe_tokenizer.pad_token_id, quiet=True)
+        assert not model.get_base_model().is_activation_checkpointing
+        trained[checkpointing] = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    assert trained[False].keys() == trained[True].keys()
+    for name, weight in trained[False].items():
+        torch.testing.assert_close(trained[True][name], weight, rtol=1e-5, atol=1e-6)
+
+
+def test_a_setting_added_later_keeps_the_cache_keys_made_before_it():
+    """`gradient_checkpointing` joined TrainConfig after runs were cached: at its default it enters no key
+    (these hashes are the keys of the default configs before the setting existed)."""
+    from forgetkit.config import config_hash
+    from forgetkit.prepare import load_prepare_config
+    from forgetkit.unlearn import UnlearnConfig
+
+    assert config_hash(TrainConfig()) == "3ac8f7ac27c49219"
+    assert config_hash(UnlearnConfig()) == "521418c446f2f7e7"
+    assert config_hash(load_prepare_config("small")) == "717ed19a59408ba1"
+    assert config_hash(TrainConfig(gradient_checkpointing=True)) != config_hash(TrainConfig())

@@ -152,11 +152,27 @@ def load_config(name_or_path: str, overrides: list[str] | None, cls: type, kind:
         raise ConfigError(f"{path.name}: {exc}") from None
 
 
+# Field metadata of a setting added after configs were first cached: left out of `plain_config` (and so of
+# every cache key) while it has its default, so that what was cached before the setting existed is kept.
+ADDED_SETTING = {"forgetkit_added_setting": True}
+
+
+def plain_config(obj):
+    """A (nested) config dataclass as plain dicts and lists, like ``dataclasses.asdict``, without the
+    ``ADDED_SETTING`` fields that hold their defaults."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: plain_config(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("forgetkit_added_setting") and getattr(obj, f.name) == f.default)}
+    if isinstance(obj, dict):
+        return {k: plain_config(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(plain_config(v) for v in obj)
+    return obj
+
+
 def config_hash(obj) -> str:
     """Stable hash of a (nested) dataclass or plain value: the key of a cached stage."""
     def plain(value):
-        if dataclasses.is_dataclass(value):
-            return dataclasses.asdict(value)
         raise TypeError(f"cannot hash a {type(value).__name__} config value")
 
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=plain).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(plain_config(obj), sort_keys=True, default=plain).encode()).hexdigest()[:16]

@@ -15,6 +15,8 @@ model's cross-entropy on one set.
   norm, learning rate) to ``train_log.jsonl`` when a run directory is given, and a checkpoint
   (trainable weights in safetensors, optimiser and scheduler state, RNG state, step) is written
   atomically every ``checkpoint_every`` steps; rerunning resumes from it.
+- ``gradient_checkpointing`` recomputes the layers' activations in the backward pass (non-reentrant,
+  switched off again when the loop ends): the same weights for less activation memory.
 - A non-finite loss, or a gradient norm above ``abort_grad_norm``, stops the run before the
   step is applied, writes the last good state as a checkpoint, and raises
   :class:`DivergenceError` (exit code 3).
@@ -26,7 +28,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from forgetkit.config import ADDED_SETTING
 from forgetkit.cost import measure
 from forgetkit.data.formatting import TokenizedSet, collate
 from forgetkit.errors import ConfigError, ForgetkitError, require, require_positive
@@ -73,6 +76,8 @@ class TrainConfig:
     mixed_precision: str = "no"
     checkpoint_every: int = 0  # optimiser steps between checkpoints (0: none before the end)
     seed: int = 0
+    # recompute each layer's activations in the backward pass instead of keeping them: less memory, more compute
+    gradient_checkpointing: bool = field(default=False, metadata=ADDED_SETTING)
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -149,6 +154,19 @@ def process_state() -> PartialState:
 
 
 LossFn = Callable[[torch.nn.Module, UnlearnBatch], tuple[torch.Tensor, dict[str, float]]]
+
+
+def _checkpointing(model, on: bool) -> None:
+    """Activation ("gradient") checkpointing of the model's layers, non-reentrant: it needs no input that
+    requires a gradient, as under LoRA on a frozen base."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"train.gradient_checkpointing: model type '{getattr(base.config, 'model_type', '?')}' "
+                          "does not support it")
+    if on:
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.activation_checkpointing_disable()
 
 
 def _trainable(model) -> dict[str, torch.nn.Parameter]:
@@ -228,6 +246,8 @@ def train_loop(
     scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=round(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     start_step = _load_checkpoint(run_dir, model, optimizer, scheduler) if run_dir else 0
+    if config.gradient_checkpointing:
+        _checkpointing(model, True)
     wrapped, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     raw = accelerator.unwrap_model(wrapped)
     wrapped.train()
@@ -313,6 +333,8 @@ def train_loop(
                 _checkpoint(run_dir, step, raw, optimizer, scheduler, config, accelerator)
     bar.close()
     raw.eval()
+    if config.gradient_checkpointing:
+        _checkpointing(raw, False)
     return TrainStats(steps=step - start_step, examples=examples, tokens=tokens, first_loss=first_loss,
                       final_loss=last_loss, wall_time_s=cost.wall_time_s, peak_memory_mb=cost.peak_memory_mb,
                       memory_kind=cost.memory_kind, trainable_parameters=sum(p.numel() for p in params),

@@ -25,7 +25,7 @@ from forgetkit.bench import attacks, executors
 from forgetkit.bench.config import BenchConfig
 from forgetkit.bench.sources import ModelRef, PreparedRun, open_source
 from forgetkit.checks import output_path
-from forgetkit.config import build, config_hash, load_config, set_dotted, shipped_configs
+from forgetkit.config import build, config_hash, load_config, plain_config, set_dotted, shipped_configs
 from forgetkit.data.records import QARecord
 from forgetkit.errors import ConfigError, ForgetkitError
 from forgetkit.exact.command import SHARDED_METHOD
@@ -124,7 +124,7 @@ class Bench:
                 for split in c.splits:
                     for seed in c.seeds:
                         config = unlearn_config(entry.name, entry.recipe, overrides, seed)
-                        cell = Cell("method", entry.name, label, split, seed, asdict(config))
+                        cell = Cell("method", entry.name, label, split, seed, plain_config(config))
                         cell.key = config_hash({**self._settings_key(), "unlearn": cell.unlearn, "split": split,
                                                 "attacks": asdict(c.attacks), "oracle": self.source.oracle_key(split),
                                                 "retrain_from_oracle": self._from_oracle(cell)})

@@ -22,12 +22,13 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from forgetkit.adapters.lora import LoraSettings, attach_lora
+from forgetkit.config import plain_config
 from forgetkit.data.formatting import prompt_ids, tokenize_qa
 from forgetkit.data.records import QARecord, records_hash
 from forgetkit.data.synthetic import person_of
@@ -167,7 +168,7 @@ def shard_train(base_dir: str | Path, records: list[QARecord], out_dir: str | Pa
     emb = _question_embeddings(base_dir, records)
     groups_of = group_records(records, emb, config)
     assignment = assign(list(groups_of.values()), config.shards)
-    manifest = {"base": str(base_dir), "config": asdict(config), "assignment": assignment,
+    manifest = {"base": str(base_dir), "config": plain_config(config), "assignment": assignment,
                 "record_groups": groups_of,
                 "shared": {"count": len(shared or []), "hash": records_hash(shared or [])}, "shards": [],
                 "prototypes": {}, "centre": [], **(about or {})}
@@ -176,10 +177,10 @@ def shard_train(base_dir: str | Path, records: list[QARecord], out_dir: str | Pa
         mine = [r for r in records if assignment[groups_of[r.content_hash()]] == index]
         done = out_dir / f"shard_{index}" / SHARD_INFO
         info = json.loads(done.read_text()) if done.is_file() else {}
-        if info.get("hash") != records_hash(mine) or info.get("config") != asdict(config):  # else: resumed
+        if info.get("hash") != records_hash(mine) or info.get("config") != plain_config(config):  # else: resumed
             start = time.perf_counter()
             info = train_shard(base_dir, mine, shared or [], config, index, out_dir / f"shard_{index}", quiet)
-            info.update({"index": index, "wall_time_s": time.perf_counter() - start, "config": asdict(config)})
+            info.update({"index": index, "wall_time_s": time.perf_counter() - start, "config": plain_config(config)})
             write_json(done, info)
         manifest["shards"].append({k: v for k, v in info.items() if k != "config"})
     write_json(out_dir / MANIFEST, manifest)
@@ -220,7 +221,8 @@ def delete(out_dir: str | Path, records: list[QARecord], to_delete: list[QARecor
         info = train_shard(Path(manifest["base"]), mine, shared or [], config, index, out_dir / f"shard_{index}",
                            quiet)
         manifest["shards"][index].update(info)
-        write_json(out_dir / f"shard_{index}" / SHARD_INFO, {**manifest["shards"][index], "config": asdict(config)})
+        write_json(out_dir / f"shard_{index}" / SHARD_INFO,
+                   {**manifest["shards"][index], "config": plain_config(config)})
     manifest["deleted"] = sorted({*manifest.get("deleted", []), *gone})
     manifest["record_groups"] = {h: g for h, g in manifest["record_groups"].items() if h not in gone}
     # the prototypes and their centre, recomputed without the deleted questions (a group left without records
