@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from forgetkit.errors import DataError, ForgetkitError
+from forgetkit.errors import DataError, ForgetkitError, first_line
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -60,7 +60,7 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
         with safe_open(str(path), framework="pt") as f:
             return {name: list(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own SafetensorError (or OSError) for a damaged file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc) or type(exc).__name__
         raise DataError(path, f"truncated or corrupt safetensors file ({reason})") from None
 
 

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from forgetkit.errors import ConfigError, ForgetkitError, SettingError
+from forgetkit.errors import ConfigError, ForgetkitError, SettingError, first_line
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         import traceback
 
         print(f"internal error (a bug in forgetkit, please report it with the traceback below): "
-              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+              f"{type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
         traceback.print_exc()
         return 1
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from forgetkit.errors import ConfigError, SettingError
+from forgetkit.errors import ConfigError, SettingError, first_line
 
 CONFIG_PACKAGE = "forgetkit.configs"
 
@@ -48,7 +48,7 @@ def read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

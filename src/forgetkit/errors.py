@@ -49,6 +49,12 @@ class ConfigError(ForgetkitError):
     """A config file or ``key=value`` override that is unknown or of the wrong type."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message ("" when it has none): what a one-line error quotes."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 class SettingError(ConfigError):
     """A setting whose value is out of range: names the setting by its dotted key (``train.lr``)."""
 

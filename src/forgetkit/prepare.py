@@ -282,7 +282,7 @@ def _copy_pretrained_base(config: PrepareConfig, stages: Stages, quiet: bool) ->
     """The ``base`` stage from a pretrained model directory: checked, copied as float safetensors
     with its tokenizer; its key holds the source directory's content hash, so a changed source
     rebuilds everything after it."""
-    source = checks.model_dir(config.base_model, "base_model")
+    source = Path(config.base_model)  # checked by prepare() before any stage
     fingerprint = dir_hash(source)
 
     def build(tmp: Path) -> dict:

@@ -25,6 +25,11 @@ def write_run_record(run_dir: Path) -> None:
     write_json(run_dir / RUN_FILE, {"format": RUN_FORMAT, "forgetkit": __version__})
 
 
+def run_stages(run: Path) -> list[Path]:
+    """The stage directories of a prepared run (each holds a ``stage.json``): inputs no command writes into."""
+    return [p.parent for p in sorted(run.glob("*/stage.json"))]
+
+
 def check_split(bench: Path, split: str, run: Path | None = None) -> None:
     """``split`` names a forget split present in the benchmark directory ``bench`` (of the prepared ``run``)."""
     if not FORGET_SPLIT.fullmatch(split) or not (bench / f"{split}.jsonl").is_file():

@@ -33,7 +33,7 @@ from forgetkit.data.records import QARecord, records_hash
 from forgetkit.errors import ConfigError, ForgetkitError, require_positive
 from forgetkit.io import dir_hash, write_json
 from forgetkit.methods import build_method
-from forgetkit.runs import check_run
+from forgetkit.runs import check_run, run_stages
 from forgetkit.train import CHECKPOINT_DIR, LOG_FILE, PairedData, TrainConfig, TrainStats, process_state, train_loop
 
 MODES = ("lora", "full")
@@ -112,7 +112,7 @@ def check_request(request: UnlearnRequest, sharded: bool) -> None:
         inputs.append(checks.input_file(request.edits, "edits"))
     if request.run:
         run = check_run(request.run, splits=(request.split,))
-        inputs += [p.parent for p in run.glob("*/stage.json")]  # every stage of the run is an input
+        inputs += run_stages(run)
         containers.append(run)
     else:
         if request.model:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from forgetkit.errors import ConfigError, ForgetkitError
+from forgetkit.errors import ConfigError, ForgetkitError, first_line
 from forgetkit.io import write_json
 
 EXECUTORS = ("serial", "ray")
@@ -66,7 +66,7 @@ def run_serial(bench, cells: list) -> list[dict]:
 
 def crashed(cell_dir: Path, cell_id: str, exc: BaseException) -> dict:
     """The record of a crashed cell (``crash.json``; no ``result.json``: a rerun computes the cell again)."""
-    reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    reason = f"{type(exc).__name__}: {first_line(exc)}"
     record = {"cell": {"id": cell_id}, "status": "crashed", "reason": reason, "log": str(cell_dir / CELL_LOG)}
     write_json(cell_dir / CRASH, record)
     return record
@@ -102,15 +102,12 @@ def run_ray(bench, cells: list, address: str | None, worker: dict) -> list[dict]
         config = worker["config"]
         cell_task = ray.remote(max_calls=1, max_retries=0)(worker["cell"]).options(**options)
         shard_task = ray.remote(max_calls=1, max_retries=0)(worker["shard_set"]).options(**options)
-        results: dict[str, dict] = {}
-        pending = [c for c in cells if not bench.finished(c)]
-        for cell in cells:
-            if bench.finished(cell):
-                results[cell.id] = bench.result_of(cell)
+        results = {c.id: bench.result_of(c) for c in cells if bench.finished(c)}
+        pending = [c for c in cells if c.id not in results]
         with tqdm(total=len(cells), initial=len(results), desc=f"bench {bench.config.name} (ray)", unit="cell",
                   disable=bench.quiet) as bar:
             first = [c for c in pending if c.kind == "reference" and c.method == "oracle"]
-            shard_sets = {bench.shard_set_key(c): c for c in pending if c.method == "sharded_exact"}
+            shard_sets = {bench.shard_set_dir(c)[0]: c for c in pending if c.method == "sharded_exact"}
             setup = [shard_task.remote(config, c.id) for c in shard_sets.values()]
             _gather(ray, {cell_task.remote(config, c.id): c for c in first}, bench, results, bar)
             for ref in setup:  # a shard set that fails to train fails its cells, recorded there

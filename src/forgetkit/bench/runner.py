@@ -188,10 +188,18 @@ class Bench:
         (path.parent / executors.CRASH).unlink(missing_ok=True)  # an earlier crash of this cell is superseded
         return {**result, "cached": False}
 
-    def shard_set_key(self, cell: Cell) -> str:
-        """What identifies the shard set a ``sharded_exact`` cell deletes from (cells with one key share it)."""
-        return config_hash({"params": {k: v for k, v in cell.unlearn["params"].items() if k != "serving"},
-                            "seed": cell.seed})
+    def cell(self, cell_id: str) -> Cell:
+        """The grid's cell of that id."""
+        return {c.id: c for c in self.cells()}[cell_id]
+
+    def shard_set_dir(self, cell: Cell) -> tuple[Path, object]:
+        """The directory of the shard set a ``sharded_exact`` cell deletes from (cells of the same shard settings
+        and seed share it), and those settings."""
+        from forgetkit.exact.sharded import ShardConfig
+
+        params = {k: v for k, v in cell.unlearn["params"].items() if k != "serving"}
+        config = build(ShardConfig, {**params, "seed": cell.seed}, "methods.sharded_exact.params")
+        return self.out / "shards" / f"s{cell.seed}-{config_hash(config)[:8]}", config
 
     def _oracle_log(self, split: str) -> dict | None:
         from forgetkit.eval.command import read_log
@@ -269,13 +277,10 @@ class Bench:
         """The shard set of the cell's settings (``params``: shards, group_by, lora, train, ...) and seed,
         trained once into BENCH_DIR/shards/ (resumable)."""
         from forgetkit.exact.command import ShardTrainRequest, run_shard_train
-        from forgetkit.exact.sharded import ShardConfig
 
         if not isinstance(self.source, PreparedRun):
             raise ForgetkitError("sharded_exact in a bench needs a prepared run (the training set it shards)")
-        params = {k: v for k, v in cell.unlearn["params"].items() if k != "serving"}
-        config = build(ShardConfig, {**params, "seed": cell.seed}, "methods.sharded_exact.params")
-        out = self.out / "shards" / f"s{cell.seed}-{config_hash(config)[:8]}"
+        out, config = self.shard_set_dir(cell)
         if not (out / "summary.json").is_file():
             run_shard_train(ShardTrainRequest(out=str(out), config=config, run=str(self.source.run)),
                             quiet=self.quiet)
@@ -451,8 +456,7 @@ def compute_cell(config_data: dict, cell_id: str) -> dict:
             contextlib.redirect_stderr(log):
         try:
             bench = Bench(config, quiet=True)
-            cell = {c.id: c for c in bench.cells()}[cell_id]
-            return bench.result_of(cell)
+            return bench.result_of(bench.cell(cell_id))
         except Exception as exc:  # a crash is this cell's outcome, recorded; the grid goes on
             traceback.print_exc()
             return executors.crashed(cell_dir, cell_id, exc)
@@ -461,8 +465,7 @@ def compute_cell(config_data: dict, cell_id: str) -> dict:
 def train_shard_set(config_data: dict, cell_id: str) -> str:
     """Train (or find) the shard set a ``sharded_exact`` cell deletes from."""
     bench = Bench(build(BenchConfig, config_data), quiet=True)
-    cell = {c.id: c for c in bench.cells()}[cell_id]
-    return str(bench._shards(cell))
+    return str(bench._shards(bench.cell(cell_id)))
 
 
 def _failure(exc: Exception) -> dict:

@@ -18,7 +18,7 @@ from forgetkit.data.records import QARecord, records_hash
 from forgetkit.data.synthetic import person_of
 from forgetkit.errors import ForgetkitError
 from forgetkit.eval.evaluate import EvalData, benchmark_data
-from forgetkit.runs import check_run
+from forgetkit.runs import check_run, run_stages
 
 
 @dataclass
@@ -43,7 +43,7 @@ class PreparedRun:
 
     def inputs(self) -> list[Path]:
         """The run's stages: what a bench must not write into."""
-        return [p.parent for p in self.run.glob("*/stage.json")]
+        return run_stages(self.run)
 
     def _stage(self, name: str) -> dict:
         path = self.run / name / "stage.json"

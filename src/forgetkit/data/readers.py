@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 
 from forgetkit.data.records import RECORD_TYPES, REQUIRED_FIELDS, FieldMap, QARecord, TextRecord
-from forgetkit.errors import ConfigError, DataError
+from forgetkit.errors import ConfigError, DataError, first_line
 
 log = logging.getLogger("forgetkit")
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -170,7 +170,7 @@ def _parquet_rows(path: Path) -> list[Row]:
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise DataError(path, f"not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+        raise DataError(path, f"not a readable Parquet file ({first_line(exc)})") from None
     return [(row, {"record": i}) for i, row in enumerate(table.to_pylist())]
 
 

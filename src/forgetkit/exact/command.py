@@ -33,7 +33,7 @@ from forgetkit.exact.sharded import (
     weights_hash,
 )
 from forgetkit.io import write_json
-from forgetkit.runs import check_run
+from forgetkit.runs import check_run, run_stages
 
 SHARDED_METHOD = "sharded_exact"
 SHARD_WEIGHTS = "shard_*/*.safetensors"
@@ -60,7 +60,7 @@ def _sources(request: ShardTrainRequest) -> tuple[Path, Path, Path | None]:
         bench = run / "benchmark"
         world = bench / "world_facts.jsonl"
         base, data, shared = run / "base", bench / "full.jsonl", world if world.is_file() else None
-        inputs = [p.parent for p in run.glob("*/stage.json")]
+        inputs = run_stages(run)
         containers = [run]
     else:
         if not request.model or not request.data:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from forgetkit import checks
-from forgetkit.errors import ForgetkitError
+from forgetkit.errors import ForgetkitError, first_line
 from forgetkit.io import atomic_path, write_json
 
 GGUF_MAGIC = b"GGUF"
@@ -46,7 +46,7 @@ def gguf_architecture(path: Path) -> str:
     except KeyError:
         raise ForgetkitError(f"{path}: GGUF file without 'general.architecture'") from None
     except (ValueError, IndexError, OSError) as exc:  # truncated or corrupt metadata
-        raise ForgetkitError(f"{path}: unreadable GGUF file ({str(exc).splitlines()[0]})") from None
+        raise ForgetkitError(f"{path}: unreadable GGUF file ({first_line(exc)})") from None
 
 
 def file_sha256(path: Path) -> str:

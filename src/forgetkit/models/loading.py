@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from forgetkit import checks
-from forgetkit.errors import ForgetkitError
+from forgetkit.errors import ForgetkitError, first_line
 from forgetkit.io import atomic_path
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -41,13 +41,13 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError) as exc:  # what transformers raises for a bad tokenizer
-        raise ForgetkitError(f"{path}: the tokenizer does not load ({_first_line(exc)})") from None
+        raise ForgetkitError(f"{path}: the tokenizer does not load ({_reason(exc)})") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError, KeyError) as exc:  # e.g. a config whose architecture is not a causal LM
-        raise ForgetkitError(f"{path}: the model does not load ({_first_line(exc)})") from None
+        raise ForgetkitError(f"{path}: the model does not load ({_reason(exc)})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if adapter is not None:
@@ -59,9 +59,8 @@ def load_model(
     return model, tokenizer
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _reason(exc: BaseException) -> str:
+    return first_line(exc) or type(exc).__name__
 
 
 def save_model(model: PreTrainedModel, tokenizer, out_dir: str | os.PathLike) -> Path:
