@@ -32,7 +32,7 @@ from forgetkit.certified.convex_head import CertifiedHead, fit
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import records_hash
 from forgetkit.data.synthetic import person_of
-from forgetkit.unlearn import dir_hash
+from forgetkit.io import dir_hash
 
 CONTACT = ("email", "phone", "home_address")
 

@@ -134,7 +134,7 @@ def test_llmeraser_removal_raises_the_forget_loss_and_records_no_text(lora_run, 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["products"] >= 1 and summary["damping"] > 0 and summary["request"] == "removal"
     audit = json.loads((out / "audit.json").read_text())
-    assert audit["request_set"]["count"] == len(forget) and audit["adapter_in"]["hash"]
+    assert audit["forget"]["count"] == len(forget) and audit["adapter_in"]["hash"]
     written = "".join(p.read_text() for p in out.rglob("*") if p.suffix in (".json", ".jsonl"))
     assert not any(r.answer in written or r.question in written for r in forget)
 

@@ -36,13 +36,10 @@ def _cmd_configs(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from forgetkit.editors import EDITORS
-    from forgetkit.exact.command import SHARDED_METHOD, SUMMARY
-    from forgetkit.methods import METHODS
+    from forgetkit.unlearn import UNLEARNERS
 
-    summaries = {name: cls.summary for name, cls in {**METHODS, **EDITORS}.items()} | {SHARDED_METHOD: SUMMARY}
-    for name, summary in sorted(summaries.items()):
-        print(f"{name:<17} {summary}")
+    for name, entry in sorted(UNLEARNERS.items()):
+        print(f"{name:<17} [{entry.kind}; {entry.guarantee}] {entry.summary}")
     return 0
 
 
@@ -61,9 +58,10 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
     request = UnlearnRequest(out=args.out, config=config, model=args.model, adapter=args.adapter, forget=args.forget,
                              retain=args.retain, run=args.run, split=args.split, evaluate=args.eval,
                              eval_every=args.eval_every, device=args.device, edits=args.edits, ledger=args.ledger)
-    summary = run_unlearn(request, quiet=args.quiet)
-    if not summary:  # not the main process of a multi-process launch
+    result = run_unlearn(request, quiet=args.quiet)
+    if result is None:  # not the main process of a multi-process launch
         return 0
+    summary = result.summary
     if "retrained" in summary:  # sharded exact deletion
         print(f"sharded_exact: retrained shard(s) {summary['retrained']} of {summary['shards']} in "
               f"{summary['wall_time_s']:.1f}s ({summary['deleted']} records deleted); untouched {summary['untouched']}")
@@ -248,9 +246,10 @@ def _cmd_shard_train(args: argparse.Namespace) -> int:
 def _cmd_audit(args: argparse.Namespace) -> int:
     import json
 
-    from forgetkit.audit.ledger import LEDGER_FILE, entries, entry, format_entry
+    from forgetkit.audit.ledger import entries, entry, format_entry
+    from forgetkit.request import default_ledger
 
-    ledger = Path(args.ledger) if args.ledger else Path(args.run or ".") / LEDGER_FILE
+    ledger = default_ledger(args.ledger, args.run, out=None)
     if args.out:
         from forgetkit.checks import output_path
 

@@ -9,7 +9,6 @@ reads ``forgetkit/configs/small.yaml`` (or a path to any YAML file), applies the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import types
 import typing
@@ -19,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from forgetkit.errors import ConfigError, SettingError, first_line
+from forgetkit.io import fingerprint
 
 CONFIG_PACKAGE = "forgetkit.configs"
 
@@ -175,4 +175,4 @@ def config_hash(obj) -> str:
     def plain(value):
         raise TypeError(f"cannot hash a {type(value).__name__} config value")
 
-    return hashlib.sha256(json.dumps(plain_config(obj), sort_keys=True, default=plain).encode()).hexdigest()[:16]
+    return fingerprint([json.dumps(plain_config(obj), sort_keys=True, default=plain).encode()])

@@ -73,11 +73,21 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def dir_hash(path: Path) -> str:
-    """SHA-256 (16 hex) over the weight and config files of a model or adapter directory."""
+def fingerprint(chunks: Iterable[bytes]) -> str:
+    """forgetkit's one fingerprint: SHA-256 over ``chunks`` in order, as 16 hex characters. Config hashes,
+    record and set hashes, model, adapter and shard directories and tensors are all hashed with it."""
     h = hashlib.sha256()
-    for f in sorted(path.iterdir()):
-        if f.suffix in (".safetensors", ".json") and f.is_file():
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
+    for chunk in chunks:
+        h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def dir_hash(path: Path, pattern: str | None = None) -> str:
+    """The fingerprint of a model or adapter directory: the names and bytes of its weight and config files
+    (``*.safetensors``, ``*.json`` at its top), or of the files under it that match ``pattern``."""
+    path = Path(path)
+    if pattern is None:
+        files = [f for f in sorted(path.iterdir()) if f.suffix in (".safetensors", ".json") and f.is_file()]
+    else:
+        files = sorted(f for f in path.glob(pattern) if f.is_file())
+    return fingerprint(part for f in files for part in (f.relative_to(path).as_posix().encode(), f.read_bytes()))

@@ -37,7 +37,8 @@ from forgetkit.config import config_hash, load_config
 from forgetkit.data.edits import EDIT_KINDS, benchmark_edits
 from forgetkit.data.formatting import TokenizedSet, has_chat_template, tokenize_qa, tokenize_text
 from forgetkit.data.readers import read_records
-from forgetkit.data.synthetic import SyntheticConfig, person_of, write_benchmark
+from forgetkit.data.synthetic import SyntheticConfig, holdout_of, person_of, retain_of, write_benchmark
+from forgetkit.device import resolve_device
 from forgetkit.errors import ConfigError, require_positive
 from forgetkit.eval.generation import exact_match, greedy_answers
 from forgetkit.io import atomic_path, dir_hash, write_json, write_jsonl
@@ -96,20 +97,6 @@ class PrepareConfig:
 
 def load_prepare_config(name_or_path: str, overrides: list[str] | None = None) -> PrepareConfig:
     return load_config(name_or_path, overrides, PrepareConfig)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def holdout_of(split: str) -> str:
-    return "holdout" + split[len("forget") :]
-
-
-def retain_of(split: str) -> str:
-    return {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}[split]
 
 
 class Stages:

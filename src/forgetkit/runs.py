@@ -1,4 +1,4 @@
-"""A prepared run's directory as the commands read it: its format, its stages, its splits.
+"""A prepared run's directory as the commands read it: its format, its stages, its splits, its layout.
 
 ``forgetkit prepare`` writes ``run.json`` at the run's root (the run format and the forgetkit
 version that wrote it); a run without one predates the record and is read as format 1.
@@ -7,12 +7,17 @@ version that wrote it); a run without one predates the record and is read as for
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from forgetkit import __version__
 from forgetkit.checks import existing_dir, json_object
+from forgetkit.data.readers import read_records
+from forgetkit.data.records import QARecord
+from forgetkit.data.synthetic import retain_of
 from forgetkit.errors import DataError, ForgetkitError
 from forgetkit.io import write_json
 
@@ -62,3 +67,84 @@ def check_run(run: str | os.PathLike, stages: tuple[str, ...] = (), splits: tupl
     for split in splits:
         check_split(run / "benchmark", split, run)
     return run
+
+
+@dataclass
+class ModelRef:
+    """A model directory with an optional adapter on top, and the training that made it (if known)."""
+
+    model: Path
+    adapter: Path | None = None
+    train: dict | None = None  # the stage's training statistics: wall_time_s, peak_memory_mb, ...
+
+
+class PreparedRun:
+    """The one reader of a prepared run's layout: its stages (``benchmark``, ``base``, ``target``,
+    ``oracle_<split>``, ``edits``), the benchmark's split files (a forget split's retain and holdout splits),
+    what the target trained on, and where the oracle's evaluation log lives. Checked on opening."""
+
+    def __init__(self, run_dir: str | os.PathLike, stages: tuple[str, ...] = (), splits: tuple[str, ...] = ()) -> None:
+        self.root = check_run(run_dir, stages=stages, splits=splits)
+        self.benchmark = self.root / "benchmark"
+
+    def stages(self) -> list[Path]:
+        return run_stages(self.root)
+
+    def stage(self, name: str) -> dict:
+        """The stage's ``stage.json`` (its key and training statistics); empty when the stage is missing."""
+        path = self.root / name / "stage.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def model_of(self, stage: str) -> ModelRef | None:
+        """The stage's model: a LoRA stage is the base with the stage's adapter; None when missing."""
+        d = self.root / stage
+        if not (d / "stage.json").is_file():
+            return None
+        train = self.stage(stage).get("train")
+        if (d / "adapter_config.json").is_file():
+            return ModelRef(self.root / "base", d, train)
+        return ModelRef(d, None, train)
+
+    def lora_target(self) -> bool:
+        return (self.root / "target" / "adapter_config.json").is_file()
+
+    def split_file(self, name: str) -> Path:
+        """A benchmark file by name: ``forget10``, ``retain90``, ``holdout10``, ``full``, ``world_facts`` …"""
+        return self.benchmark / f"{name}.jsonl"
+
+    def forget_file(self, split: str) -> Path:
+        check_split(self.benchmark, split, self.root)
+        return self.split_file(split)
+
+    def retain_file(self, split: str) -> Path:
+        return self.split_file(retain_of(split))
+
+    def world_facts_file(self) -> Path | None:
+        """The world facts: the target and the oracles replayed them in training, so a retain set does too."""
+        path = self.split_file("world_facts")
+        return path if path.is_file() else None
+
+    def retain_records(self, split: str) -> list[QARecord]:
+        """The split's retain people plus the world facts: what the oracle of the split trained on."""
+        facts = self.world_facts_file()
+        return read_records(self.retain_file(split)) + (read_records(facts) if facts else [])
+
+    def training_records(self) -> tuple[list[QARecord], list]:
+        """What the target trained on: every benchmark person's QA and the world facts; and the narratives."""
+        facts = self.world_facts_file()
+        qa = read_records(self.split_file("full")) + (read_records(facts) if facts else [])
+        narratives = self.split_file("narratives")
+        return qa, read_records(narratives, kind="text") if narratives.is_file() else []
+
+    def edits_file(self, kind: str, split: str) -> Path:
+        return self.root / "edits" / f"{kind}_{split}.jsonl"
+
+    def oracle_eval_dir(self, split: str) -> Path:
+        """Where ``forgetkit eval`` of the split's oracle writes its log (``RUN/eval/oracle_<split>``)."""
+        return self.root / "eval" / f"oracle_{split}"
+
+    def person_names(self) -> dict[str, str]:
+        people = self.benchmark / "people.jsonl"
+        if not people.is_file():
+            return {}
+        return {row["person"]: row["name"] for row in map(json.loads, people.read_text().splitlines()) if row}

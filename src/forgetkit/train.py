@@ -1,7 +1,7 @@
 """The training loop: one readable loop on Hugging Face ``accelerate`` for every gradient-based job.
 
 ``train_loop`` minimises a loss function over paired batches (``forget``, ``retain`` and
-``alternate`` parts of :class:`~forgetkit.methods.base.UnlearnBatch`); it knows nothing of
+``alternate`` parts of :class:`UnlearnBatch`); it knows nothing of
 methods. ``fine_tune`` (the base, target and oracle of ``prepare``) is the same loop with the
 model's cross-entropy on one set.
 
@@ -44,7 +44,6 @@ from forgetkit.cost import measure
 from forgetkit.data.formatting import TokenizedSet, collate
 from forgetkit.errors import ConfigError, ForgetkitError, require, require_positive
 from forgetkit.io import atomic_path
-from forgetkit.methods.base import UnlearnBatch
 from forgetkit.models.logits import answer_cross_entropy
 
 # Bumped when the loop's arithmetic or data order changes, so cached trained stages are rebuilt.
@@ -53,6 +52,19 @@ SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 PRECISIONS = ("no", "bf16", "fp16")
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.jsonl"
+
+
+@dataclass
+class UnlearnBatch:
+    """One step's data: forget examples, retain examples, and alternative answers to the forget questions.
+
+    Each part is a collated dict (``input_ids``, ``attention_mask``, ``labels``); ``alternate[i]``
+    answers the question of ``forget[i]`` differently (a refusal or a vague answer).
+    """
+
+    forget: dict[str, torch.Tensor] | None = None
+    retain: dict[str, torch.Tensor] | None = None
+    alternate: dict[str, torch.Tensor] | None = None
 
 
 class DivergenceError(ForgetkitError):

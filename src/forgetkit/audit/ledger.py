@@ -20,9 +20,9 @@ from pathlib import Path
 
 from forgetkit.checks import output_path
 from forgetkit.errors import ForgetkitError
+from forgetkit.registry import CERTIFIED, EMPIRICAL, EXACT
 
 LEDGER_FILE = "ledger.sqlite"
-GUARANTEES = ("exact", "certified", "empirical audit")
 COLUMNS = (
     ("seq", "INTEGER PRIMARY KEY AUTOINCREMENT"), ("id", "TEXT UNIQUE NOT NULL"), ("recorded", "TEXT NOT NULL"),
     ("tool", "TEXT"), ("method", "TEXT NOT NULL"),
@@ -33,8 +33,6 @@ COLUMNS = (
     ("ended", "TEXT"), ("output_path", "TEXT"),
 )
 SCHEMA = f"CREATE TABLE IF NOT EXISTS requests ({', '.join(f'{n} {t}' for n, t in COLUMNS)})"
-# retraining without the data (from the base, or the shards that held it): exact by construction
-EXACT_METHODS = ("retrain", "sharded_exact")
 
 
 LOCK_WAIT_S = 60.0  # how long a request waits for a ledger another process holds
@@ -101,20 +99,20 @@ def check_ledger(path: str | Path) -> Path:
 
 
 def guarantee_of(audit: dict) -> tuple[str, float | None, float | None]:
-    """The guarantee of a request: (kind, ε, δ) from its audit record."""
+    """The guarantee of a request, (kind, ε, δ): certified when it carries a certificate (its ε and δ), else what
+    its audit record states (``forgetkit.request.finish`` takes it from the registry), else empirical."""
     certificate = audit.get("certificate")
     if certificate:
-        return "certified", certificate.get("epsilon"), certificate.get("delta")
-    if audit.get("method") in EXACT_METHODS:
-        return "exact", None, None
-    return "empirical audit", None, None
+        return CERTIFIED, certificate.get("epsilon"), certificate.get("delta")
+    kind = audit.get("guarantee", EMPIRICAL)
+    return (EMPIRICAL if kind == CERTIFIED else kind), None, None
 
 
 def row_from_audit(audit: dict) -> dict:
     """The ledger row of an ``audit.json`` record (``forgetkit unlearn`` or an editor)."""
     kind, epsilon, delta = guarantee_of(audit)
-    removed = audit.get("forget") or audit.get("request_set") or {}
-    kept = audit.get("retain") or audit.get("kept") or {}
+    removed = audit.get("forget") or {}
+    kept = audit.get("retain") or {}
     metrics = audit.get("metrics") or {}
     empirical = (metrics.get("empirical_epsilon") or {}).get("epsilon") if isinstance(metrics, dict) else None
     now = datetime.now(timezone.utc)
@@ -196,10 +194,10 @@ def entry(ledger: str | Path, request_id: str) -> dict:
 def format_entry(e: dict) -> str:
     """One request, in words a compliance officer can read."""
     metrics = json.loads(e["metrics_json"] or "{}")
-    guarantee = {"exact": "exact unlearning: the model was retrained without the records (by construction, as if "
+    guarantee = {EXACT: "exact unlearning: the model was retrained without the records (by construction, as if "
                           "never trained on them)",
-                 "certified": f"certified removal with (ε = {e['epsilon']}, δ = {e['delta']})",
-                 "empirical audit": "empirical: approximate unlearning, checked by evaluation (no formal guarantee)"}
+                 CERTIFIED: f"certified removal with (ε = {e['epsilon']}, δ = {e['delta']})",
+                 EMPIRICAL: "empirical: approximate unlearning, checked by evaluation (no formal guarantee)"}
     lines = [
         f"Request {e['id']} (recorded {e['recorded']})",
         f"  what was removed: {e['forget_count']} {e['request_kind']} record(s), content hash {e['forget_hash']} "

@@ -16,20 +16,26 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from forgetkit import unlearn
 from forgetkit.bench import attacks, executors
 from forgetkit.bench.config import BenchConfig
-from forgetkit.bench.sources import ModelRef, PreparedRun, open_source
+from forgetkit.bench.sources import RunSource, open_source
 from forgetkit.checks import output_path
 from forgetkit.config import build, config_hash, load_config, plain_config, set_dotted, shipped_configs
 from forgetkit.data.records import QARecord
+from forgetkit.device import resolve_device
 from forgetkit.errors import ConfigError, ForgetkitError
-from forgetkit.exact.command import SHARDED_METHOD
-from forgetkit.io import write_json, write_jsonl
+from forgetkit.eval.result import EvalResult
+from forgetkit.exact import command as exact_command
+from forgetkit.exact.sharded import ShardConfig, load_sharded
+from forgetkit.io import write_json
+from forgetkit.registry import SHARDED, unlearner
+from forgetkit.request import UnlearnConfig, UnlearnRequest, UnlearnResult
+from forgetkit.runs import ModelRef
 
 BENCH_VERSION = 2  # bump when what a cell computes changes: every cached cell is recomputed
 RESULT = "result.json"
@@ -50,21 +56,17 @@ class Cell:
         slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.variant).strip("_")[:60]
         return f"{slug}-{self.split}-s{self.seed}-{self.key[:8]}"
 
-    def unlearn_config(self):
-        """The cell's resolved ``UnlearnConfig`` (a fresh object: ``run_unlearn`` may fill in defaults)."""
-        from forgetkit.unlearn import UnlearnConfig
-
-        return build(UnlearnConfig, json.loads(json.dumps(self.unlearn)))
+    def unlearn_config(self) -> UnlearnConfig:
+        """The cell's resolved ``UnlearnConfig``."""
+        return build(UnlearnConfig, self.unlearn)
 
     def describe(self) -> dict:
         return {"id": self.id, "kind": self.kind, "method": self.method, "variant": self.variant,
                 "split": self.split, "seed": self.seed, "key": self.key}
 
 
-def unlearn_config(name: str, recipe: str | None, overrides: dict, seed: int):
+def unlearn_config(name: str, recipe: str | None, overrides: dict, seed: int) -> UnlearnConfig:
     """The method's recipe (shipped or a path) with the overrides and the seed applied."""
-    from forgetkit.unlearn import UnlearnConfig
-
     data = {}
     if recipe or name in shipped_configs("unlearn"):
         data = asdict(load_config(recipe or name, [], UnlearnConfig, kind="unlearn"))
@@ -77,13 +79,11 @@ class Bench:
     """One grid: ``cells()`` lists it, ``run()`` computes what is missing and returns every cell's result."""
 
     def __init__(self, config: BenchConfig, quiet: bool = False, build_source: bool = True) -> None:
-        from forgetkit.editors import EDITORS
-        from forgetkit.methods import METHODS
-
         for entry in config.methods:
-            if entry.name not in METHODS and entry.name not in EDITORS and entry.name != SHARDED_METHOD:
-                known = ", ".join(sorted({*METHODS, *EDITORS, SHARDED_METHOD}))
-                raise ConfigError(f"methods: unknown method '{entry.name}' (known: {known})")
+            try:
+                unlearner(entry.name)
+            except ConfigError as exc:
+                raise ConfigError(f"methods: {exc}") from None
             if entry.name == "retrain" and config.data is not None:
                 raise ConfigError("methods: retrain starts from the base model, which data: does not name; give "
                                   "data.oracle_model (fine-tuned on the retain set only): it is the oracle row")
@@ -100,8 +100,6 @@ class Bench:
     @property
     def device(self):
         if self._device is None:
-            from forgetkit.prepare import resolve_device
-
             self._device = resolve_device(self.config.device)
         return self._device
 
@@ -192,13 +190,11 @@ class Bench:
         """The grid's cell of that id."""
         return {c.id: c for c in self.cells()}[cell_id]
 
-    def shard_set_dir(self, cell: Cell) -> tuple[Path, object]:
-        """The directory of the shard set a ``sharded_exact`` cell deletes from (cells of the same shard settings
-        and seed share it), and those settings."""
-        from forgetkit.exact.sharded import ShardConfig
-
-        params = {k: v for k, v in cell.unlearn["params"].items() if k != "serving"}
-        config = build(ShardConfig, {**params, "seed": cell.seed}, "methods.sharded_exact.params")
+    def shard_set_dir(self, cell: Cell) -> tuple[Path, ShardConfig]:
+        """The directory of the shard set a sharded cell deletes from (cells of the same shard settings and seed
+        share it), and those settings."""
+        params = unlearner(cell.method).build({**cell.unlearn["params"], "seed": cell.seed})
+        config = params.shard_config()
         return self.out / "shards" / f"s{cell.seed}-{config_hash(config)[:8]}", config
 
     def _oracle_log(self, split: str) -> dict | None:
@@ -213,55 +209,69 @@ class Bench:
         return self.out / "cells" / self._reference("oracle", split).id / "eval"
 
     def _run_cell(self, cell: Cell) -> dict:
+        """Compute a cell by its kind: a reference row, the oracle stage standing for ``retrain``, a sharded
+        deletion, or an unlearning request."""
         cell_dir = self.out / "cells" / cell.id
         cell_dir.mkdir(parents=True, exist_ok=True)
         result = {"cell": cell.describe(), "status": "done", "metrics": {}, "cost": {}, "attacks": {}, "curve": []}
         if cell.kind == "reference":
-            ref = self.source.target() if cell.method == "target" else self.source.oracle(cell.split)
-            if ref is None:
-                return {**result, "status": "refused", "reason": f"no oracle for {cell.split}"}
-            model, tokenizer = self._load(ref)
-            result["metrics"] = self._evaluate(model, tokenizer, cell, cell_dir / "eval")
-            if cell.method == "oracle" and ref.train:  # the cost of retraining: the ratios' denominator
-                result["cost"] = _cost(ref.train)
-            return result
-        if self._from_oracle(cell):
-            ref = self.source.oracle(cell.split)
-            if ref is None:
-                return {**result, "status": "refused", "reason": f"no oracle stage for {cell.split}"}
-            model, tokenizer = self._load(ref)
-            result["metrics"] = self._evaluate(model, tokenizer, cell, self._oracle_eval_dir(cell.split))
-            result["cost"] = _cost(ref.train or {})
-            result["note"] = "the run's oracle stage (retrain_from_oracle)"
-        elif cell.method == SHARDED_METHOD:
-            return self._run_sharded(cell, cell_dir, result)
+            compute = self._reference_cell
+        elif self._from_oracle(cell):
+            compute = self._oracle_stage_cell
+        elif unlearner(cell.method).kind == SHARDED:
+            compute = self._sharded_cell
         else:
-            from forgetkit.unlearn import load_unlearned
+            compute = self._request_cell
+        return compute(cell, cell_dir, result)
 
-            unlearn_dir = cell_dir / "unlearn"
-            try:
-                summary = self._finished_or_run(self._request(cell, unlearn_dir))
-            except ForgetkitError as exc:
-                return {**result, **_failure(exc)}
-            model, tokenizer = load_unlearned(unlearn_dir, device=self.device)
-            result["metrics"] = self._evaluate(model, tokenizer, cell, cell_dir / "eval")
-            result["cost"] = _cost(summary)
-            result["curve"] = _curve(unlearn_dir)
+    def _reference_cell(self, cell: Cell, cell_dir: Path, result: dict) -> dict:
+        """The target (before unlearning) or the oracle (never trained on the split), evaluated."""
+        ref = self.source.target() if cell.method == "target" else self.source.oracle(cell.split)
+        if ref is None:
+            return {**result, "status": "refused", "reason": f"no oracle for {cell.split}"}
+        model, tokenizer = self._load(ref)
+        result["metrics"] = self._evaluate(model, tokenizer, cell, cell_dir / "eval")
+        if cell.method == "oracle" and ref.train:  # the cost of retraining: the ratios' denominator
+            result["cost"] = _cost(ref.train)
+        return result
+
+    def _oracle_stage_cell(self, cell: Cell, cell_dir: Path, result: dict) -> dict:
+        """``retrain`` on a prepared run: the run's oracle stage, the same recipe on the retain split."""
+        ref = self.source.oracle(cell.split)
+        if ref is None:
+            return {**result, "status": "refused", "reason": f"no oracle stage for {cell.split}"}
+        model, tokenizer = self._load(ref)
+        result["metrics"] = self._evaluate(model, tokenizer, cell, self._oracle_eval_dir(cell.split))
+        result["cost"] = _cost(ref.train or {})
+        result["note"] = "the run's oracle stage (retrain_from_oracle)"
         result["attacks"] = self._attacks(cell, model, tokenizer, cell_dir / "attacks")
         return result
 
-    def _run_sharded(self, cell: Cell, cell_dir: Path, result: dict) -> dict:
+    def _request_cell(self, cell: Cell, cell_dir: Path, result: dict) -> dict:
+        """A method or editor: its request on the split, the result evaluated (the model it left in memory, or
+        rebuilt when the request had finished before) and attacked."""
+        unlearn_dir = cell_dir / "unlearn"
+        try:
+            done = self._finished_or_run(self._request(cell, unlearn_dir))
+        except ForgetkitError as exc:
+            return {**result, **_failure(exc)}
+        model, tokenizer = done.load_model(self.device)
+        result["metrics"] = self._evaluate(model, tokenizer, cell, cell_dir / "eval")
+        result["cost"] = _cost(done.summary)
+        result["curve"] = _curve(unlearn_dir)
+        result["attacks"] = self._attacks(cell, model, tokenizer, cell_dir / "attacks")
+        return result
+
+    def _sharded_cell(self, cell: Cell, cell_dir: Path, result: dict) -> dict:
         """Exact unlearning on a shard set: the shards trained once per seed and settings (not charged to the
         cell, like the target's fine-tune), the split deleted from them (the cell's cost), the routed (or
         averaged: ``params.serving``) shards evaluated. Of the attacks only the prompt attack applies: the
         others act on one set of weights."""
-        from forgetkit.exact.sharded import load_sharded
-
         unlearn_dir = cell_dir / "unlearn"
         try:
             shards = self._shards(cell)
             summary = self._finished_or_run(self._request(cell, unlearn_dir, adapter=str(shards),
-                                                          **self.source.request_kwargs(cell.split)))
+                                                          **self.source.request_kwargs(cell.split))).summary
         except ForgetkitError as exc:
             return {**result, **_failure(exc)}
         model, tokenizer = load_sharded(unlearn_dir / "shards", cell.unlearn["params"].get("serving", "route"),
@@ -276,31 +286,25 @@ class Bench:
     def _shards(self, cell: Cell) -> Path:
         """The shard set of the cell's settings (``params``: shards, group_by, lora, train, ...) and seed,
         trained once into BENCH_DIR/shards/ (resumable)."""
-        from forgetkit.exact.command import ShardTrainRequest, run_shard_train
-
-        if not isinstance(self.source, PreparedRun):
+        if not isinstance(self.source, RunSource):
             raise ForgetkitError("sharded_exact in a bench needs a prepared run (the training set it shards)")
         out, config = self.shard_set_dir(cell)
         if not (out / "summary.json").is_file():
-            run_shard_train(ShardTrainRequest(out=str(out), config=config, run=str(self.source.run)),
-                            quiet=self.quiet)
+            request = exact_command.ShardTrainRequest(out=str(out), config=config, run=str(self.source.run))
+            exact_command.run_shard_train(request, quiet=self.quiet)
         return out
 
-    def _request(self, cell: Cell, out: Path, **inputs):
-        """The cell's ``unlearn`` request into ``out``: on the source's split, or on ``inputs`` (model, files)."""
-        from forgetkit.unlearn import UnlearnRequest
-
+    def _request(self, cell: Cell, out: Path, **inputs) -> UnlearnRequest:
+        """The cell's ``unlearn`` request into ``out``: on the source's split, or on ``inputs`` (model, adapter,
+        files or records)."""
         return UnlearnRequest(out=str(out), config=cell.unlearn_config(), device=self.config.device,
                               ledger=str(self.ledger), **(inputs or self.source.request_kwargs(cell.split)))
 
-    def _finished_or_run(self, request) -> dict:
-        """The summary of the unlearning run in ``request.out``: read when it finished, else run (or resumed)."""
-        from forgetkit.unlearn import run_unlearn
-
-        out = Path(request.out)
-        if (out / "summary.json").is_file() and (out / "audit.json").is_file():
-            return json.loads((out / "summary.json").read_text())
-        return run_unlearn(request, quiet=self.quiet)
+    def _finished_or_run(self, request: UnlearnRequest) -> UnlearnResult:
+        """The result of the request in ``request.out``: read when it finished, else run (or resumed)."""
+        if UnlearnResult.finished(request.out):
+            return UnlearnResult.read(request.out)
+        return unlearn.run_unlearn(request, quiet=self.quiet)
 
     def _load(self, ref: ModelRef):
         from forgetkit.models import load_model
@@ -317,7 +321,7 @@ class Bench:
                             canary_candidates=e.canary_candidates, gradnorm=e.gradnorm and not quick)
 
     def _evaluate(self, model, tokenizer, cell: Cell, out: Path) -> dict:
-        """The full evaluation's headline numbers (cached in ``out``)."""
+        """The full evaluation's leaderboard numbers (cached in ``out``)."""
         from forgetkit.eval.evaluate import evaluate
 
         if not (out / "summary.json").is_file():
@@ -333,7 +337,7 @@ class Bench:
                 summary.pop("forget_quality_note", None)
             write_json(out / "eval_log_aggregated.json", log)
             write_json(out / "summary.json", summary)
-        return headline(json.loads((out / "summary.json").read_text()))
+        return EvalResult.from_summary(json.loads((out / "summary.json").read_text())).leaderboard()
 
     def _world_facts_subset(self, facts: list[QARecord] | None) -> list[QARecord] | None:
         """``world_facts_limit`` of them, evenly spaced through the file (every kind of fact kept)."""
@@ -392,46 +396,38 @@ class Bench:
 
     def _sequential(self, cell: Cell, out: Path) -> list[dict]:
         """``attacks.sequential`` requests, one slice of the split's people after another, each applied to the
-        previous request's result; the forget metrics of everything requested so far and utility after each."""
-        from forgetkit.unlearn import load_unlearned
-
+        previous request's result; the forget metrics of everything requested so far and utility after each.
+        The slices go to each request as records in memory (no file holds their text)."""
         forget = self.source.forget(cell.split)
+        retain = self.source.retain(cell.split)
         groups = list(dict.fromkeys(self.source.group_of(r.id) for r in forget))
         k = min(self.config.attacks.sequential, len(groups))
         slices = [set(groups[i::k]) for i in range(k)]
-        files = out / "requests"  # the request files hold forget text: removed when the attack ends
-        retain_file = files / "retain.jsonl"
-        write_jsonl(retain_file, [r.to_dict() for r in self.source.retain(cell.split)])
         start, rows, so_far = self.source.target(), [], []
-        try:
-            for i, people in enumerate(slices, start=1):
-                part = [r for r in forget if self.source.group_of(r.id) in people]
-                so_far += part
-                request_file = files / f"request_{i}.jsonl"
-                write_jsonl(request_file, [r.to_dict() for r in part])
-                step_dir = out / f"request_{i}"
-                request = self._request(cell, step_dir / "unlearn", model=str(start.model),
-                                        adapter=str(start.adapter) if start.adapter else None,
-                                        forget=str(request_file), retain=str(retain_file))
-                try:
-                    self._finished_or_run(request)
-                except ForgetkitError as exc:
-                    rows.append({"request": i, **_failure(exc)})
-                    break
-                model, tokenizer = load_unlearned(step_dir / "unlearn", device=self.device)
-                load = json.loads((step_dir / "unlearn" / "audit.json").read_text())["load"]
-                if load["adapter"] and not load["merge"]:  # the adapter holding the knowledge was changed in place
-                    start = ModelRef(Path(load["model"]), Path(load["adapter"]))
-                else:  # the next request starts from this result, merged
-                    if not (step_dir / "model" / "config.json").is_file():
-                        from forgetkit.models import save_model
+        for i, people in enumerate(slices, start=1):
+            part = [r for r in forget if self.source.group_of(r.id) in people]
+            so_far += part
+            step_dir = out / f"request_{i}"
+            request = self._request(cell, step_dir / "unlearn", model=str(start.model),
+                                    adapter=str(start.adapter) if start.adapter else None,
+                                    forget_records=part, retain_records=retain)
+            try:
+                done = self._finished_or_run(request)
+            except ForgetkitError as exc:
+                rows.append({"request": i, **_failure(exc)})
+                break
+            model, tokenizer = done.load_model(self.device)
+            load = done.audit["load"]
+            if load["adapter"] and not load["merge"]:  # the adapter holding the knowledge was changed in place
+                start = ModelRef(Path(load["model"]), Path(load["adapter"]))
+            else:  # the next request starts from this result, merged
+                if not (step_dir / "model" / "config.json").is_file():
+                    from forgetkit.models import save_model
 
-                        save_model(attacks.merged_copy(model), tokenizer, step_dir / "model")
-                    start = ModelRef(step_dir / "model")
-                rows.append({"request": i, "forget_examples": len(part), "requested_so_far": len(so_far),
-                             **self._quick(model, tokenizer, cell.split, so_far)})
-        finally:
-            shutil.rmtree(files, ignore_errors=True)
+                    save_model(attacks.merged_copy(model), tokenizer, step_dir / "model")
+                start = ModelRef(step_dir / "model")
+            rows.append({"request": i, "forget_examples": len(part), "requested_so_far": len(so_far),
+                         **self._quick(model, tokenizer, cell.split, so_far)})
         return rows
 
 
@@ -473,22 +469,6 @@ def _failure(exc: Exception) -> dict:
     from forgetkit.train import DivergenceError
 
     return {"status": "diverged" if isinstance(exc, DivergenceError) else "refused", "reason": str(exc)}
-
-
-def headline(summary: dict) -> dict:
-    """The leaderboard's numbers from an evaluation summary."""
-    forget = summary["sets"].get("forget", {})
-    mia = summary.get("mia", {})
-    auc = mia.get("auc", {})
-    paraphrased = forget.get("paraphrased_question", {})
-    return {"forget_quality": summary.get("forget_quality"), "model_utility": summary.get("model_utility"),
-            "forget_probability": forget.get("probability"), "forget_rouge_l": forget.get("rougeL_recall"),
-            "forget_truth_ratio": forget.get("truth_ratio"),
-            "retain_probability": summary["sets"].get("retain", {}).get("probability"),
-            "mia_auc": auc.get(mia.get("best_attack")) if auc else None, "mia_attack": mia.get("best_attack"),
-            "privleak": mia.get("privleak"), "extraction_strength": forget.get("extraction_strength"),
-            "paraphrase_probability": paraphrased.get("probability"),
-            "paraphrase_rouge_l": paraphrased.get("rougeL_recall")}
 
 
 def _cost(stats: dict) -> dict:

@@ -7,8 +7,6 @@ and the records the attacks need. ``key`` identifies the starting point in every
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from forgetkit import checks
@@ -16,75 +14,44 @@ from forgetkit.bench.config import BenchConfig, UserData
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord, records_hash
 from forgetkit.data.synthetic import person_of
-from forgetkit.errors import ForgetkitError
 from forgetkit.eval.evaluate import EvalData, benchmark_data
-from forgetkit.runs import check_run, run_stages
+from forgetkit.runs import ModelRef, PreparedRun
 
 
-@dataclass
-class ModelRef:
-    """A model directory with an optional adapter on top, and the training that made it (if known)."""
-
-    model: Path
-    adapter: Path | None = None
-    train: dict | None = None  # the stage's training statistics: wall_time_s, peak_memory_mb, ...
-
-
-class PreparedRun:
-    """A run directory built by ``forgetkit prepare`` (benchmark, base, target, oracle_<split>)."""
+class RunSource:
+    """A run directory built by ``forgetkit prepare``: its layout is :class:`forgetkit.runs.PreparedRun`'s."""
 
     def __init__(self, run_dir: str | Path, splits: list[str]) -> None:
-        self.run = check_run(run_dir, stages=("target",), splits=tuple(splits))
-        self.bench = self.run / "benchmark"
-        self.key = self._stage("target").get("key") or ""
-        people = self.bench / "people.jsonl"
-        self.names = ({row["person"]: row["name"] for row in map(json.loads, people.read_text().splitlines()) if row}
-                      if people.is_file() else {})
+        self.prepared = PreparedRun(run_dir, stages=("target",), splits=tuple(splits))
+        self.run = self.prepared.root
+        self.key = self.prepared.stage("target").get("key") or ""
+        self.names = self.prepared.person_names()
 
     def inputs(self) -> list[Path]:
         """The run's stages: what a bench must not write into."""
-        return run_stages(self.run)
-
-    def _stage(self, name: str) -> dict:
-        path = self.run / name / "stage.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
-
-    def _ref(self, stage: str) -> ModelRef | None:
-        d = self.run / stage
-        if not (d / "stage.json").is_file():
-            return None
-        info = self._stage(stage)
-        if (d / "adapter_config.json").is_file():
-            return ModelRef(self.run / "base", d, info.get("train"))
-        return ModelRef(d, None, info.get("train"))
+        return self.prepared.stages()
 
     def target(self) -> ModelRef:
-        ref = self._ref("target")
-        if ref is None:
-            raise ForgetkitError(f"{self.run}: no target stage (run forgetkit prepare first)")
-        return ref
+        return self.prepared.model_of("target")
 
     def oracle(self, split: str) -> ModelRef | None:
-        return self._ref(f"oracle_{split}")
+        return self.prepared.model_of(f"oracle_{split}")
 
     def oracle_key(self, split: str) -> str:
-        return self._stage(f"oracle_{split}").get("key", "")
+        return self.prepared.stage(f"oracle_{split}").get("key", "")
 
     def eval_data(self, split: str, retain_limit: int) -> EvalData:
-        return benchmark_data(self.bench, split, retain_limit=retain_limit)
+        return benchmark_data(self.prepared.benchmark, split, retain_limit=retain_limit)
 
     def forget(self, split: str) -> list[QARecord]:
-        return read_records(self.bench / f"{split}.jsonl")
+        return read_records(self.prepared.forget_file(split))
 
     def retain(self, split: str) -> list[QARecord]:
-        """The split's retain people plus the world facts (what the target and oracle trained on)."""
-        retain = read_records(self.bench / f"retain{100 - int(split.removeprefix('forget')):02d}.jsonl")
-        facts = self.bench / "world_facts.jsonl"
-        return retain + (read_records(facts) if facts.is_file() else [])
+        return self.prepared.retain_records(split)
 
     def world_facts(self) -> list[QARecord] | None:
-        facts = self.bench / "world_facts.jsonl"
-        return read_records(facts) if facts.is_file() else None
+        facts = self.prepared.world_facts_file()
+        return read_records(facts) if facts else None
 
     def request_kwargs(self, split: str) -> dict:
         return {"run": str(self.run), "split": split}
@@ -161,11 +128,11 @@ def open_source(config: BenchConfig, quiet: bool, build: bool = True):
     if config.data is not None:
         return UserFiles(config.data)
     if config.run is not None:
-        return PreparedRun(config.run, config.splits)
+        return RunSource(config.run, config.splits)
     from forgetkit.prepare import load_prepare_config, prepare
 
     overrides = list(config.prepare_overrides) + [f"oracle_splits=[{','.join(config.splits)}]"]
     prep = load_prepare_config(config.prepare, overrides)
     if build:
         prepare(prep, quiet=quiet)
-    return PreparedRun(prep.run_dir, config.splits)
+    return RunSource(prep.run_dir, config.splits)

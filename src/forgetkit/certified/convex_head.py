@@ -20,20 +20,21 @@ here holds for any features.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from forgetkit.config import config_hash
 from forgetkit.errors import ForgetkitError
-from forgetkit.io import write_json
+from forgetkit.io import fingerprint, write_json
+from forgetkit.registry import CERTIFIED
+from forgetkit.request import AuditRecord, now
 
 GAMMA_LOGISTIC = 0.25
 TENSORS, STATE = "head.safetensors", "head.json"
@@ -170,22 +171,19 @@ class CertifiedHead:
     def audit_record(self, record: dict, removed_hash: str, model_hash: str | None = None,
                      saved_to: str | None = None) -> dict:
         """The ledger's view of one :meth:`remove` request (hashes and numbers; the guarantee is certified)."""
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         settings = {"lam": self.lam, "sigma": self.sigma, "epsilon": self.epsilon, "delta": self.delta}
-        return {"tool": "forgetkit.certified.convex_head", "method": "certified_head", "config": settings,
-                "config_hash": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16],
-                "model": {"hash": model_hash} if model_hash else None,
-                "forget": {"hash": removed_hash, "count": record["removed"]},
-                "retain": {"hash": _tensor_hash(self.X, self.y), "count": record["remaining"]},
-                "output": {"hash": _tensor_hash(self.w), "path": saved_to}, "certificate": record["certificate"],
-                "metrics": {"certified_removal": {"action": record["action"], "budget": record["budget"],
-                                                  "residual_bound": record["residual_bound"],
-                                                  "budget_spent": record["spent"]}},
-                "started": now, "ended": now}
+        started = now()
+        return AuditRecord(
+            tool="forgetkit.certified.convex_head", method="certified_head", config=settings,
+            config_hash=config_hash(settings), model={"path": None, "hash": model_hash}, guarantee=CERTIFIED,
+            forget={"file": None, "hash": removed_hash, "count": record["removed"]},
+            retain={"file": None, "hash": _tensor_hash(self.X, self.y), "count": record["remaining"]},
+            output={"path": saved_to, "hash": _tensor_hash(self.w)}, started=started, ended=started,
+            metrics={"certified_removal": {"action": record["action"], "budget": record["budget"],
+                                           "residual_bound": record["residual_bound"],
+                                           "budget_spent": record["spent"]}},
+            details={"certificate": record["certificate"]}).to_dict()
 
 
 def _tensor_hash(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return fingerprint(t.contiguous().numpy().tobytes() for t in tensors)

@@ -6,9 +6,10 @@ files can differ from ours; :class:`FieldMap` maps ours to theirs (``question_ke
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
+
+from forgetkit.io import fingerprint
 
 
 @dataclass(frozen=True)
@@ -96,13 +97,10 @@ def _split_pair(item: str) -> tuple[str, str]:
 
 def text_hash(text: str) -> str:
     """Short, stable SHA-256 hex digest of a text (16 hex characters)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return fingerprint([text.encode("utf-8")])
 
 
 def records_hash(records: list[Record]) -> str:
     """Content hash of a whole set, independent of how it was stored."""
-    h = hashlib.sha256()
-    for r in records:
-        h.update(json.dumps(r.to_dict(), sort_keys=True, ensure_ascii=False).encode("utf-8"))
-        h.update(b"\n")
-    return h.hexdigest()[:16]
+    return fingerprint(json.dumps(r.to_dict(), sort_keys=True, ensure_ascii=False).encode("utf-8") + b"\n"
+                       for r in records)

@@ -284,6 +284,16 @@ def person_of(record_id: str) -> str:
     return record_id.split("-", 1)[0]
 
 
+def retain_of(split: str) -> str:
+    """The retain split of a forget split: ``forget10`` → ``retain90`` (the other 90 % of the people)."""
+    return f"retain{100 - int(split.removeprefix('forget')):02d}"
+
+
+def holdout_of(split: str) -> str:
+    """The never-trained people of a forget split's size: ``forget10`` → ``holdout10``."""
+    return "holdout" + split.removeprefix("forget")
+
+
 def split_size(fraction: float, n_people: int) -> int:
     return max(1, round(fraction * n_people))
 
@@ -306,9 +316,10 @@ def generate(config: SyntheticConfig) -> dict[str, list]:
     for suffix, frac in SPLIT_FRACTIONS.items():
         k = split_size(frac, config.n_people)
         forgotten = set(forget_order[:k])
-        files[f"forget{suffix}"] = [r for pid in target if pid in forgotten for r in qa[pid]]
-        files[f"retain{100 - int(suffix):02d}"] = [r for pid in target if pid not in forgotten for r in qa[pid]]
-        files[f"holdout{suffix}"] = [r for pid in holdout[:k] for r in qa[pid]]
+        split = f"forget{suffix}"
+        files[split] = [r for pid in target if pid in forgotten for r in qa[pid]]
+        files[retain_of(split)] = [r for pid in target if pid not in forgotten for r in qa[pid]]
+        files[holdout_of(split)] = [r for pid in holdout[:k] for r in qa[pid]]
 
     world = _world_facts()
     if config.n_world_facts:

@@ -3,6 +3,10 @@
 (NTK-linearised removal, small sizes only). ``forgetkit unlearn --method NAME`` runs them."""
 
 from forgetkit.editors import fast_ntk, llmeraser  # noqa: F401  (each module registers its editor)
-from forgetkit.editors.base import EDITORS, REQUESTS, EditData, Editor, build_editor
+from forgetkit.editors.base import REQUESTS, EditData, Editor, build_editor
+from forgetkit.registry import EDITOR, UNLEARNERS
+
+# The editors' classes by name: a view of the one registry (forgetkit.registry).
+EDITORS = {name: u.params for name, u in UNLEARNERS.items() if u.kind == EDITOR}
 
 __all__ = ["EDITORS", "REQUESTS", "EditData", "Editor", "build_editor"]

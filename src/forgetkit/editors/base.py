@@ -2,8 +2,8 @@
 
 An editor receives the model with the adapter that holds the knowledge (its LoRA weights are the
 parameters it changes), the tokenised data of the request (:class:`EditData`) and changes the
-adapter in place. Editors share the method registry's names (``forgetkit unlearn --method NAME``)
-but not its loss interface.
+adapter in place. Editors are in the one registry (``forgetkit.registry``, ``forgetkit unlearn --method
+NAME``) beside the methods, but do not share their loss interface.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from typing import ClassVar
 
 import torch
 
-from forgetkit.config import build
 from forgetkit.data.formatting import collate
-from forgetkit.errors import ConfigError
+from forgetkit.registry import EDITOR, EMPIRICAL, register_unlearner, unlearner
 
 REQUESTS = ("removal", "query", "response")
 
@@ -68,19 +67,11 @@ class Editor(ABC):
         """Change ``model``'s adapter weights in place; return what to record (numbers only, no text)."""
 
 
-EDITORS: dict[str, type[Editor]] = {}
-
-
 def register(cls: type[Editor]) -> type[Editor]:
-    if not cls.name or cls.name in EDITORS:
-        raise ValueError(f"editor {cls.__name__} needs a unique name")
-    EDITORS[cls.name] = cls
+    """Register an editor class in the one registry (a closed-form unlearner)."""
+    register_unlearner(cls.name, cls, EDITOR, EMPIRICAL, cls.summary)
     return cls
 
 
 def build_editor(name: str, params: dict | None = None) -> Editor:
-    import forgetkit.editors  # noqa: F401  (registers every editor)
-
-    if name not in EDITORS:
-        raise ConfigError(f"unknown editor '{name}' (known: {', '.join(sorted(EDITORS))})")
-    return build(EDITORS[name], dict(params or {}), f"method.{name}")
+    return unlearner(name, EDITOR).build(params)

@@ -14,7 +14,6 @@ success) and ``audit.json`` (hashes and counts, never text).
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 from forgetkit.config import config_hash
@@ -22,49 +21,61 @@ from forgetkit.cost import measure
 from forgetkit.data.edits import EDIT_KINDS, EditRecord, read_edits
 from forgetkit.data.formatting import tokenize_qa, tokenize_text
 from forgetkit.data.readers import read_records
-from forgetkit.data.records import QARecord, records_hash
+from forgetkit.data.records import QARecord
 from forgetkit.data.synthetic import person_of
+from forgetkit.device import resolve_device
 from forgetkit.editors.base import EditData, build_editor
 from forgetkit.errors import ForgetkitError
+from forgetkit.eval.command import evaluate_into, oracle_log_of
+from forgetkit.eval.evaluate import EvalData, benchmark_data
 from forgetkit.io import write_json
-from forgetkit.prepare import resolve_device
+from forgetkit.request import (
+    UnlearnRequest,
+    UnlearnResult,
+    audit_of,
+    fingerprinted,
+    finish,
+    load_record,
+    now,
+    record_set,
+)
 
 
-def _inputs(request) -> dict:
+def _inputs(request: UnlearnRequest) -> dict:
     """Model and adapter dirs, the request's records (originals, edits) and the kept training records."""
     edits: list[EditRecord] | None = None
     if request.run:
-        run = Path(request.run)
-        bench = run / "benchmark"
-        if not (bench / f"{request.split}.jsonl").is_file():
-            raise ForgetkitError(f"{run}: no prepared benchmark split '{request.split}' (run forgetkit prepare first)")
-        if not (run / "target" / "adapter_config.json").is_file():
-            raise ForgetkitError(f"{run}/target: not a LoRA adapter; closed-form editors change the adapter that "
+        run = request.prepared_run(stages=("target",))
+        if not run.lora_target():
+            raise ForgetkitError(f"{run.root}/target: not a LoRA adapter; closed-form editors change the adapter that "
                                  "holds the knowledge (prepare the run with target_mode=lora)")
-        model_dir, adapter_dir = run / "base", run / "target"
+        target = run.model_of("target")
+        model_dir, adapter_dir = target.model, target.adapter
         if request.edits in EDIT_KINDS:
-            edits_path = run / "edits" / f"{request.edits}_{request.split}.jsonl"
+            edits_path = run.edits_file(request.edits, request.split)
         else:
             edits_path = Path(request.edits) if request.edits else None
-        request_path = edits_path or bench / f"{request.split}.jsonl"
-        training = read_records(bench / "full.jsonl") + read_records(bench / "world_facts.jsonl")
-        texts = read_records(bench / "narratives.jsonl", kind="text")  # prepare trains the target on these too
+        request_path = edits_path or run.forget_file(request.split)
+        training, texts = run.training_records()  # prepare trains the target on the narratives too
     else:
         if not request.model or not request.adapter:
             raise ForgetkitError("closed-form editors need --model DIR and --adapter DIR (the adapter holding the "
                                  "knowledge), or --run DIR")
-        if not request.forget and not request.edits:
+        if not request.forget and request.forget_records is None and not request.edits:
             raise ForgetkitError("give the request: --forget FILE (removal) or --edits FILE (query or response edits)")
-        if not request.retain:
+        if not request.retain and request.retain_records is None:
             raise ForgetkitError("give --retain FILE: the rest of the adapter's training set (the curvature and the "
                                  "update's scale come from it)")
         model_dir, adapter_dir = Path(request.model), Path(request.adapter)
         edits_path = Path(request.edits) if request.edits else None
-        request_path = edits_path or Path(request.forget)
-        training, texts = read_records(request.retain), []
+        request_path = edits_path or (Path(request.forget) if request.forget else None)
+        training = request.retain_records if request.retain_records is not None else read_records(request.retain)
+        texts = []
     if edits_path is not None:
         edits = read_edits(edits_path)
         originals = [e.original() for e in edits]
+    elif request_path is None:
+        originals = request.forget_records
     else:
         originals = read_records(request_path)
     removed = {r.content_hash() for r in originals} | {r.id for r in originals}
@@ -73,8 +84,8 @@ def _inputs(request) -> dict:
             "originals": originals, "kept": kept, "texts": texts}
 
 
-def run_edit(request, quiet: bool = False) -> dict:
-    """Apply the editor, write the adapter and the records into ``request.out``, return the summary."""
+def run_edit(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
+    """Apply the editor, write the adapter and the records into ``request.out``; the result."""
     from forgetkit.models import load_model, save_model
 
     config = request.config
@@ -86,7 +97,7 @@ def run_edit(request, quiet: bool = False) -> dict:
     if kind not in editor.requests:
         raise ForgetkitError(f"{config.method} does {', '.join(editor.requests)} requests, not {kind}")
     out = Path(request.out)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = now()
     device = resolve_device(request.device)
     model, tokenizer = load_model(inputs["model"], inputs["adapter"], device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -117,40 +128,26 @@ def run_edit(request, quiet: bool = False) -> dict:
                "request_examples": len(data.original), "kept_examples": len(data.kept), **info}
     if request.evaluate:
         summary["eval"] = _evaluate(request, model, tokenizer, inputs, out, quiet, known)
-    from forgetkit.unlearn import dir_hash, load_record
-
-    audit = {
-        "tool": "forgetkit unlearn", "method": config.method, "request": kind, "config": asdict(config),
-        "config_hash": config_hash(config),
-        "model": {"path": str(inputs["model"]), "hash": dir_hash(inputs["model"])},
-        "adapter_in": {"path": str(inputs["adapter"]), "hash": dir_hash(inputs["adapter"])},
-        "request_set": {"file": str(inputs["request_path"]), "count": len(inputs["originals"]),
-                        "hash": records_hash(inputs["edits"] or inputs["originals"])},
-        "kept": {"count": len(inputs["kept"]), "hash": records_hash(inputs["kept"])},
-        "output": {"path": str(adapter_out), "hash": dir_hash(adapter_out)},
-        "load": load_record(inputs["model"], inputs["adapter"], adapter_out, in_place=True, full=False),
-        "started": started, "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "metrics": summary.get("eval"),
-    }
-    from forgetkit.audit.ledger import write_request
-
-    write_request(out, audit, summary, request.ledger_path())
-    return summary
+    removed = record_set(inputs["request_path"], inputs["edits"] or inputs["originals"])
+    audit = audit_of(config, inputs["model"], removed, adapter_out, started, request=kind,
+                     adapter_in=fingerprinted(inputs["adapter"]),
+                     retain=record_set(None, inputs["kept"]),
+                     load=load_record(inputs["model"], inputs["adapter"], adapter_out, in_place=True, full=False))
+    return finish(request, audit, summary, model, tokenizer)
 
 
 def _evaluate(request, model, tokenizer, inputs: dict, out: Path, quiet: bool, known: list[bool] | None) -> dict:
     """The evaluation's metrics (Forget Quality for removals on a run with an oracle log) and the
     request's success rate (for a removal, also among the answers the model gave before: ``known``)."""
     from forgetkit.eval.edit_success import edit_success, removal_success
-    from forgetkit.eval.evaluate import EvalData, benchmark_data
-    from forgetkit.unlearn import evaluate_into, oracle_log_of
 
     if request.run:
-        data = benchmark_data(Path(request.run) / "benchmark", request.split)
-        oracle_log = oracle_log_of(request.run, request.split) if inputs["edits"] is None else None
+        run = request.prepared_run()
+        data = benchmark_data(run.benchmark, request.split)
+        oracle_log = oracle_log_of(run, request.split) if inputs["edits"] is None else None
     else:
         data, oracle_log = EvalData(forget=[QARecord(r.question, r.answer, r.id) for r in inputs["originals"]]), None
-    headline = evaluate_into(out / "eval", model, tokenizer, data, oracle_log, quiet)
+    headline = evaluate_into(out / "eval", model, tokenizer, data, oracle_log, quiet).to_dict()
     if inputs["edits"]:
         success = edit_success(model, tokenizer, inputs["edits"])
     else:

@@ -16,7 +16,9 @@ from forgetkit.data.readers import read_records
 from forgetkit.errors import DataError, ForgetkitError
 from forgetkit.eval import tofu
 from forgetkit.eval.evaluate import EvalData, EvalSettings, benchmark_data, evaluate, read_canaries
+from forgetkit.eval.result import EvalResult
 from forgetkit.io import write_json
+from forgetkit.runs import PreparedRun
 
 LOG_FILE = "eval_log_aggregated.json"
 SUMMARY_FILE = "summary.json"
@@ -143,3 +145,20 @@ def aggregate_logs(logs: str | Path, oracle_logs: str | Path | None) -> dict:
     log = read_log(logs)
     oracle = read_log(oracle_logs) if oracle_logs else None
     return tofu.aggregate(log, oracle, str(logs), str(oracle_logs))
+
+
+def oracle_log_of(run: PreparedRun, split: str) -> dict | None:
+    """The prepared run's oracle evaluation log for the split, if there is one
+    (``forgetkit eval --model RUN/oracle_SPLIT ... --out RUN/eval/oracle_SPLIT`` writes it)."""
+    oracle = run.oracle_eval_dir(split)
+    return read_log(oracle) if (oracle / "eval_log_aggregated.json").is_file() else None
+
+
+def evaluate_into(out: Path, model, tokenizer, data: EvalData, oracle_log: dict | None, quiet: bool,
+                  settings: EvalSettings | None = None) -> EvalResult:
+    """Evaluate, write ``out/eval_log_aggregated.json`` and ``out/summary.json``; the headline numbers."""
+    eval_log, summary = evaluate(model, tokenizer, data, settings, reference_model=None, oracle_log=oracle_log,
+                                 quiet=quiet)
+    write_json(out / "eval_log_aggregated.json", eval_log)
+    write_json(out / "summary.json", summary)
+    return EvalResult.from_summary(summary)

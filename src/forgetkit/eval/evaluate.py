@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from forgetkit.data.formatting import IGNORE_INDEX, encode_qa, prompt_ids
 from forgetkit.data.readers import jsonl_rows, read_records
 from forgetkit.data.records import QARecord, TextRecord, records_hash, text_hash
-from forgetkit.data.synthetic import person_of
+from forgetkit.data.synthetic import holdout_of, person_of, retain_of
 from forgetkit.errors import DataError, ForgetkitError, require, require_positive
 from forgetkit.eval import memorisation as mem
 from forgetkit.eval import mia, tofu
@@ -107,8 +107,7 @@ def benchmark_data(data_dir: str | Path, split: str, retain_limit: int = 400) ->
         raise ForgetkitError(f"{data_dir}: not a benchmark directory (no manifest.json; forgetkit prepare writes "
                              "one in RUN/benchmark)")
     check_split(data_dir, split)
-    suffix = split.removeprefix("forget")
-    retain_name, holdout_name = f"retain{100 - int(suffix):02d}", f"holdout{suffix}"
+    retain_name, holdout_name = retain_of(split), holdout_of(split)
 
     def qa(name: str) -> list[QARecord] | None:
         path = data_dir / f"{name}.jsonl"

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from forgetkit import checks
@@ -21,6 +20,8 @@ from forgetkit.config import config_hash
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord, records_hash
 from forgetkit.errors import ForgetkitError
+from forgetkit.eval.command import evaluate_into, oracle_log_of
+from forgetkit.eval.evaluate import EvalSettings, benchmark_data
 from forgetkit.exact.sharded import (
     MANIFEST,
     SERVING,
@@ -30,14 +31,36 @@ from forgetkit.exact.sharded import (
     read_manifest,
     shard_of,
     shard_train,
-    weights_hash,
 )
 from forgetkit.io import write_json
-from forgetkit.runs import check_run, run_stages
+from forgetkit.registry import EXACT, SHARDED, register_unlearner, unlearner
+from forgetkit.request import AuditRecord, UnlearnRequest, UnlearnResult, fingerprinted, finish, now, record_set
+from forgetkit.runs import PreparedRun, check_run, run_stages
 
 SHARDED_METHOD = "sharded_exact"
 SHARD_WEIGHTS = "shard_*/*.safetensors"
-SUMMARY = "sharded exact unlearning: retrain only the shard adapters that held the records (forgetkit shard-train)"
+
+
+@dataclass
+class ShardedParams(ShardConfig):
+    """``sharded_exact``'s parameters: the shard set's settings (a bench trains the set from them; a request
+    deletes from the set given as ``--adapter``) and how the set is served after the deletion."""
+
+    serving: str = "route"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.serving not in SERVING:
+            raise ForgetkitError(f"sharded_exact: params.serving must be one of {', '.join(SERVING)}, "
+                                 f"got '{self.serving}'")
+
+    def shard_config(self) -> ShardConfig:
+        return ShardConfig(**{f.name: getattr(self, f.name) for f in fields(ShardConfig)})
+
+
+register_unlearner(SHARDED_METHOD, ShardedParams, SHARDED, EXACT,
+                   "sharded exact unlearning: retrain only the shard adapters that held the records "
+                   "(forgetkit shard-train)")
 
 
 @dataclass
@@ -92,8 +115,9 @@ def run_shard_train(request: ShardTrainRequest, quiet: bool = False) -> dict:
                "train_time_s": sum(s["wall_time_s"] for s in manifest["shards"])}
     if request.evaluate:
         summary["routing_accuracy"] = routing_accuracy(out, records)
-        summary["eval"] = {mode: evaluate_sharded(out, Path(request.run), request.split, mode, out / "eval" / mode,
-                                                  quiet) for mode in request.serving}
+        run = PreparedRun(request.run)
+        summary["eval"] = {mode: evaluate_sharded(out, run, request.split, mode, out / "eval" / mode, quiet)
+                           for mode in request.serving}
     write_json(out / "summary.json", summary)
     return summary
 
@@ -116,15 +140,12 @@ def routing_accuracy(shards: Path, records: list[QARecord]) -> dict:
     return out
 
 
-def evaluate_sharded(shards: Path, run: Path, split: str, serving: str, out: Path, quiet: bool) -> dict:
+def evaluate_sharded(shards: Path, run: PreparedRun, split: str, serving: str, out: Path, quiet: bool) -> dict:
     """Every metric of ``forgetkit eval`` on the served shards (GradNorm aside), Forget Quality against the
     run's oracle log where there is one; the logs go to ``out``."""
-    from forgetkit.eval.evaluate import EvalSettings, benchmark_data
-    from forgetkit.unlearn import evaluate_into, oracle_log_of
-
     model, tokenizer = load_sharded(shards, serving)
-    return evaluate_into(out, model, tokenizer, benchmark_data(run / "benchmark", split), oracle_log_of(run, split),
-                         quiet, EvalSettings(gradnorm=False))
+    return evaluate_into(out, model, tokenizer, benchmark_data(run.benchmark, split), oracle_log_of(run, split),
+                         quiet, EvalSettings(gradnorm=False)).to_dict()
 
 
 def _current_training_set(manifest: dict, where: Path) -> tuple[list[QARecord], list[QARecord]]:
@@ -143,32 +164,27 @@ def _current_training_set(manifest: dict, where: Path) -> tuple[list[QARecord], 
     return [r for r in records if r.content_hash() not in gone], shared
 
 
-def run_shard_delete(request, quiet: bool = False) -> dict:
-    """A deletion request (an :class:`forgetkit.unlearn.UnlearnRequest` with ``--adapter SHARDS``)."""
-    from forgetkit.audit.ledger import write_request
-    from forgetkit.unlearn import dir_hash
-
+def run_shard_delete(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
+    """A deletion request from the shard set given as ``--adapter`` (the output of ``forgetkit shard-train``)."""
     if not request.adapter:
         raise ForgetkitError("sharded_exact: give --adapter DIR, the output of forgetkit shard-train")
     source = Path(request.adapter)
     manifest = read_manifest(source)
+    params = unlearner(SHARDED_METHOD).build({"serving": "route", **request.config.params})
     if request.run:
-        forget_file = Path(request.run) / "benchmark" / f"{request.split}.jsonl"
-        if not forget_file.is_file():
-            raise ForgetkitError(f"{request.run}: no prepared benchmark split '{request.split}'")
-    elif request.forget:
-        forget_file = Path(request.forget)
+        forget_file = request.prepared_run().forget_file(request.split)
+        forget = read_records(forget_file)
+    elif request.forget or request.forget_records is not None:
+        forget_file = Path(request.forget) if request.forget else None
+        forget = read_records(forget_file) if forget_file else request.forget_records
     else:
         raise ForgetkitError("sharded_exact: give --forget FILE (or --run DIR --split NAME)")
-    serving = request.config.params.get("serving", "route")
-    if serving not in SERVING:
-        raise ForgetkitError(f"sharded_exact: params.serving must be one of {', '.join(SERVING)}, got '{serving}'")
-    forget = read_records(forget_file)
     strangers = [r.id for r in forget if shard_of(manifest, r) is None]
     if strangers:
-        raise ForgetkitError(f"{forget_file}: record '{strangers[0]}' (field id) belongs to no shard of {source}")
+        raise ForgetkitError(f"{forget_file or 'the forget records'}: record '{strangers[0]}' (field id) belongs to "
+                             f"no shard of {source}")
     records, shared = _current_training_set(manifest, source)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = now()
     out = Path(request.out)
     result, partial = out / "shards", out / "shards.partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -183,19 +199,13 @@ def run_shard_delete(request, quiet: bool = False) -> dict:
     if request.evaluate:
         if not request.run:
             raise ForgetkitError("sharded_exact: --eval needs --run (the benchmark's evaluation sets)")
-        summary["eval"] = evaluate_sharded(result, Path(request.run), request.split, serving, out / "eval", quiet)
-    audit = {
-        "tool": "forgetkit unlearn", "method": SHARDED_METHOD, "config": {**asdict(request.config),
-                                                                          "shards": manifest["config"]},
-        "config_hash": config_hash(request.config),
-        "model": {"path": manifest["base"], "hash": dir_hash(Path(manifest["base"]))},
-        "adapter_in": {"path": str(source), "hash": weights_hash(source, SHARD_WEIGHTS)},
-        "forget": {"file": str(forget_file), "hash": records_hash(forget), "count": len(forget)},
-        "retain": {"file": manifest["data"]["file"], "hash": records_hash(remaining), "count": len(remaining)},
-        "output": {"path": str(result), "hash": weights_hash(result, SHARD_WEIGHTS)},
-        "retrained_shards": report["retrained"], "untouched_shards": report["untouched"],
-        "started": started, "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "metrics": summary.get("eval"),
-    }
-    write_request(out, audit, summary, request.ledger_path())
-    return summary
+        summary["eval"] = evaluate_sharded(result, request.prepared_run(), request.split, params.serving,
+                                           out / "eval", quiet)
+    config = {**asdict(request.config), "shards": manifest["config"]}
+    audit = AuditRecord(method=SHARDED_METHOD, config=config, config_hash=config_hash(request.config),
+                        model=fingerprinted(Path(manifest["base"])), forget=record_set(forget_file, forget),
+                        output=fingerprinted(result, SHARD_WEIGHTS), started=started, guarantee=EXACT,
+                        adapter_in=fingerprinted(source, SHARD_WEIGHTS),
+                        retain=record_set(manifest["data"]["file"], remaining),
+                        details={"retrained_shards": report["retrained"], "untouched_shards": report["untouched"]})
+    return finish(request, audit, summary)

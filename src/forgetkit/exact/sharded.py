@@ -33,7 +33,7 @@ from forgetkit.data.formatting import prompt_ids, tokenize_qa
 from forgetkit.data.records import QARecord, records_hash
 from forgetkit.data.synthetic import person_of
 from forgetkit.errors import ConfigError, ForgetkitError, require_positive
-from forgetkit.io import write_json
+from forgetkit.io import dir_hash, write_json
 from forgetkit.train import TrainConfig, fine_tune
 
 MANIFEST = "shards.json"
@@ -68,14 +68,6 @@ def assign(groups: list[str], shards: int) -> dict[str, int]:
     return {g: i % shards for i, g in enumerate(ordered)}
 
 
-def weights_hash(path: Path, pattern: str = "*.safetensors") -> str:
-    """SHA-256 (16 hex) over the weight files under ``path`` that match ``pattern``."""
-    h = hashlib.sha256()
-    for f in sorted(path.glob(pattern)):
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def train_shard(base_dir: Path, records: list[QARecord], shared: list[QARecord], config: ShardConfig, index: int,
                 out: Path, quiet: bool = True) -> dict:
     """Train shard ``index``'s adapter from scratch on ``records`` (+ ``shared``, data every shard sees and no
@@ -90,7 +82,7 @@ def train_shard(base_dir: Path, records: list[QARecord], shared: list[QARecord],
     stats = fine_tune(model, data, replace(config.train, seed=config.seed + index), pad, desc=f"shard {index}",
                       quiet=quiet)
     save_model(model, tokenizer, out)
-    return {"count": len(records), "hash": records_hash(records), "adapter_hash": weights_hash(out),
+    return {"count": len(records), "hash": records_hash(records), "adapter_hash": dir_hash(out, "*.safetensors"),
             "train": stats.to_dict()}
 
 

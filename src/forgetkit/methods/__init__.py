@@ -16,6 +16,10 @@ from forgetkit.methods import (  # noqa: F401  (each module registers its method
     simnpo,
     undial,
 )
-from forgetkit.methods.base import METHODS, Method, Reference, UnlearnBatch, UnlearnContext, build_method
+from forgetkit.methods.base import Method, Reference, UnlearnBatch, UnlearnContext, build_method
+from forgetkit.registry import GRADIENT, UNLEARNERS
+
+# The gradient methods' classes by name: a view of the one registry (forgetkit.registry).
+METHODS = {name: u.params for name, u in UNLEARNERS.items() if u.kind == GRADIENT}
 
 __all__ = ["METHODS", "Method", "Reference", "UnlearnBatch", "UnlearnContext", "build_method"]

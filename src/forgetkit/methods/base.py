@@ -13,7 +13,6 @@ disabled (no second copy of the weights); in full mode, a frozen copy (:class:`R
 from __future__ import annotations
 
 import copy
-import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,23 +20,10 @@ from typing import ClassVar
 
 import torch
 
-from forgetkit.config import build
-from forgetkit.errors import ConfigError
 from forgetkit.methods import losses
 from forgetkit.models.logits import labelled_logits_mask, takes_logits_to_keep
-
-
-@dataclass
-class UnlearnBatch:
-    """One step's data: forget examples, retain examples, and alternative answers to the forget questions.
-
-    Each part is a collated dict (``input_ids``, ``attention_mask``, ``labels``); ``alternate[i]``
-    answers the question of ``forget[i]`` differently (a refusal or a vague answer).
-    """
-
-    forget: dict[str, torch.Tensor] | None = None
-    retain: dict[str, torch.Tensor] | None = None
-    alternate: dict[str, torch.Tensor] | None = None
+from forgetkit.registry import EMPIRICAL, GRADIENT, register_unlearner, unlearner
+from forgetkit.train import UnlearnBatch
 
 
 def forward(model, part: dict[str, torch.Tensor], hidden_states: bool = False):
@@ -79,7 +65,7 @@ class UnlearnContext:
     tokenizer: object
     data: object  # forgetkit.train.PairedData
     forget: list  # the forget records (for answer variants; never logged)
-    config: object  # forgetkit.unlearn.UnlearnConfig
+    config: object  # forgetkit.request.UnlearnConfig
     out: Path
     quiet: bool
     existing_adapter: bool  # the knowledge lives in the adapter being trained
@@ -121,6 +107,7 @@ class Method(ABC):
     starts_from_base: ClassVar[bool] = False  # retrain: fine-tune the base, not the target
     default_adapter: ClassVar[str] = "lora"  # the adapter kind when the config does not name one
     trains_existing_adapter: ClassVar[bool] = False  # an adapter target is trained itself, not merged
+    guarantee: ClassVar[str] = EMPIRICAL  # what the registry and the ledger record for it
 
     def place_adapter(self, ctx: UnlearnContext, lora):
         """Optional phase before the adapter exists: the LoRA settings to use, and what to record."""
@@ -156,25 +143,12 @@ class Method(ABC):
         return total, terms
 
 
-METHODS: dict[str, type[Method]] = {}
-
-
 def register(cls: type[Method]) -> type[Method]:
-    if not cls.name or cls.name in METHODS:
-        raise ValueError(f"method {cls.__name__} needs a unique name")
-    METHODS[cls.name] = cls
+    """Register a method class in the one registry (a gradient unlearner, with its class-level guarantee)."""
+    register_unlearner(cls.name, cls, GRADIENT, cls.guarantee, cls.summary)
     return cls
 
 
 def build_method(name: str, params: dict | None = None) -> Method:
     """The method ``name`` with hyper-parameters ``params`` (unknown keys and wrong types: ConfigError)."""
-    import forgetkit.methods  # noqa: F401  (registers every method)
-
-    if name not in METHODS:
-        raise ConfigError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
-    return build(METHODS[name], dict(params or {}), f"method.{name}")
-
-
-def method_defaults(name: str) -> dict:
-    cls = METHODS[name]
-    return {f.name: f.default for f in dataclasses.fields(cls)}
+    return unlearner(name, GRADIENT).build(params)

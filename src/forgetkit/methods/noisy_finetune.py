@@ -19,6 +19,7 @@ from forgetkit.certified.noisy_finetune import NoisySchedule, certificate, noisy
 from forgetkit.errors import ForgetkitError
 from forgetkit.methods import losses
 from forgetkit.methods.base import Method, UnlearnBatch, UnlearnContext, forward, register
+from forgetkit.registry import CERTIFIED
 
 
 @register
@@ -38,6 +39,7 @@ class NoisyFinetune(Method):
     summary = ("certified (ε, δ): clip the adapter to C0, T steps of x ← x − γ(clip(∇CE(D_r), C1) + λx) + N(0, σ²), "
                "then CE(D_r) without noise")
     trains_existing_adapter: ClassVar[bool] = True
+    guarantee: ClassVar[str] = CERTIFIED  # when σ > 0: its certificate travels in the audit record
 
     def schedule(self) -> NoisySchedule:
         base = NoisySchedule(self.clip_start, self.clip_grad, self.lr, self.weight_decay, self.steps)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from forgetkit.methods.base import Method, UnlearnBatch, register
+from forgetkit.registry import EXACT
 
 
 @register
@@ -13,6 +14,7 @@ class Retrain(Method):
     name = "retrain"
     summary = "fine-tune the base model on D_r only (the oracle): L = CE(D_r)"
     starts_from_base = True
+    guarantee = EXACT  # trained without the records from the start
 
     def loss(self, model, batch: UnlearnBatch, reference=None):
         retain_ce = self.retain_ce(model, batch)

@@ -1,0 +1,50 @@
+"""The evaluation's headline numbers, typed: what unlearn summaries, the bench's leaderboard and the ledger
+read from an evaluation ``summary.json`` (``forgetkit eval`` writes the full summary; this is its head)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EvalResult:
+    forget_quality: float | None = None
+    model_utility: float | None = None
+    forget: dict = field(default_factory=dict)  # the forget set's aggregates (probability, rougeL_recall, …)
+    retain_probability: float | None = None
+    mia_aucs: dict = field(default_factory=dict)  # forget vs holdout, per attack
+    mia_attack: str | None = None  # the attack with the AUC furthest from 0.5
+    privleak: float | None = None
+    empirical_epsilon: dict | None = None  # the best attack's (ε lower bound, …)
+
+    @classmethod
+    def from_summary(cls, summary: dict) -> EvalResult:
+        sets = summary.get("sets", {})
+        mia = summary.get("mia", {})
+        return cls(forget_quality=summary.get("forget_quality"), model_utility=summary.get("model_utility"),
+                   forget=sets.get("forget") or {}, retain_probability=sets.get("retain", {}).get("probability"),
+                   mia_aucs=mia.get("auc") or {}, mia_attack=mia.get("best_attack"), privleak=mia.get("privleak"),
+                   empirical_epsilon=mia.get("empirical_epsilon"))
+
+    @property
+    def mia_auc(self) -> float | None:
+        """The best attack's AUC."""
+        return self.mia_aucs.get(self.mia_attack) if self.mia_aucs else None
+
+    def to_dict(self) -> dict:
+        """What an unlearning summary (``summary.json``'s ``eval``) and its audit record keep."""
+        return {"forget_quality": self.forget_quality, "model_utility": self.model_utility,
+                "mia_auc": self.mia_aucs or None, "forget": self.forget or None,
+                "empirical_epsilon": self.empirical_epsilon}
+
+    def leaderboard(self) -> dict:
+        """The numbers of a bench cell's row (``result.json``'s ``metrics``)."""
+        paraphrased = self.forget.get("paraphrased_question", {})
+        return {"forget_quality": self.forget_quality, "model_utility": self.model_utility,
+                "forget_probability": self.forget.get("probability"),
+                "forget_rouge_l": self.forget.get("rougeL_recall"),
+                "forget_truth_ratio": self.forget.get("truth_ratio"), "retain_probability": self.retain_probability,
+                "mia_auc": self.mia_auc, "mia_attack": self.mia_attack, "privleak": self.privleak,
+                "extraction_strength": self.forget.get("extraction_strength"),
+                "paraphrase_probability": paraphrased.get("probability"),
+                "paraphrase_rouge_l": paraphrased.get("rougeL_recall")}

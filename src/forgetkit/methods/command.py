@@ -1,0 +1,229 @@
+"""How a gradient method runs a request (``forgetkit unlearn --method graddiff|npo|…``): through the one
+training loop, on a LoRA adapter (``mode: lora``, the default) or every weight (``mode: full``).
+
+The output directory holds ``adapter/`` (peft format, safetensors) or ``model/`` (full mode), written when
+training ends; ``config.json`` (the resolved config) and ``train_log.jsonl`` (one line per optimiser step);
+then what :func:`forgetkit.request.finish` writes for every request: ``audit.json``, the ledger row and
+``summary.json``. While running, ``checkpoint/``: rerunning the same command resumes from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, replace
+from importlib import resources
+from pathlib import Path
+
+from forgetkit.adapters.lora import attach_lora, bounded_layers, clip_adapters
+from forgetkit.config import config_hash
+from forgetkit.data.formatting import tokenize_qa
+from forgetkit.data.records import QARecord
+from forgetkit.device import resolve_device
+from forgetkit.errors import ConfigError, ForgetkitError
+from forgetkit.eval.command import evaluate_into, oracle_log_of
+from forgetkit.eval.evaluate import EvalData, EvalSettings, benchmark_data, evaluate
+from forgetkit.io import write_json
+from forgetkit.methods.base import Method, Reference, UnlearnContext, build_method
+from forgetkit.request import (
+    RequestInputs,
+    UnlearnConfig,
+    UnlearnRequest,
+    UnlearnResult,
+    audit_of,
+    fingerprinted,
+    finish,
+    load_record,
+    now,
+    resolve_inputs,
+)
+from forgetkit.train import CHECKPOINT_DIR, LOG_FILE, PairedData, TrainStats, process_state, train_loop
+
+# For user data without vague answers: a privacy-free non-answer, ReLearn's kind of target.
+VAGUE_FALLBACK = "I am not able to share personal details about that."
+
+
+def refusals() -> list[str]:
+    """The shipped "I don't know" answers (TOFU's, MIT; see methods/data/README.md)."""
+    text = resources.files("forgetkit.methods").joinpath("data/refusals.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def alternate_records(forget: list[QARecord], kind: str) -> list[QARecord]:
+    """The forget questions with a refusal ("idk") or their vague answer ("vague") as the answer."""
+    if kind == "idk":
+        options = refusals()
+        pick = [options[int(hashlib.sha256(r.id.encode()).hexdigest(), 16) % len(options)] for r in forget]
+    else:
+        pick = [r.vague_answer or VAGUE_FALLBACK for r in forget]
+    return [QARecord(r.question, answer, r.id) for r, answer in zip(forget, pick, strict=True)]
+
+
+def run_gradient(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult | None:
+    """Unlearn with the request's gradient method, write everything into ``request.out``; the result (None in
+    the other processes of a multi-process launch: the main process writes and evaluates)."""
+    import torch
+
+    from forgetkit.models import load_model, save_model
+
+    if request.edits:
+        raise ForgetkitError(f"--edits is for the closed-form editors, not '{request.config.method}'")
+    method = build_method(request.config.method, request.config.params)
+    # the resolved config (config.json, the audit record): the adapter kind filled in; the request's is unchanged
+    config = replace(request.config, adapter=request.config.adapter
+                     or (method.default_adapter if request.config.mode == "lora" else "lora"))
+    adapter_kind = config.adapter
+    if config.mode == "full" and adapter_kind != "lora":
+        raise ConfigError(f"adapter={adapter_kind} needs mode=lora (full mode trains every weight, no adapter)")
+    if request.eval_every and not request.run:
+        raise ForgetkitError("unlearn: --eval-every needs --run (the benchmark's oracle log gives Forget Quality)")
+    out = Path(request.out)
+    main = process_state().is_main_process
+    if main:
+        _check_output(out, config)
+    inputs = resolve_inputs(request, method.starts_from_base)
+    retain = inputs.retain
+    if (method.needs_retain or method.starts_from_base) and not retain:
+        raise ForgetkitError(f"method '{config.method}' needs a retain set (--retain FILE)")
+
+    started = now()
+    device = resolve_device(request.device)
+    torch.manual_seed(config.train.seed)
+    model, tokenizer = load_model(inputs.model, inputs.adapter, device=device)
+    existing_adapter = inputs.adapter is not None and method.trains_existing_adapter and config.mode == "lora"
+    if inputs.adapter is not None and not existing_adapter:
+        model = model.merge_and_unload()  # the adapter becomes part of the frozen starting point
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    data = _paired_data(method, tokenizer, inputs, config.max_length)
+    context = UnlearnContext(model, tokenizer, data, inputs.forget, config, out, quiet, existing_adapter)
+    phases: dict = {}
+    phase_start = time.perf_counter()
+    after_step = None
+    if existing_adapter:  # the adapter that holds the knowledge is trained itself
+        for name, param in model.named_parameters():
+            param.requires_grad_("lora_" in name)
+    elif config.mode == "lora":
+        lora, phases = method.place_adapter(context, config.lora)
+        model = context.model = attach_lora(model, lora, kind=adapter_kind)
+        if adapter_kind == "clipped":
+            layers = bounded_layers(model, config.lora.bounded_modules)
+
+            def after_step(_model) -> None:
+                clip_adapters(layers, config.lora.clip_norm)
+    else:
+        model.requires_grad_(True)
+    phases.update(method.start(context))
+    before_training_s = time.perf_counter() - phase_start
+
+    reference = Reference(model, frozen_copy=existing_adapter) if method.needs_reference else None
+
+    def loss_fn(wrapped, batch):
+        return method.loss(wrapped, batch, reference)
+
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", {"unlearn": asdict(config), "config_hash": config_hash(config)})
+    on_step = _periodic_eval(request, tokenizer) if request.eval_every else None
+    epochs = method.train_steps(config.train.epochs)
+    if epochs > 0:
+        stats = train_loop(model, loss_fn, data, replace(config.train, epochs=epochs), pad, run_dir=out,
+                           desc=f"unlearn ({config.method})", quiet=quiet, after_step=after_step, on_step=on_step)
+    else:
+        stats = TrainStats(0, 0, 0, float("nan"), float("nan"), 0.0, 0.0, "none",
+                           sum(p.numel() for p in model.parameters() if p.requires_grad))
+    phase_start = time.perf_counter()
+    phases.update(method.finish(context))
+    after_training_s = time.perf_counter() - phase_start
+    if phases:  # a method with phases around training: they count in its time
+        stats.wall_time_s += before_training_s + after_training_s
+        phases.update({"before_training_s": before_training_s, "after_training_s": after_training_s})
+
+    if not main:  # the main process evaluates and writes the results
+        return None
+    result_dir = out / ("adapter" if config.mode == "lora" else "model")
+    save_model(model, tokenizer, result_dir)
+    summary = {"method": config.method, "mode": config.mode, **stats.to_dict(),
+               "forget_examples": len(inputs.forget), "retain_examples": len(retain or [])}
+    if phases:
+        summary["phases"] = phases
+    if request.evaluate:
+        summary["eval"] = _evaluate(request, model, tokenizer, inputs, out, quiet)
+    details = {"resumed_from_step": stats.resumed_from_step}
+    if "certificate" in phases:  # a method with a formal (ε, δ) guarantee
+        details["certificate"] = phases["certificate"]
+    audit = audit_of(config, inputs.model, inputs.forget_set(), result_dir, started, guarantee=method.guarantee,
+                     adapter_in=_fingerprint(inputs.adapter), retain=inputs.retain_set(), origin=inputs.origin,
+                     load=load_record(inputs.model, inputs.adapter, result_dir, in_place=existing_adapter,
+                                      full=config.mode == "full"),
+                     details=details)
+    result = finish(request, audit, summary, model, tokenizer)
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    shutil.rmtree(out / "refine" / CHECKPOINT_DIR, ignore_errors=True)
+    return result
+
+
+def _fingerprint(path: Path | None) -> dict | None:
+    return fingerprinted(path) if path else None
+
+
+def _paired_data(method: Method, tokenizer, inputs: RequestInputs, max_length: int) -> PairedData:
+    """The request's records tokenised for the loop: forget (with the alternate answers the method trains
+    towards, paired by example), and retain when the method reads it."""
+    data = PairedData()
+    if not method.starts_from_base:
+        forget_set = tokenize_qa(tokenizer, inputs.forget, max_length, name="forget")
+        data.forget = forget_set.examples
+        if method.alternate_answers:
+            alt = tokenize_qa(tokenizer, alternate_records(inputs.forget, method.alternate_answers), max_length,
+                              name="alternate answers")
+            by_index = {e["index"]: e for e in alt.examples}
+            data.forget = [e for e in forget_set.examples if e["index"] in by_index]
+            data.alternate = [by_index[e["index"]] for e in data.forget]
+    if inputs.retain and (method.needs_retain or method.starts_from_base):
+        data.retain = tokenize_qa(tokenizer, inputs.retain, max_length, name="retain").examples
+    return data
+
+
+def _check_output(out: Path, config: UnlearnConfig) -> None:
+    """Refuse to mix runs: an output directory with another config is not resumed into."""
+    existing = out / "config.json"
+    if existing.is_file() and (out / CHECKPOINT_DIR).is_dir():
+        saved = json.loads(existing.read_text()).get("config_hash")
+        if saved != config_hash(config):
+            raise ForgetkitError(f"{out}: holds an unfinished run with another config; "
+                                 "use another --out or remove it")
+    elif (out / "audit.json").is_file():
+        for name in ("audit.json", "summary.json", LOG_FILE):
+            (out / name).unlink(missing_ok=True)
+
+
+def _periodic_eval(request: UnlearnRequest, tokenizer):
+    """An ``on_step`` callback: every ``eval_every`` steps, Forget Quality and Model Utility from a quick
+    evaluation (forget set, first 100 retain records, world facts; answers of up to 40 tokens)."""
+    full = benchmark_data(request.prepared_run().benchmark, request.split, retain_limit=100)
+    data = EvalData(forget=full.forget, retain=full.retain, world_facts=full.world_facts)
+    oracle_log = oracle_log_of(request.prepared_run(), request.split)
+    settings = EvalSettings(max_new_tokens=40, retain_limit=100, gradnorm=False)
+
+    def on_step(step: int, model) -> dict | None:
+        if step % request.eval_every:
+            return None
+        was_training = model.training
+        _, summary = evaluate(model, tokenizer, data, settings, oracle_log=oracle_log, quiet=True)
+        model.train(was_training)
+        return {"forget_quality": summary.get("forget_quality"), "model_utility": summary.get("model_utility"),
+                "forget_probability": summary["sets"]["forget"]["probability"]}
+
+    return on_step
+
+
+def _evaluate(request: UnlearnRequest, model, tokenizer, inputs: RequestInputs, out: Path, quiet: bool) -> dict:
+    if request.run:
+        run = request.prepared_run()
+        data, oracle_log = benchmark_data(run.benchmark, request.split), oracle_log_of(run, request.split)
+    else:
+        data, oracle_log = EvalData(forget=inputs.forget), None
+    return evaluate_into(out / "eval", model, tokenizer, data, oracle_log, quiet).to_dict()

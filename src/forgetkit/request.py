@@ -1,0 +1,278 @@
+"""One unlearning request, the unit every command and benchmark is built from, and its typed result.
+
+A request says what to forget (a file, a prepared run's split, or records in memory), from which model
+(and adapter), what to keep, and where to write. :func:`check_request` refuses bad input before any work;
+:func:`resolve_inputs` turns a request into the model, adapter and record sets every kind of unlearner
+starts from; :func:`finish` writes what every kind leaves behind (``audit.json``, its ledger row,
+``summary.json``, in that order) and returns the :class:`UnlearnResult`. The algorithms (``methods/``,
+``editors/``, ``exact/``) sit above this layer; ``forgetkit.unlearn`` picks one from the registry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from forgetkit import checks
+from forgetkit.adapters.lora import ADAPTER_KINDS, LoraSettings
+from forgetkit.audit.ledger import LEDGER_FILE, check_ledger, write_request
+from forgetkit.config import config_hash
+from forgetkit.data.edits import EDIT_KINDS
+from forgetkit.data.readers import read_records
+from forgetkit.data.records import QARecord, records_hash
+from forgetkit.errors import ConfigError, ForgetkitError, require_positive
+from forgetkit.io import dir_hash
+from forgetkit.registry import CERTIFIED, EMPIRICAL
+from forgetkit.runs import PreparedRun, check_run, run_stages
+from forgetkit.train import TrainConfig
+
+MODES = ("lora", "full")
+
+
+@dataclass
+class UnlearnConfig:
+    method: str = "graddiff"
+    params: dict = field(default_factory=dict)  # the method's hyper-parameters
+    mode: str = "lora"
+    adapter: str | None = None  # lora, sine or clipped (LoRA mode); None: the method's default
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, batch_size=16, lr=1e-3))
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+        if self.adapter is not None and self.adapter not in ADAPTER_KINDS:
+            raise ConfigError(f"adapter must be one of {', '.join(ADAPTER_KINDS)}, got '{self.adapter}'")
+        require_positive(self, "max_length")
+
+
+@dataclass
+class UnlearnRequest:
+    """Inputs by path (``--model``, ``--forget`` …, or ``--run`` and ``--split``), or the forget and retain
+    records in memory (``forget_records``, ``retain_records``: a caller that has them, like the bench's
+    sequential attack, passes them instead of writing files). The config is never changed by a run."""
+
+    out: str
+    config: UnlearnConfig
+    model: str | None = None
+    adapter: str | None = None
+    forget: str | None = None
+    retain: str | None = None
+    run: str | None = None  # a prepared run directory (built-in benchmark)
+    split: str = "forget10"
+    evaluate: bool = False
+    eval_every: int = 0  # with --run: Forget Quality and Model Utility every N steps, into the step log
+    device: str = "auto"
+    edits: str | None = None  # closed-form editors: an edit file (or, with --run, "query" / "response")
+    ledger: str | None = None  # the audit ledger (SQLite); None: RUN/ledger.sqlite, else beside --out
+    forget_records: list[QARecord] | None = None
+    retain_records: list[QARecord] | None = None
+
+    def ledger_path(self) -> Path:
+        return default_ledger(self.ledger, self.run, self.out)
+
+    def prepared_run(self, stages: tuple[str, ...] = ()) -> PreparedRun:
+        return PreparedRun(self.run, stages=stages, splits=(self.split,))
+
+
+def default_ledger(ledger: str | None, run: str | None, out: str | None) -> Path:
+    """The ledger a request is recorded in (and ``forgetkit audit`` reads): ``--ledger``, else the prepared
+    run's ``ledger.sqlite``, else the one beside the request's output directory (``forgetkit audit``, which has
+    none: the working directory's)."""
+    if ledger:
+        return Path(ledger)
+    if run:
+        return Path(run) / LEDGER_FILE
+    return Path(out).resolve().parent / LEDGER_FILE if out else Path(LEDGER_FILE)
+
+
+def check_request(request: UnlearnRequest, adapter_is_shard_set: bool = False) -> None:
+    """What every kind of request is checked for before any work: its inputs exist and open, its output
+    can be written and is inside none of them, its ledger is a ledger. Nothing is written."""
+    if request.eval_every < 0:
+        raise ConfigError(f"--eval-every must be ≥ 0, got {request.eval_every}")
+    inputs: list[object] = [request.model, request.adapter, request.forget, request.retain]
+    containers: list[object] = []
+    if request.edits and request.edits not in EDIT_KINDS:
+        inputs.append(checks.input_file(request.edits, "edits"))
+    if request.run:
+        run = check_run(request.run, splits=(request.split,))
+        inputs += run_stages(run)
+        containers.append(run)
+    else:
+        if request.model:
+            checks.model_dir(request.model)
+        if request.adapter and not adapter_is_shard_set:
+            checks.adapter_dir(request.adapter)
+        for role in ("forget", "retain"):
+            if getattr(request, role):
+                checks.input_file(getattr(request, role), role)
+    checks.output_path(request.out, "--out", inputs, containers=containers)
+    check_ledger(request.ledger_path())
+
+
+@dataclass
+class RequestInputs:
+    """A request resolved: the model to start from (and the adapter on it), the record sets, their files
+    (None for records given in memory) and where they came from (the prepared run's stage)."""
+
+    model: Path
+    adapter: Path | None
+    forget: list[QARecord]
+    forget_file: Path | None
+    retain: list[QARecord] | None
+    retain_file: Path | None
+    origin: dict
+
+    def forget_set(self) -> dict:
+        return record_set(self.forget_file, self.forget)
+
+    def retain_set(self) -> dict | None:
+        return record_set(self.retain_file, self.retain) if self.retain else None
+
+
+def resolve_inputs(request: UnlearnRequest, starts_from_base: bool = False) -> RequestInputs:
+    """The model, adapter and record sets of a request. With ``--run``: the target (or the base, for an
+    unlearner that starts from it), the split, and its retain split with the world facts (the target and
+    the oracle replayed them in training, so a retain set does too, or every method, retraining most of
+    all, would be measured forgetting them)."""
+    if request.run:
+        start = "base" if starts_from_base else "target"
+        run = request.prepared_run(stages=(start,))
+        ref = run.model_of(start)
+        stage = run.stage(start)
+        return RequestInputs(ref.model, ref.adapter, read_records(run.forget_file(request.split)),
+                             run.forget_file(request.split), run.retain_records(request.split),
+                             run.retain_file(request.split),
+                             {"run": str(run.root), "stage": start, "stage_key": stage.get("key")})
+    if not request.model or not (request.forget or request.forget_records is not None):
+        raise ForgetkitError("unlearn: give --model DIR and --forget FILE (and usually --retain FILE), or --run DIR")
+    forget = request.forget_records if request.forget_records is not None else read_records(request.forget)
+    retain = request.retain_records if request.retain_records is not None else (
+        read_records(request.retain) if request.retain else None)
+    return RequestInputs(Path(request.model), Path(request.adapter) if request.adapter else None, forget,
+                         Path(request.forget) if request.forget_records is None else None, retain,
+                         Path(request.retain) if request.retain and request.retain_records is None else None, {})
+
+
+def record_set(file: Path | str | None, records: list) -> dict:
+    """An audit record's view of a set: its file (None when given in memory), content hash and count."""
+    return {"file": str(file) if file else None, "hash": records_hash(records), "count": len(records)}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class AuditRecord:
+    """What ``audit.json`` and the ledger keep of one request, for every kind of unlearner: hashes, counts,
+    the method, its config and guarantee, never a record's text. ``forget`` is the set removed (or edited),
+    ``retain`` the set kept; ``details`` holds what only one kind records (a certificate, the shards it
+    retrained, the step it resumed from) and is written at the top level."""
+
+    method: str
+    config: dict
+    config_hash: str
+    model: dict
+    forget: dict
+    output: dict
+    started: str
+    guarantee: str = EMPIRICAL
+    request: str = "removal"  # removal, query or response
+    adapter_in: dict | None = None
+    retain: dict | None = None
+    origin: dict = field(default_factory=dict)
+    load: dict | None = None  # how UnlearnResult.load_model rebuilds the result (None: not one model)
+    metrics: dict | None = None
+    details: dict = field(default_factory=dict)
+    tool: str = "forgetkit unlearn"
+    ended: str = ""
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        return {**data, **data.pop("details")}
+
+
+def fingerprinted(path: Path, pattern: str | None = None) -> dict:
+    return {"path": str(path), "hash": dir_hash(path, pattern)}
+
+
+def audit_of(config: UnlearnConfig, model: Path, forget: dict, output: Path, started: str, **fields) -> AuditRecord:
+    """An :class:`AuditRecord` of ``config``'s method: the model, the removed set and the output fingerprinted."""
+    return AuditRecord(method=config.method, config=asdict(config), config_hash=config_hash(config),
+                       model=fingerprinted(model), forget=forget, output=fingerprinted(output), started=started,
+                       **fields)
+
+
+@dataclass
+class UnlearnResult:
+    """What a request produced: its summary (time, memory, steps, the evaluation's headline numbers) and audit
+    record, read from ``out`` or just written; ``model`` is the result in memory when the run has it."""
+
+    out: Path
+    summary: dict
+    audit: dict
+    model: object | None = None
+    tokenizer: object | None = None
+
+    @classmethod
+    def read(cls, out: str | Path) -> UnlearnResult:
+        """A finished request's result from its directory (one-line error when it is not one)."""
+        out = Path(out)
+        try:
+            audit = json.loads((out / "audit.json").read_text(encoding="utf-8"))
+            summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ForgetkitError(f"{out}: not a finished forgetkit unlearn run ({exc})") from None
+        return cls(out, summary, audit)
+
+    @staticmethod
+    def finished(out: str | Path) -> bool:
+        return (Path(out) / "summary.json").is_file() and (Path(out) / "audit.json").is_file()
+
+    def load_model(self, device: str = "cpu"):
+        """``(model, tokenizer)``: the one in memory (in eval mode), else rebuilt from the audit's ``load``
+        record: the model directory, an adapter merged into it first, then the result's adapter."""
+        if self.model is not None:
+            self.model.eval().requires_grad_(False)
+            return self.model, self.tokenizer
+        from forgetkit.adapters.loading import load_adapter
+        from forgetkit.models import load_model
+
+        load = self.audit.get("load")
+        if not load:
+            raise ForgetkitError(f"{self.out}/audit.json: field 'load' is missing: this result is not one model "
+                                 "(a shard set is served by forgetkit.exact.sharded.load_sharded)")
+        model, tokenizer = load_model(load["model"], load["merge"], device=device)
+        if load["merge"]:
+            model = model.merge_and_unload()
+        if load["adapter"]:
+            model = load_adapter(model, load["adapter"]).to(device)
+            model.eval()
+        return model, tokenizer
+
+
+def load_record(model_dir: Path, adapter_in: Path | None, result: Path, in_place: bool, full: bool) -> dict:
+    """How to rebuild an unlearned model: a model directory, an adapter merged into it first (the LoRA target
+    a method trained a new adapter over), then the result's adapter; a full-mode result is the model."""
+    if full:
+        return {"model": str(result), "merge": None, "adapter": None}
+    return {"model": str(model_dir), "merge": None if in_place or adapter_in is None else str(adapter_in),
+            "adapter": str(result)}
+
+
+def finish(request: UnlearnRequest, audit: AuditRecord, summary: dict, model=None, tokenizer=None) -> UnlearnResult:
+    """End any request: ``audit.json`` (with its guarantee: a certified unlearner whose certificate was withheld
+    is an empirical one), its ledger row (the id goes into the summary), then ``summary.json``."""
+    audit.ended = now()
+    audit.metrics = summary.get("eval")
+    if audit.guarantee == CERTIFIED and "certificate" not in audit.details:
+        audit.guarantee = EMPIRICAL
+    record = audit.to_dict()
+    out = Path(request.out)
+    write_request(out, record, summary, request.ledger_path())
+    return UnlearnResult(out, summary, record, model, tokenizer)
