@@ -17,7 +17,8 @@ from forgetkit.unlearn import UNLEARNERS  # every unlearner registered
 
 def _audit(method: str = "npo", **extra) -> dict:
     """An audit record as forgetkit.request.finish writes it: the guarantee is the registry's for the method."""
-    return {"tool": "forgetkit unlearn", "method": method, "guarantee": UNLEARNERS[method].guarantee, "config": {"method": method}, "config_hash": "c0ffee",
+    return {"tool": "forgetkit unlearn", "method": method, "guarantee": UNLEARNERS[method].guarantee,
+            "config": {"method": method}, "config_hash": "c0ffee",
             "model": {"path": "m", "hash": "aaaa"}, "adapter_in": None, "output": {"path": "o", "hash": "bbbb"},
             "forget": {"file": "f.jsonl", "hash": "ffff", "count": 3}, "retain": {"hash": "rrrr", "count": 7},
             "started": "2026-11-23T10:00:00+00:00", "ended": "2026-11-23T10:01:00+00:00",

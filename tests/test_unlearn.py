@@ -22,9 +22,9 @@ from forgetkit.data.formatting import collate, tokenize_qa
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord
 from forgetkit.methods import METHODS, Reference, UnlearnBatch, build_method
+from forgetkit.methods.command import alternate_records
 from forgetkit.models import build_tiny_model
 from forgetkit.train import CHECKPOINT_DIR, DivergenceError, PairedData, TrainConfig, train_loop
-from forgetkit.methods.command import alternate_records
 
 # The term of each method's loss that unlearning drives down (the forget side of the objective).
 FORGET_TERM = {"ga": "neg_forget_ce", "graddiff": "neg_forget_ce", "bounded_graddiff": "neg_forget_ce",
