@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
 from forgetkit.data.formatting import IGNORE_INDEX, encode_qa, prompt_ids
-from forgetkit.eval.evaluate import benchmark_data
 from forgetkit.eval.generation import greedy_continuations
+from forgetkit.eval.sets import benchmark_data
 from forgetkit.eval.token_stats import score_examples
 from forgetkit.io import write_json
 from forgetkit.models import load_model

@@ -143,7 +143,8 @@ EVAL_FILE_ROLES = ("forget", "retain", "holdout", "world_facts", "real_authors",
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from forgetkit.eval.command import EvalRequest, run_eval
-    from forgetkit.eval.evaluate import EvalSettings, format_summary
+    from forgetkit.eval.report import format_summary
+    from forgetkit.eval.sets import EvalSettings
 
     try:
         settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,

@@ -313,7 +313,7 @@ class Bench:
 
     # -- evaluation ------------------------------------------------------------------------------
     def _eval_settings(self, quick: bool = False):
-        from forgetkit.eval.evaluate import EvalSettings
+        from forgetkit.eval.sets import EvalSettings
 
         e = self.config.eval
         return EvalSettings(max_new_tokens=e.max_new_tokens, verbatim_new_tokens=e.verbatim_new_tokens,
@@ -348,7 +348,8 @@ class Bench:
 
     def _quick(self, model, tokenizer, split: str, forget: list[QARecord], utility: bool = True) -> dict:
         """Forget probability and ROUGE-L of ``forget`` (and Model Utility on a retain sample and the world facts)."""
-        from forgetkit.eval.evaluate import EvalData, evaluate
+        from forgetkit.eval.evaluate import evaluate
+        from forgetkit.eval.sets import EvalData
 
         data = EvalData(forget=forget)
         if utility:

@@ -14,7 +14,7 @@ from forgetkit.bench.config import BenchConfig, UserData
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord, records_hash
 from forgetkit.data.synthetic import person_of
-from forgetkit.eval.evaluate import EvalData, benchmark_data
+from forgetkit.eval.sets import EvalData, benchmark_data
 from forgetkit.runs import ModelRef, PreparedRun
 
 

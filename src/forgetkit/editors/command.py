@@ -27,7 +27,7 @@ from forgetkit.device import resolve_device
 from forgetkit.editors.base import EditData, build_editor
 from forgetkit.errors import ForgetkitError
 from forgetkit.eval.command import evaluate_into, oracle_log_of
-from forgetkit.eval.evaluate import EvalData, benchmark_data
+from forgetkit.eval.sets import EvalData, benchmark_data
 from forgetkit.io import write_json
 from forgetkit.request import (
     UnlearnRequest,

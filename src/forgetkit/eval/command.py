@@ -15,8 +15,9 @@ from forgetkit import checks
 from forgetkit.data.readers import read_records
 from forgetkit.errors import DataError, ForgetkitError
 from forgetkit.eval import tofu
-from forgetkit.eval.evaluate import EvalData, EvalSettings, benchmark_data, evaluate, read_canaries
+from forgetkit.eval.evaluate import evaluate
 from forgetkit.eval.result import EvalResult
+from forgetkit.eval.sets import EvalData, EvalSettings, benchmark_data, read_canaries
 from forgetkit.io import write_json
 from forgetkit.runs import PreparedRun
 

@@ -3,8 +3,8 @@
 Which sets: the forget set (QA), and where given, a retain sample, a holdout set (same
 distribution, never trained: the non-members of membership inference), world facts and real
 authors (utility sets with one true and several false answers), forget texts (verbatim
-memorisation), held-out texts (perplexity) and canaries (exposure). :func:`benchmark_data`
-finds them all in a built-in benchmark directory.
+memorisation), held-out texts (perplexity) and canaries (exposure): an :class:`EvalData`
+(:mod:`forgetkit.eval.sets`, which finds them all in a built-in benchmark directory).
 
 How: every text variant of every example (answer, paraphrased answer, each perturbed answer,
 the answer after a paraphrased question, canary candidates, held-out texts) is tokenised into
@@ -22,113 +22,23 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from forgetkit.data.formatting import IGNORE_INDEX, encode_qa, prompt_ids
-from forgetkit.data.readers import jsonl_rows, read_records
-from forgetkit.data.records import QARecord, TextRecord, records_hash, text_hash
-from forgetkit.data.synthetic import holdout_of, person_of, retain_of
-from forgetkit.errors import DataError, ForgetkitError, require, require_positive
+from forgetkit.data.records import records_hash, text_hash
+from forgetkit.errors import ForgetkitError
 from forgetkit.eval import memorisation as mem
 from forgetkit.eval import mia, tofu
 from forgetkit.eval.generation import greedy_continuations
+from forgetkit.eval.sets import EvalData, EvalSettings
 from forgetkit.eval.token_stats import TokenStats, score_examples
-from forgetkit.runs import check_split
 
 log = logging.getLogger("forgetkit")
-QA_ROLES = ("forget", "retain", "holdout", "world_facts", "real_authors")
 MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "reference", "gradnorm")
-
-
-@dataclass
-class EvalData:
-    """The sets one evaluation reads; only ``forget`` is required."""
-
-    forget: list[QARecord]
-    retain: list[QARecord] | None = None
-    holdout: list[QARecord] | None = None
-    world_facts: list[QARecord] | None = None
-    real_authors: list[QARecord] | None = None
-    forget_text: list[TextRecord] | None = None
-    heldout_text: list[TextRecord] | None = None
-    canaries: list[dict] | None = None  # each: id, prefix, secret (digits)
-    holdout_canaries: list[dict] | None = None  # never-trained canaries: the exposure baseline
-    sources: dict[str, str] = field(default_factory=dict)
-
-    def qa_sets(self) -> dict[str, list[QARecord]]:
-        return {role: getattr(self, role) for role in QA_ROLES if getattr(self, role)}
-
-
-@dataclass
-class EvalSettings:
-    batch_size: int = 32
-    generation_batch_size: int = 64
-    max_new_tokens: int = 200  # TOFU's default; clipped to the model's context
-    verbatim_new_tokens: int = 128  # MUSE's continuation length
-    retain_limit: int = 400  # TOFU evaluates 400 retain examples
-    min_k: float = mia.MIN_K
-    canary_candidates: int = 200
-    gradnorm: bool = True
-    include_text: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        require_positive(self, "batch_size", "generation_batch_size", "max_new_tokens", "canary_candidates")
-        require_positive(self, "verbatim_new_tokens", "retain_limit", allow_zero=True)
-        require(0 < self.min_k <= 1, "min_k", f"must be in (0, 1], got {self.min_k}")
-
-
-def read_canaries(path: Path) -> list[dict]:
-    """Canaries from JSON Lines: each an object with ``prefix`` and a digit-string ``secret``."""
-    rows = []
-    for row, where in jsonl_rows(path):
-        n = where["line"]
-        if not isinstance(row, dict):
-            raise DataError(path, f"expected a JSON object, got {type(row).__name__}", line=n)
-        for key in ("prefix", "secret"):
-            if not isinstance(row.get(key), str) or not row[key]:
-                raise DataError(path, "missing or not a string", line=n, field=key)
-        if not row["secret"].isdigit():
-            raise DataError(path, "secret must be a string of digits", line=n, field="secret")
-        row.setdefault("id", f"{path.stem}-{n}")
-        rows.append(row)
-    return rows
-
-
-def benchmark_data(data_dir: str | Path, split: str, retain_limit: int = 400) -> EvalData:
-    """The sets of a built-in benchmark directory for forget split ``split`` (e.g. ``forget10``)."""
-    data_dir = Path(data_dir)
-    if not (data_dir / "manifest.json").is_file():
-        raise ForgetkitError(f"{data_dir}: not a benchmark directory (no manifest.json; forgetkit prepare writes "
-                             "one in RUN/benchmark)")
-    check_split(data_dir, split)
-    retain_name, holdout_name = retain_of(split), holdout_of(split)
-
-    def qa(name: str) -> list[QARecord] | None:
-        path = data_dir / f"{name}.jsonl"
-        return read_records(path) if path.is_file() else None
-
-    data = EvalData(forget=qa(split), retain=qa(retain_name), holdout=qa(holdout_name),
-                    world_facts=qa("world_facts"))
-    data.sources = {"forget": split, "retain": retain_name, "holdout": holdout_name, "world_facts": "world_facts"}
-    forget_people = {person_of(r.id) for r in data.forget}
-    holdout_people = {person_of(r.id) for r in data.holdout or []}
-    if (data_dir / "narratives.jsonl").is_file():
-        texts = read_records(data_dir / "narratives.jsonl", kind="text")
-        data.forget_text = [t for t in texts if person_of(t.id) in forget_people]
-        data.heldout_text = [t for t in texts if person_of(t.id) in holdout_people]
-        data.sources.update(forget_text="narratives (forget people)", heldout_text="narratives (holdout people)")
-    if (data_dir / "canaries.jsonl").is_file():
-        canaries = read_canaries(data_dir / "canaries.jsonl")
-        data.canaries = [c for c in canaries if c["person"] in forget_people]
-        data.holdout_canaries = [c for c in canaries if c["person"] in holdout_people]
-        data.sources.update(canaries="canaries (forget people)", holdout_canaries="canaries (holdout people)")
-    return data
 
 
 class _Shards:
@@ -498,47 +408,3 @@ def _memorisation_summary(stats, candidates, canary_sets, continuations, generat
         out["canary_space_bits"] = math.log2(10 ** len(some["secret"]))
         out["canary_candidates"] = len(candidates[some["id"]])
     return out
-
-
-def format_summary(summary: dict) -> str:
-    """The table ``forgetkit eval`` prints."""
-    lines = [f"{'set':<14}{'n':>6}{'prob':>8}{'rougeL':>8}{'truth':>8}{'ES':>8}{'EM':>8}"]
-    for role, row in summary["sets"].items():
-        tr, prob = row.get("truth_ratio"), row.get("probability")
-        lines.append(f"{role:<14}{row['examples']:>6}{(f'{prob:.3f}' if prob is not None else '-'):>8}"
-                     f"{row['rougeL_recall']:>8.3f}"
-                     f"{(f'{tr:.3f}' if tr is not None else '-'):>8}{row['extraction_strength']:>8.3f}"
-                     f"{row['exact_memorisation']:>8.3f}")
-    lines.append("(truth: mean(min(R,1/R)) on forget, mean(max(0,1-R)) elsewhere; ES extraction strength; "
-                 "EM exact memorisation)")
-    fq = summary.get("forget_quality")
-    lines.append(f"Forget quality: {fq:.4g}" if fq is not None
-                 else f"Forget quality: {summary.get('forget_quality_note', 'missing')}")
-    mu = summary.get("model_utility")
-    parts = ", ".join(summary.get("model_utility_components", {}))
-    lines.append(f"Model utility: {mu:.4f} (harmonic mean of {parts})" if mu is not None
-                 else f"Model utility: {summary.get('model_utility_note', 'missing (no utility set)')}")
-    m = summary.get("mia", {})
-    if "auc" in m:
-        aucs = "  ".join(f"{k}={v:.3f}" for k, v in m["auc"].items())
-        lines.append(f"MIA AUC forget vs holdout ({m['n_forget']} vs {m['n_holdout']}): {aucs}")
-        lines.append("  (1.0 = forget still looks trained on, 0.5 = indistinguishable from never-trained holdout)")
-        eps = m["empirical_epsilon"]
-        lines.append(f"Empirical epsilon lower bound ({m['best_attack']}, 95% Clopper-Pearson): {eps['epsilon']:.3f}")
-        pl = m.get("privleak")
-        lines.append(f"PrivLeak: {pl:+.1f}%" if pl is not None else f"PrivLeak: {m.get('privleak_note')}")
-    memo = summary.get("memorisation", {})
-    if "verbatim_rougeL_f1" in memo:
-        lines.append(f"Verbatim memorisation (ROUGE-L F1 of continuations): {memo['verbatim_rougeL_f1']:.3f}")
-    if "canary_exposure_forget" in memo:
-        base = memo.get("canary_exposure_holdout")
-        extra = f" (never-trained canaries: {base:.2f})" if base is not None else ""
-        lines.append(f"Canary exposure, forget people: {memo['canary_exposure_forget']:.2f} of "
-                     f"{memo['canary_space_bits']:.1f} bits{extra}")
-    if "utility" in summary:
-        lines.append(f"Held-out perplexity: {summary['utility']['heldout_perplexity']:.2f}")
-    c = summary.get("cost")
-    if c:
-        lines.append(f"Cost: {c['wall_time_s']:.1f}s, {c['tokens_per_s']:.0f} tokens/s "
-                     f"({c['sequences_scored']} sequences scored, {c['prompts_generated']} generations)")
-    return "\n".join(lines)

@@ -24,7 +24,8 @@ from forgetkit.data.records import QARecord
 from forgetkit.device import resolve_device
 from forgetkit.errors import ConfigError, ForgetkitError
 from forgetkit.eval.command import evaluate_into, oracle_log_of
-from forgetkit.eval.evaluate import EvalData, EvalSettings, benchmark_data, evaluate
+from forgetkit.eval.evaluate import evaluate
+from forgetkit.eval.sets import EvalData, EvalSettings, benchmark_data
 from forgetkit.io import write_json
 from forgetkit.methods.base import Method, Reference, UnlearnContext, build_method
 from forgetkit.request import (
