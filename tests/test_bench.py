@@ -196,6 +196,7 @@ def test_relearning_brings_back_what_unlearning_removed(unlearn_run, tmp_path):
 
     config = build(UnlearnConfig, {"method": "ga", "train": {"epochs": 3, "batch_size": 8, "lr": 1e-2}})
     run_unlearn(UnlearnRequest(out=str(tmp_path / "ga"), config=config, run=str(unlearn_run)), quiet=True)
+    assert config.adapter is None  # the request's config is not changed (the audit has the resolved one)
     model, tok = load_unlearned(tmp_path / "ga")
     forget = read_records(unlearn_run / "benchmark" / "forget10.jsonl")
     shown, measured = attacks.split_for_relearning(forget, 0.5, lambda rid: rid.split("-")[0])
@@ -253,6 +254,7 @@ def test_sequential_requests_chain_from_each_result(lora_run, tmp_path):
     second = json.loads((cell / "request_2" / "unlearn" / "audit.json").read_text())
     assert second["adapter_in"]["path"] == str(cell / "request_1" / "unlearn" / "adapter")
     assert not (cell / "requests").exists()
+    assert second["forget"]["file"] is None and second["forget"]["count"] == n_forget - rows[0]["requested_so_far"]
 
 
 def test_sharded_exact_cells_delete_from_a_shard_set_trained_once(unlearn_run, tmp_path, monkeypatch):

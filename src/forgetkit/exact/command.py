@@ -35,7 +35,7 @@ from forgetkit.exact.sharded import (
 from forgetkit.io import write_json
 from forgetkit.registry import EXACT, SHARDED, register_unlearner, unlearner
 from forgetkit.request import AuditRecord, UnlearnRequest, UnlearnResult, fingerprinted, finish, now, record_set
-from forgetkit.runs import PreparedRun, check_run, run_stages
+from forgetkit.runs import PreparedRun
 
 SHARDED_METHOD = "sharded_exact"
 SHARD_WEIGHTS = "shard_*/*.safetensors"
@@ -79,12 +79,10 @@ class ShardTrainRequest:
 def _sources(request: ShardTrainRequest) -> tuple[Path, Path, Path | None]:
     """The base model, the training file and the shared file; each checked, and the output with them."""
     if request.run:
-        run = check_run(request.run, stages=("base",), splits=(request.split,) if request.evaluate else ())
-        bench = run / "benchmark"
-        world = bench / "world_facts.jsonl"
-        base, data, shared = run / "base", bench / "full.jsonl", world if world.is_file() else None
-        inputs = run_stages(run)
-        containers = [run]
+        run = PreparedRun(request.run, stages=("base",), splits=(request.split,) if request.evaluate else ())
+        base, data, shared = run.root / "base", run.split_file("full"), run.world_facts_file()
+        inputs = run.stages()
+        containers = [run.root]
     else:
         if not request.model or not request.data:
             raise ForgetkitError("shard-train: give --model DIR and --data FILE (and --shared FILE), or --run DIR")

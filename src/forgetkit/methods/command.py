@@ -25,6 +25,7 @@ from forgetkit.device import resolve_device
 from forgetkit.errors import ConfigError, ForgetkitError
 from forgetkit.eval.command import evaluate_into, oracle_log_of
 from forgetkit.eval.evaluate import evaluate
+from forgetkit.eval.result import EvalResult
 from forgetkit.eval.sets import EvalData, EvalSettings, benchmark_data
 from forgetkit.io import write_json
 from forgetkit.methods.base import Method, Reference, UnlearnContext, build_method
@@ -215,8 +216,9 @@ def _periodic_eval(request: UnlearnRequest, tokenizer):
         was_training = model.training
         _, summary = evaluate(model, tokenizer, data, settings, oracle_log=oracle_log, quiet=True)
         model.train(was_training)
-        return {"forget_quality": summary.get("forget_quality"), "model_utility": summary.get("model_utility"),
-                "forget_probability": summary["sets"]["forget"]["probability"]}
+        head = EvalResult.from_summary(summary)
+        return {"forget_quality": head.forget_quality, "model_utility": head.model_utility,
+                "forget_probability": head.forget["probability"]}
 
     return on_step
 

@@ -1,0 +1,75 @@
+"""The one registry of unlearners and the request layer's typed records: every name the CLI, the bench and the
+ledger know comes from the registry, with its kind and guarantee; ``finish`` writes one audit schema."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from forgetkit.audit.ledger import entries
+from forgetkit.cli import main
+from forgetkit.errors import ConfigError
+from forgetkit.registry import CERTIFIED, EMPIRICAL, EXACT, GUARANTEES, KINDS, SHARDED, register_unlearner, unlearner
+from forgetkit.request import AuditRecord, UnlearnConfig, UnlearnRequest, UnlearnResult, finish
+from forgetkit.unlearn import RUNNERS, UNLEARNERS
+
+
+def test_every_unlearner_is_complete_and_has_a_runner():
+    assert {"graddiff", "npo", "retrain", "llmeraser", "fast_ntk", "sharded_exact", "noisy_finetune"} <= set(UNLEARNERS)
+    for name, entry in UNLEARNERS.items():
+        assert entry.name == name and entry.kind in KINDS and entry.guarantee in GUARANTEES and entry.summary
+        assert dataclasses.is_dataclass(entry.build({}))  # its parameters build from their defaults
+        assert entry.kind in RUNNERS
+
+
+def test_guarantees_come_from_the_registry():
+    assert unlearner("retrain").guarantee == EXACT and unlearner("sharded_exact").guarantee == EXACT
+    assert unlearner("sharded_exact").kind == SHARDED
+    assert unlearner("noisy_finetune").guarantee == CERTIFIED
+    assert {unlearner(n).guarantee for n in ("npo", "graddiff", "llmeraser")} == {EMPIRICAL}
+
+
+def test_unknown_names_and_bad_entries_are_refused():
+    with pytest.raises(ConfigError, match="unknown method 'nope'.*graddiff"):
+        unlearner("nope")
+    with pytest.raises(ConfigError, match="unknown editor 'npo'"):
+        unlearner("npo", kind="editor")
+    with pytest.raises(ValueError, match="unique name"):
+        register_unlearner("npo", UnlearnConfig, "gradient")
+    with pytest.raises(ValueError, match="unknown"):
+        register_unlearner("brand_new", UnlearnConfig, "telepathy")
+    assert "brand_new" not in UNLEARNERS
+
+
+def test_methods_command_lists_the_registry(capsys):
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[0] for line in lines) == sorted(UNLEARNERS)
+    assert any(line.startswith("sharded_exact") and "[sharded; exact]" in line for line in lines)
+
+
+def _audit(tmp_path, guarantee: str, **details) -> AuditRecord:
+    return AuditRecord(method="noisy_finetune", config={}, config_hash="c0ffee", model={"path": "m", "hash": "a"},
+                       forget={"file": None, "hash": "f", "count": 2}, output={"path": str(tmp_path), "hash": "o"},
+                       started="2026-12-01T00:00:00+00:00", guarantee=guarantee, details=details)
+
+
+def test_finish_writes_one_schema_and_withholds_an_unearned_certificate(tmp_path):
+    """A certified unlearner whose run issued no certificate (σ = 0) is recorded as empirical; one that did is
+    certified with its ε and δ. audit.json, the ledger row and summary.json are all written."""
+    request = UnlearnRequest(out=str(tmp_path / "a"), config=UnlearnConfig(), ledger=str(tmp_path / "l.sqlite"))
+    (tmp_path / "a").mkdir()
+    result = finish(request, _audit(tmp_path, CERTIFIED), {"steps": 3})
+    assert result.audit["guarantee"] == EMPIRICAL and result.audit["ended"]
+    request.out = str(tmp_path / "b")
+    (tmp_path / "b").mkdir()
+    finish(request, _audit(tmp_path, CERTIFIED, certificate={"epsilon": 2.0, "delta": 1e-5}), {"steps": 3})
+    rows = entries(tmp_path / "l.sqlite")
+    assert [r["guarantee"] for r in rows] == [EMPIRICAL, CERTIFIED] and rows[1]["epsilon"] == 2.0
+    read = UnlearnResult.read(tmp_path / "b")
+    assert read.audit["certificate"]["epsilon"] == 2.0 and read.summary["ledger"]["id"] == rows[1]["id"]
+    assert json.loads((tmp_path / "b" / "audit.json").read_text()) == read.audit
+    with pytest.raises(Exception, match="field 'load' is missing"):
+        read.load_model()
