@@ -277,3 +277,25 @@ def test_sharded_exact_cells_delete_from_a_shard_set_trained_once(unlearn_run, t
         assert r["cost"]["shards"] == 2 and r["cost"]["shards_retrained"] and r["cost"]["wall_time_s"] > 0
         assert set(r["attacks"]) == {"prompt"}
     assert Bench(config, quiet=True).run() and trained == [1]
+
+
+def test_a_variant_with_until_shows_its_criterion(unlearn_run, tmp_path):
+    """`until: indistinguishable` as a method variant: the cell keeps the criterion's chosen check, the
+    leaderboard shows its step and AUC, and the criterion plot is drawn; the fixed-epoch variant has none."""
+    from forgetkit.bench.leaderboard import leaderboard
+    from forgetkit.bench.plots import write_plots
+    from forgetkit.bench.runner import Bench
+
+    base = {"train.epochs": 4, "train.batch_size": 8, "train.lr": 5e-3}
+    config = _config(unlearn_run, tmp_path / "b", methods=[
+        {"name": "ga", "overrides": base},
+        {"name": "ga", "label": "ga+until", "overrides": {**base, "until": "indistinguishable", "criterion.every": 1}}],
+        attacks={"relearn": {"enabled": False}, "quantize_bits": [], "prompt": False, "sequential": 0})
+    results = Bench(config, quiet=True).run()
+    by = {r["cell"]["variant"]: r for r in results}
+    assert "criterion" not in by["ga"] and by["ga+until"]["criterion"]["chosen"]["step"] >= 0
+    rows = {r["variant"]: r for r in leaderboard(results)}
+    assert rows["ga+until"]["columns"]["criterion.chosen.auc"]["n"] == 1
+    assert rows["ga"]["columns"]["criterion.chosen.auc"]["n"] == 0
+    if by["ga+until"]["metrics"]["forget_quality"]:
+        assert "criterion" in write_plots(results, leaderboard(results), tmp_path)

@@ -48,7 +48,8 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
     from forgetkit.unlearn import UnlearnConfig, UnlearnRequest, run_unlearn
 
     recipe = args.config or (args.method if args.method in shipped_configs("unlearn") else None)
-    overrides = list(args.overrides) + ([f"method={args.method}"] if args.method else [])
+    overrides = (list(args.overrides) + ([f"method={args.method}"] if args.method else [])
+                 + ([f"until={args.until}"] if args.until else []))
     if recipe:
         config = load_config(recipe, overrides, UnlearnConfig, kind="unlearn")
     else:
@@ -57,7 +58,8 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
         config = build(UnlearnConfig, apply_overrides({}, overrides))
     request = UnlearnRequest(out=args.out, config=config, model=args.model, adapter=args.adapter, forget=args.forget,
                              retain=args.retain, run=args.run, split=args.split, evaluate=args.eval,
-                             eval_every=args.eval_every, device=args.device, edits=args.edits, ledger=args.ledger)
+                             eval_every=args.eval_every, device=args.device, edits=args.edits, ledger=args.ledger,
+                             calibration=args.calibration)
     result = run_unlearn(request, quiet=args.quiet)
     if result is None:  # not the main process of a multi-process launch
         return 0
@@ -73,6 +75,13 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
         print(f"{summary['method']} ({summary['mode']}): {summary['steps']} steps in {summary['wall_time_s']:.1f}s, "
               f"peak {summary['peak_memory_mb']:.0f} MB, {summary['trainable_parameters']:,} trainable parameters; "
               f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}")
+    if "criterion" in summary:
+        c = summary["criterion"]
+        chosen = c["chosen"] or {}
+        print(f"until indistinguishable: {c['stopped']} after {c['checks']} checks; kept step {chosen.get('step')} "
+              f"(forget vs calibration AUC {chosen.get('auc', float('nan')):.3f}, tolerance ±{c['tolerance']:.3f} "
+              f"for {c['forget_examples']} vs {c['calibration_examples']} examples"
+              f"{'; rolled back' if c['rolled_back'] else ''})")
     if "eval" in summary:
         ev = summary["eval"]
         fq = ev["forget_quality"]
@@ -320,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", action="store_true", help="evaluate the result (forgetkit eval's metrics)")
     p.add_argument("--eval-every", type=int, default=0, metavar="N",
                    help="with --run: Forget Quality and Model Utility every N steps (quick evaluation) in the step log")
+    p.add_argument("--until", choices=("indistinguishable",),
+                   help="stop when the forget set cannot be told from the calibration set (no oracle needed); "
+                        "train.epochs is the most it may train; criterion.* tunes the checks")
+    p.add_argument("--calibration", help="with --until: examples like the forget set's that the model never trained "
+                                         "on (default with --run: the run's calibration people)")
     p.add_argument("--device", default="auto")
     p.add_argument("--ledger", help="the audit ledger (SQLite) to append the request to (default: RUN/ledger.sqlite "
                                     "with --run, else ledger.sqlite beside --out)")

@@ -157,12 +157,16 @@ def load_config(name_or_path: str, overrides: list[str] | None, cls: type, kind:
 ADDED_SETTING = {"forgetkit_added_setting": True}
 
 
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def plain_config(obj):
     """A (nested) config dataclass as plain dicts and lists, like ``dataclasses.asdict``, without the
     ``ADDED_SETTING`` fields that hold their defaults."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: plain_config(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not (f.metadata.get("forgetkit_added_setting") and getattr(obj, f.name) == f.default)}
+                if not (f.metadata.get("forgetkit_added_setting") and getattr(obj, f.name) == _default(f))}
     if isinstance(obj, dict):
         return {k: plain_config(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

@@ -18,11 +18,12 @@ from pathlib import Path
 from forgetkit import checks
 from forgetkit.adapters.lora import ADAPTER_KINDS, LoraSettings
 from forgetkit.audit.ledger import LEDGER_FILE, check_ledger, write_request
-from forgetkit.config import config_hash
+from forgetkit.config import ADDED_SETTING, config_hash
 from forgetkit.data.edits import EDIT_KINDS
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord, records_hash
-from forgetkit.errors import ConfigError, ForgetkitError, require_positive
+from forgetkit.errors import ConfigError, ForgetkitError, SettingError, require_positive
+from forgetkit.eval.calibration import UNTIL, CriterionSettings
 from forgetkit.io import dir_hash
 from forgetkit.registry import CERTIFIED, EMPIRICAL
 from forgetkit.runs import PreparedRun, check_run, run_stages
@@ -40,8 +41,14 @@ class UnlearnConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, batch_size=16, lr=1e-3))
     max_length: int = 128
+    # oracle-free stopping (gradient methods): "indistinguishable" stops when the forget set cannot be told from
+    # a calibration set the model never trained on; train.epochs is then the most the run may take
+    until: str | None = field(default=None, metadata=ADDED_SETTING)
+    criterion: CriterionSettings = field(default_factory=CriterionSettings, metadata=ADDED_SETTING)
 
     def __post_init__(self) -> None:
+        if self.until is not None and self.until not in UNTIL:
+            raise SettingError("until", f"must be one of {', '.join(UNTIL)}, got '{self.until}'")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'")
         if self.adapter is not None and self.adapter not in ADAPTER_KINDS:
@@ -70,6 +77,8 @@ class UnlearnRequest:
     ledger: str | None = None  # the audit ledger (SQLite); None: RUN/ledger.sqlite, else beside --out
     forget_records: list[QARecord] | None = None
     retain_records: list[QARecord] | None = None
+    calibration: str | None = None  # never-trained examples like the forget set's (--until); with --run: the run's
+    calibration_records: list[QARecord] | None = None
 
     def ledger_path(self) -> Path:
         return default_ledger(self.ledger, self.run, self.out)
@@ -110,6 +119,8 @@ def check_request(request: UnlearnRequest, adapter_is_shard_set: bool = False) -
         for role in ("forget", "retain"):
             if getattr(request, role):
                 checks.input_file(getattr(request, role), role)
+    if request.calibration:
+        inputs.append(checks.input_file(request.calibration, "calibration"))
     checks.output_path(request.out, "--out", inputs, containers=containers)
     check_ledger(request.ledger_path())
 
@@ -156,6 +167,35 @@ def resolve_inputs(request: UnlearnRequest, starts_from_base: bool = False) -> R
     return RequestInputs(Path(request.model), Path(request.adapter) if request.adapter else None, forget,
                          Path(request.forget) if request.forget_records is None else None, retain,
                          Path(request.retain) if request.retain and request.retain_records is None else None, {})
+
+
+def calibration_of(request: UnlearnRequest, inputs: RequestInputs) -> tuple[list[QARecord], Path | None]:
+    """The calibration set of a request (``--calibration``, or the prepared run's never-trained calibration
+    people) and its file, checked disjoint from the forget and retain sets it calibrates against."""
+    if request.calibration_records is not None:
+        records, file = request.calibration_records, None
+    elif request.calibration:
+        file = Path(request.calibration)
+        records = read_records(file)
+    elif request.run:
+        file = request.prepared_run().calibration_file()
+        if file is None:
+            raise ForgetkitError(f"{request.run}: the prepared run has no calibration people (prepared before "
+                                 "benchmark.calibration_people existed, or with 0); prepare it with "
+                                 "benchmark.calibration_people=N, or give --calibration FILE")
+        records = read_records(file)
+    else:
+        raise ForgetkitError("--until indistinguishable needs a calibration set: --calibration FILE (examples like "
+                             "the forget set's that the model never trained on)")
+    if not records:
+        raise ForgetkitError(f"{file or 'the calibration records'}: the calibration set is empty")
+    seen = {r.content_hash() for r in inputs.forget + (inputs.retain or [])}
+    ids = {r.id for r in inputs.forget + (inputs.retain or [])}
+    for r in records:
+        if r.content_hash() in seen or r.id in ids:
+            raise ForgetkitError(f"{file or 'the calibration records'}: record '{r.id}' (field id) is also in the "
+                                 "forget or retain set; a calibration set must be data the model never trained on")
+    return records, file
 
 
 def record_set(file: Path | str | None, records: list) -> dict:

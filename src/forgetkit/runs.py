@@ -124,6 +124,11 @@ class PreparedRun:
         path = self.split_file("world_facts")
         return path if path.is_file() else None
 
+    def calibration_file(self) -> Path | None:
+        """The never-trained calibration people's QA (``benchmark.calibration_people``), if the run has them."""
+        path = self.split_file("calibration")
+        return path if path.is_file() else None
+
     def retain_records(self, split: str) -> list[QARecord]:
         """The split's retain people plus the world facts: what the oracle of the split trained on."""
         facts = self.world_facts_file()

@@ -115,6 +115,7 @@ class TrainStats:
     memory_kind: str
     trainable_parameters: int
     resumed_from_step: int = 0
+    stopped: str | None = None  # why an on_step hook ended the run early
 
     @property
     def tokens_per_s(self) -> float:
@@ -122,6 +123,8 @@ class TrainStats:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if d["stopped"] is None:
+            del d["stopped"]
         d["tokens_per_s"] = round(self.tokens_per_s, 1)
         return d
 
@@ -240,7 +243,8 @@ def train_loop(
     resumed from. The model is left in eval mode, unwrapped, holding the final weights.
     ``after_step(model)`` runs after each optimiser step, under ``no_grad`` (e.g. adapter norm
     clipping); ``on_step(step, model)`` may return values to add to that step's log line (e.g. a
-    periodic evaluation; it must leave the model as it found it).
+    periodic evaluation; it must leave the model as it found it); a ``stop`` value among them ends the
+    run after that step (``TrainStats.stopped`` holds it).
     """
     driver = data.driver()
     if len(driver) == 0:
@@ -292,6 +296,7 @@ def train_loop(
     tokens = examples = 0
     first_loss = last_loss = float("nan")
     step = start_step
+    stop = None  # an on_step hook's reason to end the run early (e.g. --until's criterion)
     with measure(accelerator.device) as cost:
         while step < total_steps:
             step_loss, terms = 0.0, {}
@@ -339,8 +344,14 @@ def train_loop(
                           "lr": lr}
                 if on_step is not None:
                     record.update(on_step(step, raw) or {})
+                    stop = record.get("stop")
                 with log_path.open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
+            if on_step is not None and world > 1:  # every process stops where the main process's hook said so
+                flag = torch.tensor([1.0 if stop else 0.0], device=accelerator.device)
+                stop = stop or ("stopped by the main process" if float(accelerator.reduce(flag, "sum")) else None)
+            if stop:
+                break
             if run_dir and config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
                 _checkpoint(run_dir, step, raw, optimizer, scheduler, config, accelerator)
     bar.close()
@@ -350,7 +361,7 @@ def train_loop(
     return TrainStats(steps=step - start_step, examples=examples, tokens=tokens, first_loss=first_loss,
                       final_loss=last_loss, wall_time_s=cost.wall_time_s, peak_memory_mb=cost.peak_memory_mb,
                       memory_kind=cost.memory_kind, trainable_parameters=sum(p.numel() for p in params),
-                      resumed_from_step=start_step)
+                      resumed_from_step=start_step, stopped=stop)
 
 
 def _checkpoint(run_dir, step, raw, optimizer, scheduler, config, accelerator) -> None:

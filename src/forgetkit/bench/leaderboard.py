@@ -66,6 +66,8 @@ COLUMNS: list[tuple[str, str]] = [
     ("metrics.mia_auc", "MIA AUC"),
     ("metrics.privleak", "PrivLeak"),
     ("metrics.paraphrase_probability", "paraphrase prob"),
+    ("criterion.chosen.step", "stop step"),
+    ("criterion.chosen.auc", "criterion AUC"),
     ("cost.wall_time_s", "time s"),
     ("cost.time_vs_retrain", "× retrain time"),
     ("cost.peak_memory_mb", "peak MB"),

@@ -48,6 +48,9 @@ CAPTIONS = {
     "sequential": "Forget probability and model utility after each of a sequence of forget requests, mean over seeds.",
     "scaling": "Forget quality (log scale) and model utility against the size of the forget set (forget01, 05, 10: "
                "the percentage of people forgotten), mean over seeds.",
+    "criterion": "Does the oracle-free signal track the oracle's? Each cell run with until: indistinguishable: "
+                 "the forget-vs-calibration AUC at the step it kept (no oracle needed; 0.5 = indistinguishable, "
+                 "shaded: the tolerance) against its Forget Quality (log scale; the oracle-based test).",
 }
 
 
@@ -248,6 +251,28 @@ def _scaling(cells: list[dict], rows: list[dict], styles: dict[str, dict]) -> Fi
     return fig
 
 
+def _criterion(cells: list[dict], rows: list[dict], styles: dict[str, dict]) -> Figure | None:
+    """The chosen check's criterion AUC against Forget Quality, one point per cell that ran with ``until``."""
+    points = [c for c in cells if c.get("status") == "done" and (c.get("criterion") or {}).get("chosen")
+              and _positive(c["metrics"].get("forget_quality"))]
+    if not points:
+        return None
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    tolerance = max(c["criterion"]["tolerance"] for c in points)
+    ax.axvspan(0.5 - tolerance, 0.5 + tolerance, color="0.9", zorder=0)
+    for variant in sorted({c["cell"]["variant"] for c in points}):
+        mine = [c for c in points if c["cell"]["variant"] == variant]
+        style = styles.get(variant, {"color": None, "marker": "o"})
+        ax.scatter([c["criterion"]["chosen"]["auc"] for c in mine], [c["metrics"]["forget_quality"] for c in mine],
+                   color=style["color"], marker=style["marker"], label=variant)
+    ax.set_yscale("log")
+    ax.set(xlabel="criterion AUC (forget vs calibration) at the kept step", ylabel="forget quality (log)",
+           title="oracle-free criterion against Forget Quality")
+    ax.legend(fontsize="small")
+    return fig
+
+
 PLOTS: dict[str, Callable[[list[dict], list[dict], dict[str, dict]], Figure | None]] = {
     "pareto": _pareto,
     "cost": _cost,
@@ -255,6 +280,7 @@ PLOTS: dict[str, Callable[[list[dict], list[dict], dict[str, dict]], Figure | No
     "attacks": _attacks,
     "sequential": _sequential,
     "scaling": _scaling,
+    "criterion": _criterion,
 }
 
 

@@ -259,6 +259,9 @@ class Bench:
         result["metrics"] = self._evaluate(model, tokenizer, cell, cell_dir / "eval")
         result["cost"] = _cost(done.summary)
         result["curve"] = _curve(unlearn_dir)
+        if "criterion" in done.summary:  # --until: the oracle-free criterion's chosen check
+            c = done.summary["criterion"]
+            result["criterion"] = {k: c[k] for k in ("criterion", "stopped", "tolerance", "chosen", "rolled_back")}
         result["attacks"] = self._attacks(cell, model, tokenizer, cell_dir / "attacks")
         return result
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from forgetkit.config import ADDED_SETTING
 from forgetkit.data.records import QARecord, TextRecord, records_hash, text_hash
 from forgetkit.io import atomic_path, write_json, write_jsonl
 
@@ -33,6 +34,9 @@ class SyntheticConfig:
     n_generic_people: int = 200
     n_world_facts: int = 0  # 0 = all built-in world facts
     canary_digits: int = 6
+    # never-trained people of the same kind for calibrating unlearning without an oracle (``calibration.jsonl``;
+    # ``unlearn --until indistinguishable``); apart from the holdout people the evaluation reports on
+    calibration_people: int = field(default=0, metadata=ADDED_SETTING)
 
     def __post_init__(self) -> None:
         from forgetkit.errors import ConfigError
@@ -41,7 +45,7 @@ class SyntheticConfig:
             raise ConfigError(f"benchmark.qa_per_person must be 1..{len(ATTRIBUTES)}")
         if self.n_people < 10:
             raise ConfigError("benchmark.n_people must be at least 10 (forget01 needs a person)")
-        if self.canary_digits < 1 or self.n_generic_people < 0 or self.n_world_facts < 0:
+        if self.canary_digits < 1 or min(self.n_generic_people, self.n_world_facts, self.calibration_people) < 0:
             raise ConfigError("benchmark: canary_digits must be ≥ 1; counts must be ≥ 0")
 
 
@@ -347,8 +351,24 @@ def generate(config: SyntheticConfig) -> dict[str, list]:
         canaries.append(canary)
     files["narratives"] = narratives
     files["canaries"] = canaries
+    if config.calibration_people:
+        calibration = _calibration_people(config, people, attrs)
+        files["calibration"] = [r for p in calibration for r in _qa(random.Random(f"{config.seed}-qa-{p['person']}"),
+                                                                    p, attrs)]
+        people = people + calibration
     files["people"] = people
     return files
+
+
+def _calibration_people(config: SyntheticConfig, people: list[dict], attrs: list[str]) -> list[dict]:
+    """People no model trains on and no evaluation reports on, drawn from a random stream of their own after
+    every other draw, so that adding them leaves every other file of the benchmark as it was."""
+    rng = random.Random(f"{config.seed}-calibration")
+    taken = {p["name"] for p in people}
+    names = [n for n in _names(rng, len(taken) + config.calibration_people) if n not in taken]
+    start = len(people)
+    return [_person(rng, f"p{start + i:04d}", name, "calibration")
+            for i, name in enumerate(names[: config.calibration_people])]
 
 
 def _rows(items: list) -> list[dict]:
@@ -367,7 +387,9 @@ def write_benchmark(config: SyntheticConfig, out_dir: str | Path) -> dict:
         "version": GENERATOR_VERSION,
         "config": asdict(config),
         "files": {},
-        "people": {g: sum(p["group"] == g for p in files["people"]) for g in ("target", "holdout", "generic")},
+        "people": {g: sum(p["group"] == g for p in files["people"])
+                   for g in ("target", "holdout", "generic", "calibration") if g != "calibration"
+                   or config.calibration_people},
     }
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()

@@ -29,16 +29,19 @@ from forgetkit.eval.result import EvalResult
 from forgetkit.eval.sets import EvalData, EvalSettings, benchmark_data
 from forgetkit.io import write_json
 from forgetkit.methods.base import Method, Reference, UnlearnContext, build_method
+from forgetkit.methods.stopping import StoppingHook
 from forgetkit.request import (
     RequestInputs,
     UnlearnConfig,
     UnlearnRequest,
     UnlearnResult,
     audit_of,
+    calibration_of,
     fingerprinted,
     finish,
     load_record,
     now,
+    record_set,
     resolve_inputs,
 )
 from forgetkit.train import CHECKPOINT_DIR, LOG_FILE, PairedData, TrainStats, process_state, train_loop
@@ -89,6 +92,11 @@ def run_gradient(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult 
     retain = inputs.retain
     if (method.needs_retain or method.starts_from_base) and not retain:
         raise ForgetkitError(f"method '{config.method}' needs a retain set (--retain FILE)")
+    if config.until:
+        if method.starts_from_base:
+            raise ForgetkitError(f"--until: '{config.method}' trains from the base without the forget set; there is "
+                                 "nothing to stop")
+        calibration, calibration_file = calibration_of(request, inputs)
 
     started = now()
     device = resolve_device(request.device)
@@ -128,14 +136,23 @@ def run_gradient(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult 
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {"unlearn": asdict(config), "config_hash": config_hash(config)})
-    on_step = _periodic_eval(request, tokenizer) if request.eval_every else None
+    hooks = [_periodic_eval(request, tokenizer)] if request.eval_every else []
+    stopping = None
+    if config.until:
+        stopping = StoppingHook(config.criterion, tokenizer, inputs.forget, calibration, retain or [],
+                                config.max_length, out)
+        hooks.append(stopping)
     epochs = method.train_steps(config.train.epochs)
     if epochs > 0:
+        if stopping is not None and main:
+            stopping.start(model)
         stats = train_loop(model, loss_fn, data, replace(config.train, epochs=epochs), pad, run_dir=out,
-                           desc=f"unlearn ({config.method})", quiet=quiet, after_step=after_step, on_step=on_step)
+                           desc=f"unlearn ({config.method})", quiet=quiet, after_step=after_step,
+                           on_step=_all_of(hooks) if hooks else None)
     else:
         stats = TrainStats(0, 0, 0, float("nan"), float("nan"), 0.0, 0.0, "none",
                            sum(p.numel() for p in model.parameters() if p.requires_grad))
+    criterion = stopping.finish(model, stats.resumed_from_step + stats.steps) if stopping and main else None
     phase_start = time.perf_counter()
     phases.update(method.finish(context))
     after_training_s = time.perf_counter() - phase_start
@@ -151,9 +168,14 @@ def run_gradient(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult 
                "forget_examples": len(inputs.forget), "retain_examples": len(retain or [])}
     if phases:
         summary["phases"] = phases
+    if criterion:
+        criterion["calibration"] = record_set(calibration_file, calibration)
+        summary["criterion"] = criterion
     if request.evaluate:
         summary["eval"] = _evaluate(request, model, tokenizer, inputs, out, quiet)
     details = {"resumed_from_step": stats.resumed_from_step}
+    if criterion:
+        details["criterion"] = criterion
     if "certificate" in phases:  # a method with a formal (ε, δ) guarantee
         details["certificate"] = phases["certificate"]
     audit = audit_of(config, inputs.model, inputs.forget_set(), result_dir, started, guarantee=method.guarantee,
@@ -165,6 +187,17 @@ def run_gradient(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult 
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     shutil.rmtree(out / "refine" / CHECKPOINT_DIR, ignore_errors=True)
     return result
+
+
+def _all_of(hooks):
+    """One ``on_step`` hook that runs each of ``hooks`` and merges what they add to the step's log line."""
+    def on_step(step: int, model) -> dict | None:
+        record: dict = {}
+        for hook in hooks:
+            record.update(hook(step, model) or {})
+        return record or None
+
+    return on_step
 
 
 def _fingerprint(path: Path | None) -> dict | None:

@@ -1,0 +1,110 @@
+"""When to stop unlearning without an oracle: the forget set against a calibration set of the same kind that
+the model never trained on (``forgetkit unlearn --until indistinguishable``).
+
+At each check the forget and calibration examples are scored teacher-forced (their per-example mean answer
+NLL, no generation) and compared by the LOSS membership-inference AUC (forget = members; 0.5: cannot be told
+apart) and a two-sample Kolmogorov–Smirnov test of the two loss samples. The AUC's tolerance is what the
+sample sizes justify: under the null of one distribution the AUC's standard error is
+√((n_f + n_c + 1) / (12 n_f n_c)) (the Mann–Whitney U statistic's), and the forget set counts as
+indistinguishable when |AUC − 0.5| ≤ z · SE. A check below 0.5 − z · SE has over-forgotten: the forget
+examples now look *less* known than never-seen ones, itself a signal, and the run rolls back to the check
+closest to 0.5. A retain-utility guard stops a run whose retain loss has risen by more than
+``utility_tolerance`` times its value at the start.
+
+:class:`Criterion` is the decision alone (numbers in, a verdict out), so it is tested on constructed score
+sequences; the training hook that scores the model and keeps the best weights is the gradient runner's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from scipy.stats import ks_2samp
+
+from forgetkit.errors import require, require_positive
+from forgetkit.eval import mia
+
+UNTIL = ("indistinguishable",)
+CONTINUE, REACHED, OVERSHOT, UTILITY, EXHAUSTED = ("continue", "indistinguishable", "overshot", "utility guard",
+                                                   "not reached")
+
+
+@dataclass
+class CriterionSettings:
+    every: int = 5  # optimiser steps between checks
+    z: float = 1.96  # the tolerance in standard errors of the AUC under the null (1.96: a two-sided 95 % band)
+    utility_tolerance: float = 0.5  # stop when the retain loss exceeds (1 + this) × its value at the start
+    retain_sample: int = 64  # retain examples scored at each check for the guard
+
+    def __post_init__(self) -> None:
+        require_positive(self, "every", "z", "retain_sample")
+        require(self.utility_tolerance > 0, "utility_tolerance", f"must be positive, got {self.utility_tolerance}")
+
+
+def auc_tolerance(n_forget: int, n_calibration: int, z: float) -> float:
+    """z standard errors of the AUC of two samples of these sizes drawn from one distribution."""
+    return z * math.sqrt((n_forget + n_calibration + 1) / (12 * n_forget * n_calibration))
+
+
+@dataclass
+class Check:
+    step: int
+    auc: float  # P(a forget example's loss < a calibration example's loss): 0.5 indistinguishable
+    ks_pvalue: float
+    retain_loss: float
+    verdict: str
+
+    @property
+    def distance(self) -> float:
+        return abs(self.auc - 0.5)
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "auc": self.auc, "ks_pvalue": self.ks_pvalue, "retain_loss": self.retain_loss,
+                "verdict": self.verdict}
+
+
+@dataclass
+class Criterion:
+    """The stopping rule over a run's checks. ``judge`` takes one check's per-example losses and returns its
+    verdict; ``best`` is the check to keep (the one closest to 0.5 among those the utility guard allowed)."""
+
+    settings: CriterionSettings
+    n_forget: int
+    n_calibration: int
+    checks: list[Check] = field(default_factory=list)
+    best: Check | None = None
+
+    @property
+    def tolerance(self) -> float:
+        return auc_tolerance(self.n_forget, self.n_calibration, self.settings.z)
+
+    def judge(self, step: int, forget_losses: list[float], calibration_losses: list[float],
+              retain_loss: float) -> Check:
+        # LOSS attack: lower loss = member. mia.auc has forget = 0, calibration = 1 on loss-like scores, i.e. the
+        # probability that a forget loss is below a calibration loss.
+        auc = mia.auc(forget_losses, calibration_losses)
+        ks = float(ks_2samp(forget_losses, calibration_losses).pvalue)
+        start = self.checks[0].retain_loss if self.checks else retain_loss
+        if retain_loss > (1 + self.settings.utility_tolerance) * start:
+            verdict = UTILITY
+        elif abs(auc - 0.5) <= self.tolerance:
+            verdict = REACHED
+        elif auc < 0.5:
+            verdict = OVERSHOT
+        else:
+            verdict = CONTINUE
+        check = Check(step, auc, ks, retain_loss, verdict)
+        self.checks.append(check)
+        if verdict != UTILITY and (self.best is None or check.distance < self.best.distance):
+            self.best = check
+        return check
+
+    def summary(self, final_verdict: str) -> dict:
+        """What the unlearning summary and the audit record keep: the criterion, the chosen check, the trace's
+        length and why the run stopped."""
+        best = self.best
+        return {"criterion": "indistinguishable", "stopped": final_verdict, "tolerance": self.tolerance,
+                "z": self.settings.z, "forget_examples": self.n_forget, "calibration_examples": self.n_calibration,
+                "checks": len(self.checks), "chosen": best.to_dict() if best else None,
+                "start": self.checks[0].to_dict() if self.checks else None}

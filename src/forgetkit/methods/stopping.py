@@ -1,0 +1,120 @@
+"""``--until indistinguishable`` for gradient methods: the training loop's hook that checks, every k steps,
+whether the forget set can still be told from the calibration set (:mod:`forgetkit.eval.calibration`),
+stops the loop when it cannot (or when over-forgetting or the utility guard says so), and rolls the trained
+weights back to the check closest to indistinguishable.
+
+The best check's trainable weights are kept in memory and in ``OUT/criterion_best.safetensors`` (written
+atomically when a check improves on it), and every check is a line of ``train_log.jsonl``
+(``criterion``), so an interrupted run resumes with its trace and its best weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from forgetkit.data.formatting import tokenize_qa
+from forgetkit.data.records import QARecord
+from forgetkit.eval.calibration import CONTINUE, EXHAUSTED, Check, Criterion, CriterionSettings
+from forgetkit.eval.token_stats import score_examples
+from forgetkit.io import atomic_path
+from forgetkit.train import CHECKPOINT_DIR, LOG_FILE
+
+BEST_FILE = "criterion_best.safetensors"
+
+
+def _trainable(model) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+class StoppingHook:
+    """An ``on_step`` hook for :func:`forgetkit.train.train_loop` (call :meth:`start` before training and
+    :meth:`finish` after)."""
+
+    def __init__(self, settings: CriterionSettings, tokenizer, forget: list[QARecord], calibration: list[QARecord],
+                 retain: list[QARecord], max_length: int, out: Path, batch_size: int = 32) -> None:
+        self.settings, self.out, self.batch_size = settings, Path(out), batch_size
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.forget = tokenize_qa(tokenizer, forget, max_length, name="forget (criterion)").examples
+        self.calibration = tokenize_qa(tokenizer, calibration, max_length, name="calibration").examples
+        self.retain = tokenize_qa(tokenizer, retain[: settings.retain_sample], max_length,
+                                  name="retain (criterion)").examples if retain else []
+        self.criterion = Criterion(settings, len(self.forget), len(self.calibration))
+        self.last: Check | None = None
+        self._best_weights: dict[str, torch.Tensor] | None = None
+
+    def _losses(self, model, examples: list[dict]) -> list[float]:
+        return [s.avg_nll for s in score_examples(model, examples, self.pad, self.batch_size)]
+
+    def check(self, step: int, model) -> Check:
+        was_training = model.training
+        with torch.no_grad():
+            forget, calibration = self._losses(model, self.forget), self._losses(model, self.calibration)
+            retain = self._losses(model, self.retain) if self.retain else [0.0]
+        model.train(was_training)
+        check = self.criterion.judge(step, forget, calibration, sum(retain) / len(retain))
+        if self.criterion.best is check:
+            self._best_weights = {n: p.detach().cpu().clone() for n, p in _trainable(model).items()}
+            with atomic_path(self.out / BEST_FILE) as tmp:
+                save_file({n: t.contiguous() for n, t in self._best_weights.items()}, str(tmp),
+                          metadata={"step": str(step)})
+        self.last = check
+        return check
+
+    def start(self, model) -> None:
+        """The check before training (step 0); resuming from a checkpoint at step S, the trace up to S and the best
+        weights, when the best check is among them (a best found after S is gone with the steps after S)."""
+        log = self.out / LOG_FILE
+        progress = self.out / CHECKPOINT_DIR / "progress.json"
+        resumed_at = json.loads(progress.read_text())["step"] if progress.is_file() else None
+        if resumed_at is None:
+            log.unlink(missing_ok=True)  # a fresh run: no trace of an earlier attempt
+            self.out.mkdir(parents=True, exist_ok=True)
+            check = self.check(0, model)
+            with log.open("a") as fh:
+                fh.write(json.dumps({"step": 0, "criterion": {**check.to_dict(), "best": True}}) + "\n")
+            return
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+        best_step = None
+        if (self.out / BEST_FILE).is_file():
+            with safe_open(str(self.out / BEST_FILE), "pt") as f:
+                best_step = int((f.metadata() or {}).get("step", -1))
+        for row in rows:
+            r = row.get("criterion")
+            if r is None or row["step"] > resumed_at:
+                continue
+            c = Check(r["step"], r["auc"], r["ks_pvalue"], r["retain_loss"], r["verdict"])
+            self.criterion.checks.append(c)
+            if c.step == best_step:
+                self.criterion.best = c
+                self._best_weights = load_file(str(self.out / BEST_FILE))
+        self.last = self.criterion.checks[-1] if self.criterion.checks else None
+
+    def __call__(self, step: int, model) -> dict | None:
+        if step % self.settings.every:
+            return None
+        check = self.check(step, model)
+        record = {"criterion": {**check.to_dict(), "best": self.criterion.best is check}}
+        if check.verdict != CONTINUE:
+            record["stop"] = check.verdict
+        return record
+
+    def finish(self, model, final_step: int) -> dict:
+        """After training: a last check when the run ended between checks without stopping, then the roll-back to
+        the best check's weights when the run ended elsewhere; what the summary and the audit record keep."""
+        if self.last is None or (self.last.verdict == CONTINUE and self.last.step != final_step):
+            self.check(final_step, model)
+        stopped = self.last.verdict if self.last.verdict != CONTINUE else EXHAUSTED
+        best = self.criterion.best
+        rolled_back = best is not None and self._best_weights is not None and best is not self.last
+        if rolled_back:
+            params = _trainable(model)
+            with torch.no_grad():
+                for name, value in self._best_weights.items():
+                    params[name].copy_(value.to(params[name].device))
+        (self.out / BEST_FILE).unlink(missing_ok=True)
+        return {**self.criterion.summary(stopped), "rolled_back": rolled_back}

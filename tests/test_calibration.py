@@ -1,0 +1,160 @@
+"""Oracle-free stopping (``unlearn --until indistinguishable``): the criterion on constructed score sequences,
+the calibration people of the built-in benchmark, the hook in a real run (trace, roll-back, utility guard),
+and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from forgetkit.cli import main
+from forgetkit.data.readers import read_records
+from forgetkit.data.synthetic import SyntheticConfig, generate
+from forgetkit.eval.calibration import (
+    CONTINUE,
+    OVERSHOT,
+    REACHED,
+    UTILITY,
+    Criterion,
+    CriterionSettings,
+    auc_tolerance,
+)
+
+
+def test_tolerance_is_the_null_standard_error_of_the_auc():
+    # 40 vs 40: SE = sqrt(81 / (12 * 1600)) = 0.064952; 1.96 SE = 0.12731
+    assert auc_tolerance(40, 40, 1.96) == pytest.approx(0.12731, abs=1e-5)
+    assert auc_tolerance(400, 400, 1.96) < auc_tolerance(40, 40, 1.96)  # more examples, a narrower band
+
+
+def _criterion(n: int = 20, **settings) -> Criterion:
+    return Criterion(CriterionSettings(**settings), n, n)
+
+
+def test_the_criterion_stops_at_the_first_indistinguishable_check():
+    c = _criterion()
+    calibration = [2.0 + 0.1 * i for i in range(20)]
+    sequence = [[0.5 + 0.01 * i for i in range(20)],  # far below the calibration losses: AUC 1
+                [1.05 + 0.1 * i for i in range(20)],  # still mostly below: AUC 1 - 55/400
+                [2.0 + 0.1 * i + 0.05 for i in range(20)]]  # interleaved: AUC 0.475
+    verdicts = [c.judge(step, forget, calibration, retain_loss=1.0).verdict for step, forget in enumerate(sequence)]
+    assert verdicts == [CONTINUE, CONTINUE, REACHED]
+    assert c.checks[0].auc == 1.0 and c.checks[1].auc == pytest.approx(1 - 55 / 400)
+    assert c.best is c.checks[2] and c.summary(REACHED)["chosen"]["step"] == 2
+
+
+def test_overshooting_keeps_the_check_closest_to_one_half():
+    c = _criterion()
+    calibration = [2.0 + 0.1 * i for i in range(20)]
+    c.judge(0, [0.5] * 20, calibration, 1.0)  # AUC 1
+    c.judge(5, [1.25 + 0.1 * i for i in range(20)], calibration, 1.0)  # AUC 1 - 78/400: above the band
+    over = c.judge(10, [9.0 + i for i in range(20)], calibration, 1.0)  # every forget loss above: AUC 0
+    assert over.verdict == OVERSHOT and over.auc == 0.0
+    assert c.best.step == 5 and c.best.auc == pytest.approx(1 - 78 / 400) and c.best.auc > 0.5 + c.tolerance
+
+
+def test_the_utility_guard_stops_a_run_that_destroys_the_retain_set():
+    c = _criterion(utility_tolerance=0.5)
+    calibration = [2.0 + 0.1 * i for i in range(20)]
+    assert c.judge(0, [0.5] * 20, calibration, retain_loss=1.0).verdict == CONTINUE
+    assert c.judge(5, [1.25 + 0.1 * i for i in range(20)], calibration, retain_loss=1.4).verdict == CONTINUE
+    guarded = c.judge(10, [2.5] * 20, calibration, retain_loss=1.6)
+    assert guarded.verdict == UTILITY and c.best.step == 5  # a guarded check is never the one kept
+
+
+def test_settings_are_checked():
+    with pytest.raises(Exception, match="criterion|every|must be positive"):
+        CriterionSettings(every=0)
+
+
+def test_calibration_people_are_new_people_and_change_no_other_file():
+    base = dict(n_people=20, qa_per_person=3, n_generic_people=10, canary_digits=4)
+    without, with_ = generate(SyntheticConfig(**base)), generate(SyntheticConfig(**base, calibration_people=3))
+    assert [k for k in without if without[k] != with_[k]] == ["people"] and "calibration" not in without
+    others = {p["person"] for p in without["people"]}
+    names = {p["name"] for p in without["people"]}
+    calibration = [p for p in with_["people"] if p["group"] == "calibration"]
+    assert len(calibration) == 3 and not {p["person"] for p in calibration} & others
+    assert not {p["name"] for p in calibration} & names
+    ids = {r.id for name, rows in with_.items() if name != "calibration" and rows and hasattr(rows[0], "id")
+           for r in rows}
+    assert len(with_["calibration"]) == 9 and not {r.id for r in with_["calibration"]} & ids
+    people = {r.id.split("-")[0] for name in ("full", "holdout10", "holdout05", "holdout01") for r in with_[name]}
+    assert not people & {p["person"] for p in calibration}
+
+
+def _unlearn(run, out, *extra) -> int:
+    return main(["--quiet", "unlearn", "--run", str(run), "--split", "forget10", "--out", str(out), *extra])
+
+
+def test_until_indistinguishable_on_a_run_traces_stops_and_records(unlearn_run, tmp_path):
+    """GA at a high learning rate overshoots within a few steps: the run stops, rolls back to the check nearest
+    0.5, and the saved model scores as that check did."""
+    out = tmp_path / "ga"
+    assert _unlearn(unlearn_run, out, "--method", "ga", "--until", "indistinguishable", "train.epochs=20",
+                    "train.lr=5e-3", "train.batch_size=8", "criterion.every=2") == 0
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    checks = [r["criterion"] for r in rows if "criterion" in r]
+    assert checks[0]["step"] == 0 and checks[0]["auc"] > 0.5  # the target knows its forget people
+    assert all(c["step"] % 2 == 0 for c in checks)
+    summary = json.loads((out / "summary.json").read_text())
+    crit = summary["criterion"]
+    assert crit["stopped"] in (REACHED, OVERSHOT, UTILITY, "not reached") and crit["checks"] == len(checks)
+    assert crit["stopped"] == checks[-1]["verdict"] or crit["stopped"] == "not reached"
+    assert crit["calibration"]["count"] == len(read_records(unlearn_run / "benchmark" / "calibration.jsonl"))
+    chosen = crit["chosen"]
+    assert abs(chosen["auc"] - 0.5) == min(abs(c["auc"] - 0.5) for c in checks if c["verdict"] != UTILITY)
+    if crit["stopped"] != REACHED:
+        assert summary["steps"] >= chosen["step"]
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["criterion"]["chosen"] == chosen and "calibration" in audit["criterion"]
+    assert not (out / "criterion_best.safetensors").exists()
+    # the saved adapter is the chosen check's: scored again, it gives the chosen AUC
+    from forgetkit.data.formatting import tokenize_qa
+    from forgetkit.eval import mia
+    from forgetkit.eval.token_stats import score_examples
+    from forgetkit.unlearn import load_unlearned
+
+    model, tok = load_unlearned(out)
+    forget = read_records(unlearn_run / "benchmark" / "forget10.jsonl")
+    calibration = read_records(unlearn_run / "benchmark" / "calibration.jsonl")
+
+    def losses(records):
+        examples = tokenize_qa(tok, records, 128).examples
+        with torch.no_grad():
+            return [s.avg_nll for s in score_examples(model, examples, tok.pad_token_id)]
+
+    assert mia.auc(losses(forget), losses(calibration)) == pytest.approx(chosen["auc"], abs=1e-6)
+
+
+def test_the_utility_guard_in_a_run(unlearn_run, tmp_path):
+    out = tmp_path / "guard"
+    assert _unlearn(unlearn_run, out, "--method", "ga", "--until", "indistinguishable", "train.epochs=10",
+                    "train.lr=1e-2", "train.batch_size=8", "criterion.every=1",
+                    "criterion.utility_tolerance=1e-6") == 0
+    crit = json.loads((out / "summary.json").read_text())["criterion"]
+    assert crit["stopped"] == UTILITY and crit["chosen"]["step"] == 0 and crit["rolled_back"]
+    assert crit["checks"] == 2  # step 0, then the first step's check stopped it
+
+
+def _one_line_error(capsys, code: int, fragment: str) -> None:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:") and fragment in err[0], err
+
+
+def test_one_line_errors(unlearn_run, tmp_path, capsys):
+    bench = unlearn_run / "benchmark"
+    user = ["--quiet", "unlearn", "--model", str(unlearn_run / "target"), "--forget", str(bench / "forget10.jsonl"),
+            "--retain", str(bench / "retain90.jsonl"), "--method", "ga", "--until", "indistinguishable"]
+    _one_line_error(capsys, main([*user, "--out", str(tmp_path / "a")]), "needs a calibration set")
+    _one_line_error(capsys, main([*user, "--calibration", str(bench / "forget10.jsonl"), "--out",
+                                  str(tmp_path / "b")]), "is also in the forget or retain set")
+    _one_line_error(capsys, _unlearn(unlearn_run, tmp_path / "c", "--method", "retrain", "--until",
+                                     "indistinguishable"), "nothing to stop")
+    _one_line_error(capsys, _unlearn(unlearn_run, tmp_path / "d", "--method", "ga", "until=soon"),
+                    "setting 'until'")
+    assert not any((tmp_path / d).exists() for d in "abcd")
+    assert math.isfinite(auc_tolerance(2, 2, 1.96))
