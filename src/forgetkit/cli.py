@@ -219,6 +219,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(format_markdown(result["rows"], [c for c in COLUMNS if c[1] in shown]))
     print(f"{meta['cells']} cells ({meta['computed now']} computed now, {meta['done']} done, "
           f"{meta['refused or diverged']} refused or diverged, {meta['crashed']} crashed)")
+    if "oracle-free criterion vs Forget Quality" in meta:
+        print(f"Oracle-free criterion vs Forget Quality: {meta['oracle-free criterion vs Forget Quality']}")
     if result["missing"]:
         print(f"{len(result['missing'])} cell(s) not computed yet (left out of the leaderboard): "
               + ", ".join(result["missing"]))

@@ -21,7 +21,7 @@ def run_bench(config: BenchConfig, quiet: bool = False, executor: str = "serial"
               cells_slice: tuple[int, int] | None = None, report_only: bool = False) -> dict:
     """Compute the missing cells (of the slice), write every output into the bench directory; return paths and
     rows. A slice writes no leaderboard; ``report_only`` computes nothing and reports what is there."""
-    from forgetkit.bench.leaderboard import leaderboard, write_leaderboard
+    from forgetkit.bench.leaderboard import criterion_tracking, leaderboard, write_leaderboard
     from forgetkit.bench.plots import write_plots
     from forgetkit.bench.report import write_report
 
@@ -52,6 +52,11 @@ def run_bench(config: BenchConfig, quiet: bool = False, executor: str = "serial"
             "refused or diverged": sum(r["status"] in ("refused", "diverged") for r in results),
             "crashed": sum(r["status"] == "crashed" for r in results), "missing": len(missing),
             "forget sets": {split: _identify(bench.source.forget(split)) for split in config.splits}}
+    tracking = criterion_tracking(results)
+    if tracking:
+        meta["oracle-free criterion vs Forget Quality"] = (
+            f"Spearman ρ = {tracking['spearman_rho']:.3f} (p = {tracking['p_value']:.2g}) between |calibration AUC − "
+            f"0.5| and FQ over {tracking['cells']} cells")
     report = write_report(f"forgetkit bench: {config.name}", results, rows, plots, out / "report.html", meta)
     return {"out": out, "rows": rows, "results": results, "files": {**files, "report": report}, "plots": plots,
             "meta": meta, "missing": missing}

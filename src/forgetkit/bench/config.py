@@ -113,6 +113,7 @@ class UserData:
     world_facts: str | None = None
     oracle_log: str | None = None  # an evaluation log of a model never trained on the forget set: Forget Quality
     oracle_model: str | None = None  # that model itself (evaluated as the oracle row)
+    calibration: str | None = None  # never-trained examples like the forget set's (until: indistinguishable)
 
 
 @dataclass

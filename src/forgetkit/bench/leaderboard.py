@@ -67,7 +67,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("metrics.privleak", "PrivLeak"),
     ("metrics.paraphrase_probability", "paraphrase prob"),
     ("criterion.chosen.step", "stop step"),
-    ("criterion.chosen.auc", "criterion AUC"),
+    ("metrics.calibration_auc", "calibration AUC"),
     ("cost.wall_time_s", "time s"),
     ("cost.time_vs_retrain", "× retrain time"),
     ("cost.peak_memory_mb", "peak MB"),
@@ -244,3 +244,18 @@ def attack_rows(cells: list[dict]) -> list[dict]:
         row for row in leaderboard(cells, ATTACK_COLUMNS)
         if any(row["columns"][key]["n"] for key, _ in ATTACK_COLUMNS[1:])
     ]
+
+
+def criterion_tracking(cells: list[dict]) -> dict | None:
+    """Does the oracle-free signal track the oracle's? Over every finished cell with both numbers: Spearman's rank
+    correlation between the distance of the forget-vs-calibration AUC from 0.5 and Forget Quality (negative:
+    the closer to indistinguishable, the higher the Forget Quality). None with fewer than three cells."""
+    from scipy.stats import spearmanr
+
+    pairs = [(abs(c["metrics"]["calibration_auc"] - 0.5), c["metrics"]["forget_quality"]) for c in cells
+             if c.get("status") == "done" and _is_number(c["metrics"].get("calibration_auc"))
+             and _is_number(c["metrics"].get("forget_quality"))]
+    if len(pairs) < 3:
+        return None
+    rho, p_value = spearmanr([d for d, _ in pairs], [fq for _, fq in pairs])
+    return {"cells": len(pairs), "spearman_rho": float(rho), "p_value": float(p_value)}

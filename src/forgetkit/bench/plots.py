@@ -15,7 +15,14 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from forgetkit.bench.leaderboard import ATTACK_COLUMNS, FORGET_QUALITY, attack_rows, cell_value, summarise
+from forgetkit.bench.leaderboard import (
+    ATTACK_COLUMNS,
+    FORGET_QUALITY,
+    attack_rows,
+    cell_value,
+    criterion_tracking,
+    summarise,
+)
 from forgetkit.io import atomic_path
 
 MODEL_UTILITY = "metrics.model_utility"
@@ -48,9 +55,9 @@ CAPTIONS = {
     "sequential": "Forget probability and model utility after each of a sequence of forget requests, mean over seeds.",
     "scaling": "Forget quality (log scale) and model utility against the size of the forget set (forget01, 05, 10: "
                "the percentage of people forgotten), mean over seeds.",
-    "criterion": "Does the oracle-free signal track the oracle's? Each cell run with until: indistinguishable: "
-                 "the forget-vs-calibration AUC at the step it kept (no oracle needed; 0.5 = indistinguishable, "
-                 "shaded: the tolerance) against its Forget Quality (log scale; the oracle-based test).",
+    "criterion": "Does the oracle-free signal track the oracle's? Every cell's forget-vs-calibration AUC (no oracle "
+                 "needed; 0.5 = indistinguishable; shaded: the tolerance of --until) against its Forget Quality (log "
+                 "scale; the oracle-based test). Filled markers: variants run with until: indistinguishable.",
 }
 
 
@@ -252,23 +259,30 @@ def _scaling(cells: list[dict], rows: list[dict], styles: dict[str, dict]) -> Fi
 
 
 def _criterion(cells: list[dict], rows: list[dict], styles: dict[str, dict]) -> Figure | None:
-    """The chosen check's criterion AUC against Forget Quality, one point per cell that ran with ``until``."""
-    points = [c for c in cells if c.get("status") == "done" and (c.get("criterion") or {}).get("chosen")
+    """Every finished cell's forget-vs-calibration AUC against its Forget Quality; cells run with ``until`` filled."""
+    points = [c for c in cells if c.get("status") == "done" and c["metrics"].get("calibration_auc") is not None
               and _positive(c["metrics"].get("forget_quality"))]
     if not points:
         return None
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = fig.subplots()
-    tolerance = max(c["criterion"]["tolerance"] for c in points)
-    ax.axvspan(0.5 - tolerance, 0.5 + tolerance, color="0.9", zorder=0)
+    tolerances = [c["criterion"]["tolerance"] for c in points if c.get("criterion")]
+    if tolerances:
+        ax.axvspan(0.5 - max(tolerances), 0.5 + max(tolerances), color="0.9", zorder=0)
+    ax.axvline(0.5, color="0.6", linestyle=":")
     for variant in sorted({c["cell"]["variant"] for c in points}):
         mine = [c for c in points if c["cell"]["variant"] == variant]
-        style = styles.get(variant, {"color": None, "marker": "o"})
-        ax.scatter([c["criterion"]["chosen"]["auc"] for c in mine], [c["metrics"]["forget_quality"] for c in mine],
-                   color=style["color"], marker=style["marker"], label=variant)
+        style = REFERENCE_STYLE.get(variant) or styles.get(variant, {"color": None, "marker": "o"})
+        until = bool(mine[0].get("criterion"))
+        ax.scatter([c["metrics"]["calibration_auc"] for c in mine], [c["metrics"]["forget_quality"] for c in mine],
+                   color=style["color"], marker=style["marker"], label=variant,
+                   facecolors=style["color"] if until else "none")
     ax.set_yscale("log")
-    ax.set(xlabel="criterion AUC (forget vs calibration) at the kept step", ylabel="forget quality (log)",
-           title="oracle-free criterion against Forget Quality")
+    tracking = criterion_tracking(cells)
+    title = "oracle-free criterion against Forget Quality"
+    if tracking:
+        title += f"\nSpearman ρ(|AUC − 0.5|, FQ) = {tracking['spearman_rho']:.2f} over {tracking['cells']} cells"
+    ax.set(xlabel="forget vs calibration AUC (0.5: indistinguishable)", ylabel="forget quality (log)", title=title)
     ax.legend(fontsize="small")
     return fig
 

@@ -338,6 +338,11 @@ class Bench:
 
                 summary["forget_quality"] = aggregate(log, log)["forget_quality"]
                 summary.pop("forget_quality_note", None)
+            calibration = self.source.calibration()
+            if calibration:  # the oracle-free criterion's numbers for this model, beside the oracle-based ones
+                from forgetkit.eval.calibration import forget_vs_calibration
+
+                summary["calibration"] = forget_vs_calibration(model, tokenizer, data.forget, calibration)
             write_json(out / "eval_log_aggregated.json", log)
             write_json(out / "summary.json", summary)
         return EvalResult.from_summary(json.loads((out / "summary.json").read_text())).leaderboard()

@@ -53,6 +53,11 @@ class RunSource:
         facts = self.prepared.world_facts_file()
         return read_records(facts) if facts else None
 
+    def calibration(self) -> list[QARecord] | None:
+        """The run's never-trained calibration people (None for a run prepared without them)."""
+        file = self.prepared.calibration_file()
+        return read_records(file) if file else None
+
     def request_kwargs(self, split: str) -> dict:
         return {"run": str(self.run), "split": split}
 
@@ -70,7 +75,7 @@ class UserFiles:
         self.data = data
         self.forget_records = read_records(data.forget)
         self.retain_records = read_records(data.retain) if data.retain else []
-        for path in (data.holdout, data.world_facts):  # read in every cell: checked now
+        for path in (data.holdout, data.world_facts, data.calibration):  # read in every cell: checked now
             if path:
                 read_records(path)
         checks.model_dir(data.model, "data.model")
@@ -85,7 +90,7 @@ class UserFiles:
         """The user's model directories and files: what a bench must not write into."""
         d = self.data
         return [p for p in (d.model, d.adapter, d.oracle_model, d.forget, d.retain, d.holdout, d.world_facts,
-                            d.oracle_log) if p]
+                            d.oracle_log, d.calibration) if p]
 
     def target(self) -> ModelRef:
         return ModelRef(Path(self.data.model), Path(self.data.adapter) if self.data.adapter else None)
@@ -111,9 +116,13 @@ class UserFiles:
     def world_facts(self) -> list[QARecord] | None:
         return read_records(self.data.world_facts) if self.data.world_facts else None
 
+    def calibration(self) -> list[QARecord] | None:
+        return read_records(self.data.calibration) if self.data.calibration else None
+
     def request_kwargs(self, split: str) -> dict:
         d = self.data
-        return {"model": d.model, "adapter": d.adapter, "forget": d.forget, "retain": d.retain}
+        return {"model": d.model, "adapter": d.adapter, "forget": d.forget, "retain": d.retain,
+                "calibration": d.calibration}
 
     def person_names(self, records: list[QARecord]) -> dict[str, str]:
         return {}

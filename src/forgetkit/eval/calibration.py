@@ -20,10 +20,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
 from scipy.stats import ks_2samp
 
+from forgetkit.data.formatting import tokenize_qa
+from forgetkit.data.records import QARecord
 from forgetkit.errors import require, require_positive
 from forgetkit.eval import mia
+from forgetkit.eval.token_stats import score_examples
 
 UNTIL = ("indistinguishable",)
 CONTINUE, REACHED, OVERSHOT, UTILITY, EXHAUSTED = ("continue", "indistinguishable", "overshot", "utility guard",
@@ -108,3 +112,20 @@ class Criterion:
                 "z": self.settings.z, "forget_examples": self.n_forget, "calibration_examples": self.n_calibration,
                 "checks": len(self.checks), "chosen": best.to_dict() if best else None,
                 "start": self.checks[0].to_dict() if self.checks else None}
+
+
+def example_losses(model, examples: list[dict], pad_token_id: int, batch_size: int = 32) -> list[float]:
+    """Each tokenised example's mean answer NLL, teacher-forced (the LOSS attack's score)."""
+    with torch.no_grad():
+        return [s.avg_nll for s in score_examples(model, examples, pad_token_id, batch_size)]
+
+
+def forget_vs_calibration(model, tokenizer, forget: list[QARecord], calibration: list[QARecord],
+                          max_length: int = 128, z: float = 1.96) -> dict:
+    """The criterion's numbers for one model (no stopping): the forget-vs-calibration AUC, the KS p-value and the
+    tolerance the sample sizes give. The bench reports it for every cell, whether it ran with ``until`` or not."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    f = example_losses(model, tokenize_qa(tokenizer, forget, max_length, name="forget").examples, pad)
+    c = example_losses(model, tokenize_qa(tokenizer, calibration, max_length, name="calibration").examples, pad)
+    return {"auc": mia.auc(f, c), "ks_pvalue": float(ks_2samp(f, c).pvalue),
+            "tolerance": auc_tolerance(len(f), len(c), z), "n_forget": len(f), "n_calibration": len(c)}

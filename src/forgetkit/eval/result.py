@@ -16,6 +16,7 @@ class EvalResult:
     mia_attack: str | None = None  # the attack with the AUC furthest from 0.5
     privleak: float | None = None
     empirical_epsilon: dict | None = None  # the best attack's (ε lower bound, …)
+    calibration_auc: float | None = None  # forget vs never-trained calibration examples (oracle-free; 0.5 ideal)
 
     @classmethod
     def from_summary(cls, summary: dict) -> EvalResult:
@@ -24,7 +25,8 @@ class EvalResult:
         return cls(forget_quality=summary.get("forget_quality"), model_utility=summary.get("model_utility"),
                    forget=sets.get("forget") or {}, retain_probability=sets.get("retain", {}).get("probability"),
                    mia_aucs=mia.get("auc") or {}, mia_attack=mia.get("best_attack"), privleak=mia.get("privleak"),
-                   empirical_epsilon=mia.get("empirical_epsilon"))
+                   empirical_epsilon=mia.get("empirical_epsilon"),
+                   calibration_auc=(summary.get("calibration") or {}).get("auc"))
 
     @property
     def mia_auc(self) -> float | None:
@@ -47,4 +49,4 @@ class EvalResult:
                 "mia_auc": self.mia_auc, "mia_attack": self.mia_attack, "privleak": self.privleak,
                 "extraction_strength": self.forget.get("extraction_strength"),
                 "paraphrase_probability": paraphrased.get("probability"),
-                "paraphrase_rouge_l": paraphrased.get("rougeL_recall")}
+                "paraphrase_rouge_l": paraphrased.get("rougeL_recall"), "calibration_auc": self.calibration_auc}

@@ -19,8 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from forgetkit.data.formatting import tokenize_qa
 from forgetkit.data.records import QARecord
-from forgetkit.eval.calibration import CONTINUE, EXHAUSTED, Check, Criterion, CriterionSettings
-from forgetkit.eval.token_stats import score_examples
+from forgetkit.eval.calibration import CONTINUE, EXHAUSTED, Check, Criterion, CriterionSettings, example_losses
 from forgetkit.io import atomic_path
 from forgetkit.train import CHECKPOINT_DIR, LOG_FILE
 
@@ -48,13 +47,12 @@ class StoppingHook:
         self._best_weights: dict[str, torch.Tensor] | None = None
 
     def _losses(self, model, examples: list[dict]) -> list[float]:
-        return [s.avg_nll for s in score_examples(model, examples, self.pad, self.batch_size)]
+        return example_losses(model, examples, self.pad, self.batch_size)
 
     def check(self, step: int, model) -> Check:
         was_training = model.training
-        with torch.no_grad():
-            forget, calibration = self._losses(model, self.forget), self._losses(model, self.calibration)
-            retain = self._losses(model, self.retain) if self.retain else [0.0]
+        forget, calibration = self._losses(model, self.forget), self._losses(model, self.calibration)
+        retain = self._losses(model, self.retain) if self.retain else [0.0]
         model.train(was_training)
         check = self.criterion.judge(step, forget, calibration, sum(retain) / len(retain))
         if self.criterion.best is check:
