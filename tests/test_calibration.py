@@ -158,3 +158,28 @@ def test_one_line_errors(unlearn_run, tmp_path, capsys):
                     "setting 'until'")
     assert not any((tmp_path / d).exists() for d in "abcd")
     assert math.isfinite(auc_tolerance(2, 2, 1.96))
+
+
+def test_llmeraser_searches_its_damping_for_the_ratio_nearest_indistinguishable(lora_run, tmp_path, capsys):
+    out = tmp_path / "erase"
+    assert _unlearn(lora_run, out, "--method", "llmeraser", "--until", "indistinguishable",
+                    "criterion.dampings=[100.0,10.0,1.0]") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    crit = summary["criterion"]
+    trace = crit["trace"]
+    assert trace[0]["step"] == 0 and trace[0]["damping_ratio"] is None  # the unedited adapter first
+    assert [t["damping_ratio"] for t in trace[1:]] == [100.0, 10.0, 1.0][: len(trace) - 1]
+    chosen = crit["chosen"]
+    allowed = [t for t in trace if t["verdict"] != UTILITY]
+    assert abs(chosen["auc"] - 0.5) == min(abs(t["auc"] - 0.5) for t in allowed)
+    kept_ratio = next(t["damping_ratio"] for t in trace if t["step"] == chosen["step"])
+    assert summary["damping_ratio"] == kept_ratio
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["criterion"]["chosen"] == chosen
+    capsys.readouterr()
+    first = read_records(lora_run / "benchmark" / "forget10.jsonl")[0]
+    edits = tmp_path / "edits.jsonl"
+    edits.write_text(json.dumps({"id": first.id, "question": first.question, "answer": first.answer,
+                                 "new_answer": "unknown"}) + "\n")
+    _one_line_error(capsys, _unlearn(lora_run, tmp_path / "q", "--method", "llmeraser", "--until", "indistinguishable",
+                                     "--edits", str(edits)), "removals only")

@@ -169,7 +169,8 @@ def resolve_inputs(request: UnlearnRequest, starts_from_base: bool = False) -> R
                          Path(request.retain) if request.retain and request.retain_records is None else None, {})
 
 
-def calibration_of(request: UnlearnRequest, inputs: RequestInputs) -> tuple[list[QARecord], Path | None]:
+def calibration_of(request: UnlearnRequest, forget: list[QARecord],
+                   retain: list[QARecord] | None) -> tuple[list[QARecord], Path | None]:
     """The calibration set of a request (``--calibration``, or the prepared run's never-trained calibration
     people) and its file, checked disjoint from the forget and retain sets it calibrates against."""
     if request.calibration_records is not None:
@@ -189,8 +190,8 @@ def calibration_of(request: UnlearnRequest, inputs: RequestInputs) -> tuple[list
                              "the forget set's that the model never trained on)")
     if not records:
         raise ForgetkitError(f"{file or 'the calibration records'}: the calibration set is empty")
-    seen = {r.content_hash() for r in inputs.forget + (inputs.retain or [])}
-    ids = {r.id for r in inputs.forget + (inputs.retain or [])}
+    seen = {r.content_hash() for r in forget + (retain or [])}
+    ids = {r.id for r in forget + (retain or [])}
     for r in records:
         if r.content_hash() in seen or r.id in ids:
             raise ForgetkitError(f"{file or 'the calibration records'}: record '{r.id}' (field id) is also in the "

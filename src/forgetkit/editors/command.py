@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from forgetkit.config import config_hash
 from forgetkit.cost import measure
 from forgetkit.data.edits import EDIT_KINDS, EditRecord, read_edits
@@ -24,8 +26,9 @@ from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord
 from forgetkit.data.synthetic import person_of
 from forgetkit.device import resolve_device
-from forgetkit.editors.base import EditData, build_editor
+from forgetkit.editors.base import EditData, build_editor, lora_parameters
 from forgetkit.errors import ForgetkitError
+from forgetkit.eval.calibration import CONTINUE, EXHAUSTED, Check, Criterion, example_losses
 from forgetkit.eval.command import evaluate_into, oracle_log_of
 from forgetkit.eval.sets import EvalData, benchmark_data
 from forgetkit.io import write_json
@@ -33,6 +36,7 @@ from forgetkit.request import (
     UnlearnRequest,
     UnlearnResult,
     audit_of,
+    calibration_of,
     fingerprinted,
     finish,
     load_record,
@@ -116,24 +120,87 @@ def run_edit(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
         from forgetkit.eval.edit_success import removal_success
 
         known = removal_success(model, tokenizer, inputs["originals"])["answered"]
+    calibration = None
+    if config.until:
+        if kind != "removal" or not hasattr(editor, "damping_ratio"):
+            raise ForgetkitError(f"--until: {config.method} searches its damping for removals only (llmeraser); "
+                                 f"this is a {kind} request")
+        calibration = calibration_of(request, inputs["originals"], inputs["kept"])
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {"unlearn": asdict(config), "config_hash": config_hash(config)})
+    search = None
     with measure(device) as cost:
-        info = editor.apply(model, data, quiet=quiet)
+        if calibration is None:
+            info = editor.apply(model, data, quiet=quiet)
+        else:
+            info, search = _damping_search(config, editor, model, tokenizer, data, inputs["originals"],
+                                           calibration[0], inputs["kept"], quiet)
     adapter_out = out / "adapter"
     save_model(model, tokenizer, adapter_out)
     summary = {"method": config.method, "mode": "lora", "request": kind, "steps": 0,
                "wall_time_s": cost.wall_time_s, "peak_memory_mb": cost.peak_memory_mb, "memory_kind": cost.memory_kind,
                "trainable_parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" in n),
                "request_examples": len(data.original), "kept_examples": len(data.kept), **info}
+    if search is not None:
+        search["calibration"] = record_set(calibration[1], calibration[0])
+        summary["criterion"] = search
     if request.evaluate:
         summary["eval"] = _evaluate(request, model, tokenizer, inputs, out, quiet, known)
     removed = record_set(inputs["request_path"], inputs["edits"] or inputs["originals"])
     audit = audit_of(config, inputs["model"], removed, adapter_out, started, request=kind,
                      adapter_in=fingerprinted(inputs["adapter"]),
                      retain=record_set(None, inputs["kept"]),
-                     load=load_record(inputs["model"], inputs["adapter"], adapter_out, in_place=True, full=False))
+                     load=load_record(inputs["model"], inputs["adapter"], adapter_out, in_place=True, full=False),
+                     details={"criterion": search} if search else {})
     return finish(request, audit, summary, model, tokenizer)
+
+
+def _damping_search(config, editor, model, tokenizer, data: EditData, forget: list[QARecord],
+                    calibration: list[QARecord], kept: list[QARecord], quiet: bool) -> tuple[dict, dict]:
+    """``--until indistinguishable`` for an editor: apply it at each damping ratio of ``criterion.dampings`` (from
+    the weakest update to the strongest) to the adapter as it was, judge each result as the training criterion
+    judges a step (the unedited adapter first: the utility guard's baseline), stop at the first indistinguishable
+    one, and leave the adapter edited with the ratio nearest indistinguishable. The apply's record of the kept
+    ratio, and the criterion's summary (with every ratio's numbers), are returned."""
+    settings = config.criterion
+    named = lora_parameters(model)
+    original = {n: p.detach().clone() for n, p in named}
+    pad = data.pad_token_id
+    retain = tokenize_qa(tokenizer, kept[: settings.retain_sample], config.max_length, name="retain").examples
+    forget_examples = tokenize_qa(tokenizer, forget, config.max_length, name="forget").examples
+    calibration_examples = tokenize_qa(tokenizer, calibration, config.max_length, name="calibration").examples
+    criterion = Criterion(settings, len(forget_examples), len(calibration_examples))
+
+    def judge(step: int) -> Check:
+        loss = example_losses(model, retain, pad)
+        return criterion.judge(step, example_losses(model, forget_examples, pad),
+                               example_losses(model, calibration_examples, pad), sum(loss) / len(loss))
+
+    judge(0)
+    applied: dict[int, dict] = {}
+    for step, ratio in enumerate(settings.dampings, start=1):
+        with torch.no_grad():
+            for n, p in named:
+                p.copy_(original[n])
+        applied[step] = {**editor.__class__(**{**asdict(editor), "damping": None, "damping_ratio": ratio})
+                         .apply(model, data, quiet=quiet), "damping_ratio": ratio}
+        if judge(step).verdict != CONTINUE:
+            break
+    best = criterion.best
+    last = criterion.checks[-1]
+    if best is not last:  # redo the kept ratio's edit (or restore the unedited adapter)
+        with torch.no_grad():
+            for n, p in named:
+                p.copy_(original[n])
+        if best.step:
+            ratio = settings.dampings[best.step - 1]
+            applied[best.step] = {**editor.__class__(**{**asdict(editor), "damping": None, "damping_ratio": ratio})
+                                  .apply(model, data, quiet=True), "damping_ratio": ratio}
+    stopped = last.verdict if last.verdict != CONTINUE else EXHAUSTED
+    summary = {**criterion.summary(stopped), "rolled_back": best is not last,
+               "trace": [{**c.to_dict(), "damping_ratio": settings.dampings[c.step - 1] if c.step else None}
+                         for c in criterion.checks]}
+    return applied.get(best.step, {"damping_ratio": None, "note": "no ratio kept: the adapter is unchanged"}), summary
 
 
 def _evaluate(request, model, tokenizer, inputs: dict, out: Path, quiet: bool, known: list[bool] | None) -> dict:

@@ -40,10 +40,14 @@ class CriterionSettings:
     z: float = 1.96  # the tolerance in standard errors of the AUC under the null (1.96: a two-sided 95 % band)
     utility_tolerance: float = 0.5  # stop when the retain loss exceeds (1 + this) × its value at the start
     retain_sample: int = 64  # retain examples scored at each check for the guard
+    # closed-form editors: the damping ratios tried, from the weakest update to the strongest
+    dampings: list[float] = field(default_factory=lambda: [30.0, 10.0, 3.0, 1.0, 0.3])
 
     def __post_init__(self) -> None:
         require_positive(self, "every", "z", "retain_sample")
         require(self.utility_tolerance > 0, "utility_tolerance", f"must be positive, got {self.utility_tolerance}")
+        require(bool(self.dampings) and all(d > 0 for d in self.dampings), "dampings",
+                f"must be a non-empty list of positive ratios, got {self.dampings}")
 
 
 def auc_tolerance(n_forget: int, n_calibration: int, z: float) -> float:

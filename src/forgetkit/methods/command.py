@@ -96,7 +96,7 @@ def run_gradient(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult 
         if method.starts_from_base:
             raise ForgetkitError(f"--until: '{config.method}' trains from the base without the forget set; there is "
                                  "nothing to stop")
-        calibration, calibration_file = calibration_of(request, inputs)
+        calibration, calibration_file = calibration_of(request, inputs.forget, retain)
 
     started = now()
     device = resolve_device(request.device)
