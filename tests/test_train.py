@@ -25,6 +25,35 @@ def test_fine_tune_lowers_the_loss_and_reports_cost(bpe_tokenizer):
     assert stats.trainable_parameters == sum(p.numel() for p in model.parameters())
 
 
+def test_an_on_step_hook_can_end_the_run_after_a_step(bpe_tokenizer, tmp_path):
+    """A ``stop`` value from ``on_step`` ends the run after that step (logged, and in the stats); the weights
+    are those after the step."""
+    import json
+
+    from forgetkit.train import PairedData, train_loop
+
+    model = build_tiny_model(bpe_tokenizer, "llama", "micro")
+    data = tokenize_qa(bpe_tokenizer, RECORDS, max_length=48)
+    seen = []
+
+    def on_step(step, m):
+        seen.append(step)
+        return {"stop": "enough"} if step == 3 else {"checked": step}
+
+    def loss(m, batch):
+        out = m(**batch.retain)
+        return out.loss, {}
+
+    stats = train_loop(model, loss, PairedData(retain=data.examples), TrainConfig(epochs=8, batch_size=8),
+                       bpe_tokenizer.pad_token_id, run_dir=tmp_path, quiet=True, on_step=on_step)
+    assert seen == [1, 2, 3] and stats.steps == 3 and stats.stopped == "enough"
+    rows = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["stop"] == "enough" and rows[0]["checked"] == 1
+    assert "stopped" not in fine_tune(build_tiny_model(bpe_tokenizer, "llama", "micro"), data,
+                                      TrainConfig(epochs=1, batch_size=8), bpe_tokenizer.pad_token_id,
+                                      quiet=True).to_dict()
+
+
 def test_nan_loss_stops_before_the_step_is_applied(bpe_tokenizer):
     model = build_tiny_model(bpe_tokenizer, "llama", "micro")
     with torch.no_grad():

@@ -143,16 +143,24 @@ def run_gradient(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult 
                                 config.max_length, out)
         hooks.append(stopping)
     epochs = method.train_steps(config.train.epochs)
+    criterion_s = 0.0  # the criterion's checks outside the loop (before the first step, after the last)
     if epochs > 0:
         if stopping is not None and main:
+            t0 = time.perf_counter()
             stopping.start(model)
+            criterion_s = time.perf_counter() - t0
         stats = train_loop(model, loss_fn, data, replace(config.train, epochs=epochs), pad, run_dir=out,
                            desc=f"unlearn ({config.method})", quiet=quiet, after_step=after_step,
                            on_step=_all_of(hooks) if hooks else None)
     else:
         stats = TrainStats(0, 0, 0, float("nan"), float("nan"), 0.0, 0.0, "none",
                            sum(p.numel() for p in model.parameters() if p.requires_grad))
-    criterion = stopping.finish(model, stats.resumed_from_step + stats.steps) if stopping and main else None
+    criterion = None
+    if stopping is not None and main:
+        t0 = time.perf_counter()
+        criterion = stopping.finish(model, stats.resumed_from_step + stats.steps)
+        criterion_s += time.perf_counter() - t0
+        stats.wall_time_s += criterion_s  # the checks count in the method's time, as its phases do
     phase_start = time.perf_counter()
     phases.update(method.finish(context))
     after_training_s = time.perf_counter() - phase_start
