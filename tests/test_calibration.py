@@ -57,12 +57,18 @@ def test_overshooting_keeps_the_check_closest_to_one_half():
 
 
 def test_the_utility_guard_stops_a_run_that_destroys_the_retain_set():
+    """The guard's scale is the model's own: the gap at the start between the calibration set's mean loss (unseen
+    data: 2.95 here) and the retain set's (1.0); tolerance 0.5 stops once the retain loss passes 1 + 0.5 · 1.95."""
     c = _criterion(utility_tolerance=0.5)
     calibration = [2.0 + 0.1 * i for i in range(20)]
     assert c.judge(0, [0.5] * 20, calibration, retain_loss=1.0).verdict == CONTINUE
-    assert c.judge(5, [1.25 + 0.1 * i for i in range(20)], calibration, retain_loss=1.4).verdict == CONTINUE
-    guarded = c.judge(10, [2.5] * 20, calibration, retain_loss=1.6)
+    assert c.utility_bound(1.0, 2.95) == pytest.approx(1.975)
+    assert c.judge(5, [1.25 + 0.1 * i for i in range(20)], calibration, retain_loss=1.9).verdict == CONTINUE
+    guarded = c.judge(10, [2.5] * 20, calibration, retain_loss=2.0)
     assert guarded.verdict == UTILITY and c.best.step == 5  # a guarded check is never the one kept
+    blind = _criterion(utility_tolerance=0.5)  # a model that knew its retain set no better than unseen data
+    blind.judge(0, [0.5] * 20, [1.0] * 20, retain_loss=2.0)
+    assert blind.utility_bound(2.0, 1.0) == pytest.approx(3.0)
 
 
 def test_settings_are_checked():

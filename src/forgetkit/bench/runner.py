@@ -29,6 +29,7 @@ from forgetkit.config import build, config_hash, load_config, plain_config, set_
 from forgetkit.data.records import QARecord
 from forgetkit.device import resolve_device
 from forgetkit.errors import ConfigError, ForgetkitError
+from forgetkit.eval.calibration import CRITERION_VERSION
 from forgetkit.eval.result import EvalResult
 from forgetkit.exact import command as exact_command
 from forgetkit.exact.sharded import ShardConfig, load_sharded
@@ -123,9 +124,12 @@ class Bench:
                     for seed in c.seeds:
                         config = unlearn_config(entry.name, entry.recipe, overrides, seed)
                         cell = Cell("method", entry.name, label, split, seed, plain_config(config))
-                        cell.key = config_hash({**self._settings_key(), "unlearn": cell.unlearn, "split": split,
-                                                "attacks": asdict(c.attacks), "oracle": self.source.oracle_key(split),
-                                                "retrain_from_oracle": self._from_oracle(cell)})
+                        key = {**self._settings_key(), "unlearn": cell.unlearn, "split": split,
+                               "attacks": asdict(c.attacks), "oracle": self.source.oracle_key(split),
+                               "retrain_from_oracle": self._from_oracle(cell)}
+                        if config.until:  # the stopping rule's own version: a changed rule recomputes these cells
+                            key["criterion_version"] = CRITERION_VERSION
+                        cell.key = config_hash(key)
                         cells.append(cell)
         return cells
 

@@ -8,8 +8,10 @@ sample sizes justify: under the null of one distribution the AUC's standard erro
 √((n_f + n_c + 1) / (12 n_f n_c)) (the Mann–Whitney U statistic's), and the forget set counts as
 indistinguishable when |AUC − 0.5| ≤ z · SE. A check below 0.5 − z · SE has over-forgotten: the forget
 examples now look *less* known than never-seen ones, itself a signal, and the run rolls back to the check
-closest to 0.5. A retain-utility guard stops a run whose retain loss has risen by more than
-``utility_tolerance`` times its value at the start.
+closest to 0.5. A retain-utility guard stops a run whose retain set has lost more than ``utility_tolerance``
+of what it had learned: of the gap, at the start, between the loss of never-seen data (the calibration set's
+mean loss) and the retain set's mean loss. The gap is the model's own scale of "learned", so the guard needs
+no oracle and no tuning to the model.
 
 :class:`Criterion` is the decision alone (numbers in, a verdict out), so it is tested on constructed score
 sequences; the training hook that scores the model and keeps the best weights is the gradient runner's.
@@ -30,6 +32,7 @@ from forgetkit.eval import mia
 from forgetkit.eval.token_stats import score_examples
 
 UNTIL = ("indistinguishable",)
+CRITERION_VERSION = 2  # bumped when the rule changes (2: the utility guard's scale is the gap to unseen data)
 CONTINUE, REACHED, OVERSHOT, UTILITY, EXHAUSTED = ("continue", "indistinguishable", "overshot", "utility guard",
                                                    "not reached")
 
@@ -38,7 +41,7 @@ CONTINUE, REACHED, OVERSHOT, UTILITY, EXHAUSTED = ("continue", "indistinguishabl
 class CriterionSettings:
     every: int = 5  # optimiser steps between checks
     z: float = 1.96  # the tolerance in standard errors of the AUC under the null (1.96: a two-sided 95 % band)
-    utility_tolerance: float = 0.5  # stop when the retain loss exceeds (1 + this) × its value at the start
+    utility_tolerance: float = 0.5  # stop when the retain set has lost this share of its start's gap to unseen data
     retain_sample: int = 64  # retain examples scored at each check for the guard
     # closed-form editors: the damping ratios tried, from the weakest update to the strongest
     dampings: list[float] = field(default_factory=lambda: [30.0, 10.0, 3.0, 1.0, 0.3])
@@ -62,6 +65,7 @@ class Check:
     ks_pvalue: float
     retain_loss: float
     verdict: str
+    calibration_loss: float = math.nan  # the calibration set's mean loss (the unseen-data level)
 
     @property
     def distance(self) -> float:
@@ -69,7 +73,7 @@ class Check:
 
     def to_dict(self) -> dict:
         return {"step": self.step, "auc": self.auc, "ks_pvalue": self.ks_pvalue, "retain_loss": self.retain_loss,
-                "verdict": self.verdict}
+                "calibration_loss": self.calibration_loss, "verdict": self.verdict}
 
 
 @dataclass
@@ -93,8 +97,8 @@ class Criterion:
         # probability that a forget loss is below a calibration loss.
         auc = mia.auc(forget_losses, calibration_losses)
         ks = float(ks_2samp(forget_losses, calibration_losses).pvalue)
-        start = self.checks[0].retain_loss if self.checks else retain_loss
-        if retain_loss > (1 + self.settings.utility_tolerance) * start:
+        calibration_loss = sum(calibration_losses) / len(calibration_losses)
+        if retain_loss > self.utility_bound(retain_loss, calibration_loss):
             verdict = UTILITY
         elif abs(auc - 0.5) <= self.tolerance:
             verdict = REACHED
@@ -102,17 +106,29 @@ class Criterion:
             verdict = OVERSHOT
         else:
             verdict = CONTINUE
-        check = Check(step, auc, ks, retain_loss, verdict)
+        check = Check(step, auc, ks, retain_loss, verdict, calibration_loss)
         self.checks.append(check)
         if verdict != UTILITY and (self.best is None or check.distance < self.best.distance):
             self.best = check
         return check
 
+    def utility_bound(self, retain_loss: float, calibration_loss: float) -> float:
+        """The retain loss above which the guard stops the run: the start's retain loss plus ``utility_tolerance``
+        of its gap to the calibration loss (the first check's own numbers when there is no start yet); when the
+        model knew the retain set no better than unseen data, ``utility_tolerance`` of the start's value."""
+        start = self.checks[0] if self.checks else Check(0, 0.5, 1.0, retain_loss, CONTINUE, calibration_loss)
+        gap = start.calibration_loss - start.retain_loss
+        if not gap > 0:
+            return (1 + self.settings.utility_tolerance) * start.retain_loss
+        return start.retain_loss + self.settings.utility_tolerance * gap
+
     def summary(self, final_verdict: str) -> dict:
         """What the unlearning summary and the audit record keep: the criterion, the chosen check, the trace's
         length and why the run stopped."""
         best = self.best
+        start = self.checks[0] if self.checks else None
         return {"criterion": "indistinguishable", "stopped": final_verdict, "tolerance": self.tolerance,
+                "utility_bound": self.utility_bound(start.retain_loss, start.calibration_loss) if start else None,
                 "z": self.settings.z, "forget_examples": self.n_forget, "calibration_examples": self.n_calibration,
                 "checks": len(self.checks), "chosen": best.to_dict() if best else None,
                 "start": self.checks[0].to_dict() if self.checks else None}

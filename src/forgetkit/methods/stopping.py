@@ -11,6 +11,7 @@ atomically when a check improves on it), and every check is a line of ``train_lo
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -85,7 +86,8 @@ class StoppingHook:
             r = row.get("criterion")
             if r is None or row["step"] > resumed_at:
                 continue
-            c = Check(r["step"], r["auc"], r["ks_pvalue"], r["retain_loss"], r["verdict"])
+            c = Check(r["step"], r["auc"], r["ks_pvalue"], r["retain_loss"], r["verdict"],
+                      r.get("calibration_loss", math.nan))
             self.criterion.checks.append(c)
             if c.step == best_step:
                 self.criterion.best = c
