@@ -25,32 +25,33 @@ def goals(cells: list[dict]) -> list[dict]:
     for c in cells:
         if c["cell"]["kind"] == "method" and c["cell"]["method"] != "retrain":
             groups[(c["cell"]["split"], c["cell"]["variant"])].append(c)
-    rows = []
-    for (split, variant), group in sorted(groups.items()):
-        done = [c for c in group if c["status"] == "done"]
-        share = TIME_SHARE.get(split, 0.05)
+    return [_row(split, variant, group, oracle_mu[split]) for (split, variant), group in sorted(groups.items())]
 
-        def count(test) -> str:
-            return f"{sum(bool(test(c)) for c in done)}/{len(group)}"
 
-        def fq(c):
-            return (c["metrics"]["forget_quality"] or 0) >= 0.05
+def _row(split: str, variant: str, group: list[dict], oracle_mu: float) -> dict:
+    done = [c for c in group if c["status"] == "done"]
+    share = TIME_SHARE.get(split, 0.05)
 
-        def mu(c):
-            return (c["metrics"]["model_utility"] or 0) >= 0.95 * oracle_mu[split]
+    def count(test) -> str:
+        return f"{sum(bool(test(c)) for c in done)}/{len(group)}"
 
-        def time(c):
-            return (c["cost"].get("time_vs_retrain") or float("inf")) <= share
+    def fq(c):
+        return (c["metrics"]["forget_quality"] or 0) >= 0.05
 
-        def mia(c):
-            return 0.4 <= (c["metrics"]["mia_auc"] if c["metrics"]["mia_auc"] is not None else -1) <= 0.6
+    def mu(c):
+        return (c["metrics"]["model_utility"] or 0) >= 0.95 * oracle_mu
 
-        stops = Counter((c.get("criterion") or {}).get("stopped", "fixed epochs") for c in done)
-        rows.append({"split": split, "variant": variant, "FQ ≥ 0.05": count(fq), "MU ≥ 0.95 × oracle": count(mu),
-                     "time ≤ 2 % (forget01) / 5 % of retrain": count(time),
-                     "all three": count(lambda c: fq(c) and mu(c) and time(c)), "MIA AUC in [0.4, 0.6]": count(mia),
-                     "stopped": ", ".join(f"{k} {v}" for k, v in sorted(stops.items()))})
-    return rows
+    def time(c):
+        return (c["cost"].get("time_vs_retrain") or float("inf")) <= share
+
+    def mia(c):
+        return 0.4 <= (c["metrics"]["mia_auc"] if c["metrics"]["mia_auc"] is not None else -1) <= 0.6
+
+    stops = Counter((c.get("criterion") or {}).get("stopped", "fixed epochs") for c in done)
+    return {"split": split, "variant": variant, "FQ ≥ 0.05": count(fq), "MU ≥ 0.95 × oracle": count(mu),
+            "time ≤ 2 % (forget01) / 5 % of retrain": count(time),
+            "all three": count(lambda c: fq(c) and mu(c) and time(c)), "MIA AUC in [0.4, 0.6]": count(mia),
+            "stopped": ", ".join(f"{k} {v}" for k, v in sorted(stops.items()))}
 
 
 def main() -> None:
