@@ -73,3 +73,19 @@ def test_finish_writes_one_schema_and_withholds_an_unearned_certificate(tmp_path
     assert json.loads((tmp_path / "b" / "audit.json").read_text()) == read.audit
     with pytest.raises(Exception, match="field 'load' is missing"):
         read.load_model()
+
+
+def test_one_recipe_path_for_the_cli_and_the_bench():
+    """recipe_config: the method's shipped recipe, then overrides; a block the recipe leaves out keeps
+    UnlearnConfig's defaults (llmeraser's recipe has no train block: a seed override keeps its 5 epochs)."""
+    from forgetkit.bench.runner import unlearn_config
+    from forgetkit.request import recipe_config
+
+    bench = unlearn_config("llmeraser", None, {"params.damping_ratio": 1.0}, seed=2)
+    cli = recipe_config("llmeraser", None, ["params.damping_ratio=1.0", "train.seed=2"])
+    assert bench == cli and bench.train.epochs == UnlearnConfig().train.epochs and bench.train.seed == 2
+    assert bench.params["damping_ratio"] == 1.0 and bench.params["solver"] == "cg"  # the recipe's, kept
+    with pytest.raises(ConfigError, match="llmeraser.yaml: .*unknown key"):
+        recipe_config("llmeraser", None, ["trian.seed=2"])
+    with pytest.raises(ConfigError, match="methods.npo"):
+        unlearn_config("npo", None, {"train.lr": "fast"}, seed=0)

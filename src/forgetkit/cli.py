@@ -44,18 +44,11 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _cmd_unlearn(args: argparse.Namespace) -> int:
-    from forgetkit.config import load_config, shipped_configs
-    from forgetkit.unlearn import UnlearnConfig, UnlearnRequest, run_unlearn
+    from forgetkit.request import recipe_config
+    from forgetkit.unlearn import UnlearnRequest, run_unlearn
 
-    recipe = args.config or (args.method if args.method in shipped_configs("unlearn") else None)
-    overrides = (list(args.overrides) + ([f"method={args.method}"] if args.method else [])
-                 + ([f"until={args.until}"] if args.until else []))
-    if recipe:
-        config = load_config(recipe, overrides, UnlearnConfig, kind="unlearn")
-    else:
-        from forgetkit.config import apply_overrides, build
-
-        config = build(UnlearnConfig, apply_overrides({}, overrides))
+    overrides = list(args.overrides) + ([f"until={args.until}"] if args.until else [])
+    config = recipe_config(args.method, args.config, overrides)
     request = UnlearnRequest(out=args.out, config=config, model=args.model, adapter=args.adapter, forget=args.forget,
                              retain=args.retain, run=args.run, split=args.split, evaluate=args.eval,
                              eval_every=args.eval_every, device=args.device, edits=args.edits, ledger=args.ledger,

@@ -18,7 +18,16 @@ from pathlib import Path
 from forgetkit import checks
 from forgetkit.adapters.lora import ADAPTER_KINDS, LoraSettings
 from forgetkit.audit.ledger import LEDGER_FILE, check_ledger, write_request
-from forgetkit.config import ADDED_SETTING, config_hash
+from forgetkit.config import (
+    ADDED_SETTING,
+    apply_overrides,
+    build,
+    config_hash,
+    config_path,
+    read_yaml,
+    set_dotted,
+    shipped_configs,
+)
 from forgetkit.data.edits import EDIT_KINDS
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord, records_hash
@@ -54,6 +63,27 @@ class UnlearnConfig:
         if self.adapter is not None and self.adapter not in ADAPTER_KINDS:
             raise ConfigError(f"adapter must be one of {', '.join(ADAPTER_KINDS)}, got '{self.adapter}'")
         require_positive(self, "max_length")
+
+
+def recipe_config(method: str | None, recipe: str | None = None, overrides: list[str] = (),
+                  values: dict | None = None, where: str = "") -> UnlearnConfig:
+    """The one way a config is made from a recipe, for the CLI and the bench alike: the recipe named (a shipped
+    name or a path; default: the method's shipped one, if there is one), then ``key=value`` overrides as typed on
+    a command line, then typed ``values``; the method last. Errors name the recipe file, or ``where``."""
+    name = recipe or (method if method and method in shipped_configs("unlearn") else None)
+    path = config_path(name, "unlearn") if name else None
+    try:
+        # the recipe built first, so that a block it leaves out keeps UnlearnConfig's defaults for it (an override
+        # of train.seed must not turn the 5 epochs of UnlearnConfig's train into TrainConfig's 1)
+        data = asdict(build(UnlearnConfig, read_yaml(path) if path else {}))
+        data = apply_overrides(data, list(overrides))
+        for key, value in {**(values or {}), **({"method": method} if method else {})}.items():
+            set_dotted(data, key, value)
+        return build(UnlearnConfig, data, where)
+    except ConfigError as exc:
+        if where or path is None:
+            raise
+        raise ConfigError(f"{path.name}: {exc}") from None
 
 
 @dataclass

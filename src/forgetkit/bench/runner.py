@@ -25,7 +25,7 @@ from forgetkit.bench import attacks, executors
 from forgetkit.bench.config import BenchConfig
 from forgetkit.bench.sources import RunSource, open_source
 from forgetkit.checks import output_path
-from forgetkit.config import build, config_hash, load_config, plain_config, set_dotted, shipped_configs
+from forgetkit.config import build, config_hash, plain_config
 from forgetkit.data.records import QARecord
 from forgetkit.device import resolve_device
 from forgetkit.errors import ConfigError, ForgetkitError
@@ -35,7 +35,7 @@ from forgetkit.exact import command as exact_command
 from forgetkit.exact.sharded import ShardConfig, load_sharded
 from forgetkit.io import write_json
 from forgetkit.registry import SHARDED, unlearner
-from forgetkit.request import UnlearnConfig, UnlearnRequest, UnlearnResult
+from forgetkit.request import UnlearnConfig, UnlearnRequest, UnlearnResult, recipe_config
 from forgetkit.runs import ModelRef
 
 BENCH_VERSION = 2  # bump when what a cell computes changes: every cached cell is recomputed
@@ -68,12 +68,7 @@ class Cell:
 
 def unlearn_config(name: str, recipe: str | None, overrides: dict, seed: int) -> UnlearnConfig:
     """The method's recipe (shipped or a path) with the overrides and the seed applied."""
-    data = {}
-    if recipe or name in shipped_configs("unlearn"):
-        data = asdict(load_config(recipe or name, [], UnlearnConfig, kind="unlearn"))
-    for key, value in {**overrides, "train.seed": seed, "method": name}.items():
-        set_dotted(data, key, value)
-    return build(UnlearnConfig, data, f"methods.{name}")
+    return recipe_config(name, recipe, values={**overrides, "train.seed": seed}, where=f"methods.{name}")
 
 
 class Bench:
