@@ -37,7 +37,6 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from forgetkit.config import ADDED_SETTING
 from forgetkit.cost import measure
@@ -259,6 +258,8 @@ def train_loop(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     micro_per_epoch = math.ceil(len(driver) / config.batch_size)
     total_steps = max(1, math.ceil(config.epochs * micro_per_epoch / config.grad_accum))
+    from transformers import get_scheduler  # here: transformers' optimisation module pulls in peft and its models
+
     scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=round(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     start_step = _load_checkpoint(run_dir, model, optimizer, scheduler) if run_dir else 0

@@ -23,7 +23,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from scipy.stats import ks_2samp
 
 from forgetkit.data.formatting import tokenize_qa
 from forgetkit.data.records import QARecord
@@ -96,6 +95,8 @@ class Criterion:
         # LOSS attack: lower loss = member. mia.auc has forget = 0, calibration = 1 on loss-like scores, i.e. the
         # probability that a forget loss is below a calibration loss.
         auc = mia.auc(forget_losses, calibration_losses)
+        from scipy.stats import ks_2samp  # here: scipy.stats costs half a second to import
+
         ks = float(ks_2samp(forget_losses, calibration_losses).pvalue)
         calibration_loss = sum(calibration_losses) / len(calibration_losses)
         if retain_loss > self.utility_bound(retain_loss, calibration_loss):
@@ -147,5 +148,7 @@ def forget_vs_calibration(model, tokenizer, forget: list[QARecord], calibration:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     f = example_losses(model, tokenize_qa(tokenizer, forget, max_length, name="forget").examples, pad)
     c = example_losses(model, tokenize_qa(tokenizer, calibration, max_length, name="calibration").examples, pad)
+    from scipy.stats import ks_2samp
+
     return {"auc": mia.auc(f, c), "ks_pvalue": float(ks_2samp(f, c).pvalue),
             "tolerance": auc_tolerance(len(f), len(c), z), "n_forget": len(f), "n_calibration": len(c)}

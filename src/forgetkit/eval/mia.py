@@ -14,8 +14,6 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import beta
-from sklearn.metrics import roc_auc_score
 
 from forgetkit.eval.token_stats import TokenStats
 
@@ -59,12 +57,16 @@ def reference_score(stats: TokenStats, reference: TokenStats) -> float:
 
 def auc(forget_scores: Sequence[float], holdout_scores: Sequence[float]) -> float:
     """ROC AUC with forget = 0 and holdout = 1 on loss-like scores (see :data:`ORIENTATION`)."""
+    from sklearn.metrics import roc_auc_score  # here: sklearn costs half a second to import
+
     labels = [0] * len(forget_scores) + [1] * len(holdout_scores)
     return float(roc_auc_score(labels, list(forget_scores) + list(holdout_scores)))
 
 
 def muse_auc(forget_scores: Sequence[float], holdout_scores: Sequence[float]) -> float:
     """MUSE's AUC: forget = non-member 0, holdout = member 1, on the negated loss-like score."""
+    from sklearn.metrics import roc_auc_score
+
     labels = [0] * len(forget_scores) + [1] * len(holdout_scores)
     return float(roc_auc_score(labels, [-s for s in list(forget_scores) + list(holdout_scores)]))
 
@@ -76,6 +78,8 @@ def privleak(auc_unlearned: float, auc_retrain: float) -> float:
 
 def clopper_pearson(successes: int, trials: int, alpha: float = 0.05) -> tuple[float, float]:
     """One-sided (lower, upper) Clopper–Pearson bounds of a binomial rate, each at 1 − alpha."""
+    from scipy.stats import beta  # here: scipy.stats costs half a second to import
+
     lower = 0.0 if successes == 0 else float(beta.ppf(alpha, successes, trials - successes + 1))
     upper = 1.0 if successes == trials else float(beta.ppf(1 - alpha, successes + 1, trials - successes))
     return lower, upper
