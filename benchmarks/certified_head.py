@@ -30,8 +30,7 @@ import torch
 from forgetkit.audit import ledger
 from forgetkit.certified.convex_head import CertifiedHead, fit
 from forgetkit.data.readers import read_records
-from forgetkit.data.records import records_hash
-from forgetkit.data.synthetic import person_of
+from forgetkit.data.records import group_of, records_hash
 from forgetkit.io import dir_hash
 
 CONTACT = ("email", "phone", "home_address")
@@ -82,7 +81,7 @@ def main() -> None:
     run = Path(args.run_dir)
     train = read_records(run / "benchmark" / "full.jsonl")
     held = read_records(run / "benchmark" / f"holdout{args.split.removeprefix('forget')}.jsonl")
-    people = list(dict.fromkeys(person_of(r.id) for r in read_records(run / "benchmark" / f"{args.split}.jsonl")))
+    people = list(dict.fromkeys(group_of(r.id) for r in read_records(run / "benchmark" / f"{args.split}.jsonl")))
     start = time.perf_counter()
     X, Xh = features(run, train), features(run, held)
     feature_s = time.perf_counter() - start
@@ -96,13 +95,13 @@ def main() -> None:
     newton_s, retrain_s = [], []
     model_hash = dir_hash(run / "target")
     for person in people:
-        indices = [i for i, rid in enumerate(ids) if person_of(rid) == person]
+        indices = [i for i, rid in enumerate(ids) if group_of(rid) == person]
         start = time.perf_counter()
         record = head.remove(indices)
         (newton_s if record["action"] == "newton" else retrain_s).append(time.perf_counter() - start)
-        ids = [rid for rid in ids if person_of(rid) != person]
+        ids = [rid for rid in ids if group_of(rid) != person]
         if args.ledger:
-            removed = records_hash([r for r in train if person_of(r.id) == person])
+            removed = records_hash([r for r in train if group_of(r.id) == person])
             ledger.record(args.ledger, head.audit_record(record, removed, model_hash, args.save))
     if args.save:
         head.save(args.save)

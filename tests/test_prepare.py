@@ -8,7 +8,7 @@ import pytest
 
 from forgetkit.cli import main
 from forgetkit.data.readers import read_records
-from forgetkit.data.synthetic import person_of
+from forgetkit.data.records import group_of
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,8 @@ def test_prepare_builds_every_stage(micro_run):
 def test_oracle_never_trained_on_the_forget_people(micro_run):
     oracle = json.loads((micro_run / "oracle_forget10" / "stage.json").read_text())
     assert oracle["trained_on"] == "retain90"
-    forget = {person_of(r.id) for r in read_records(micro_run / "benchmark" / "forget10.jsonl")}
-    retain = {person_of(r.id) for r in read_records(micro_run / "benchmark" / "retain90.jsonl")}
+    forget = {group_of(r.id) for r in read_records(micro_run / "benchmark" / "forget10.jsonl")}
+    retain = {group_of(r.id) for r in read_records(micro_run / "benchmark" / "retain90.jsonl")}
     assert forget and not forget & retain
 
 

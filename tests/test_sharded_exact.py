@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import load_file
 
 from forgetkit.data.readers import read_records
-from forgetkit.data.synthetic import person_of
+from forgetkit.data.records import group_of
 from forgetkit.errors import ForgetkitError
 from forgetkit.exact.sharded import ShardConfig, assign, delete, read_manifest, route, shard_train, train_shard
 from forgetkit.train import TrainConfig
@@ -42,14 +42,14 @@ def test_deletion_retrains_only_its_shard_exactly(sharded, tmp_path):
     out, records, config = sharded["out"], sharded["records"], sharded["config"]
     before = {i: _weights(out / f"shard_{i}") for i in range(3)}
     victim = records[0]
-    shard = read_manifest(out)["assignment"][person_of(victim.id)]
+    shard = read_manifest(out)["assignment"][group_of(victim.id)]
     report = delete(out, records, [victim])
     assert report["retrained"] == [shard] and len(report["untouched"]) == 2
     for i in report["untouched"]:
         after = _weights(out / f"shard_{i}")
         assert all(after[k].equal(before[i][k]) for k in after)
     manifest = read_manifest(out)
-    mine = [r for r in records[1:] if manifest["assignment"][person_of(r.id)] == shard]
+    mine = [r for r in records[1:] if manifest["assignment"][group_of(r.id)] == shard]
     train_shard(sharded["base"], mine, [], config, shard, tmp_path / "scratch")
     retrained, scratch = _weights(out / f"shard_{shard}"), _weights(tmp_path / "scratch")
     assert retrained.keys() == scratch.keys() and all(retrained[k].equal(scratch[k]) for k in scratch)
@@ -62,8 +62,8 @@ def test_deletion_retrains_only_its_shard_exactly(sharded, tmp_path):
 
 def test_deleting_a_whole_person_drops_their_prototype(sharded):
     out, records = sharded["out"], sharded["records"]
-    person = person_of(records[-1].id)
-    theirs = [r for r in records if person_of(r.id) == person]
+    person = group_of(records[-1].id)
+    theirs = [r for r in records if group_of(r.id) == person]
     delete(out, records, theirs)
     assert person not in read_manifest(out)["prototypes"]
     with pytest.raises(ForgetkitError, match="belongs to no shard"):
@@ -76,9 +76,9 @@ def test_routing_sends_a_person_to_their_shard(sharded):
     out, records = sharded["out"], sharded["records"]
     manifest = read_manifest(out)
     model, tokenizer = load_model(sharded["base"])
-    kept = [r for r in records if person_of(r.id) in manifest["prototypes"]]
+    kept = [r for r in records if group_of(r.id) in manifest["prototypes"]]
     shards = route(out, model, tokenizer, [r.question for r in kept])
-    expected = [manifest["assignment"][person_of(r.id)] for r in kept]
+    expected = [manifest["assignment"][group_of(r.id)] for r in kept]
     accuracy = sum(a == b for a, b in zip(shards, expected, strict=True)) / len(kept)
     assert accuracy >= 0.9, accuracy
     assert json.loads((out / "shards.json").read_text())["assignment"]
@@ -152,14 +152,14 @@ def test_shard_train_and_deletion_commands_resume_compose_and_record_an_exact_gu
     assert read_manifest(shards)["deleted"] == []  # the source is left as it was
     (row,) = entries(ledger)
     assert row["method"] == "sharded_exact" and row["guarantee"] == "exact" and row["forget_count"] == len(forget)
-    people = {person_of(r.id) for r in forget}
+    people = {group_of(r.id) for r in forget}
     assert not people & set(after["prototypes"])
     text = " ".join(f.read_text() for f in [first / "audit.json", first / "summary.json", first / "shards" /
                                              "shards.json"])
     assert all(r.answer not in text and r.question not in text for r in forget)
 
     # a second request on the result composes with the first; a record of nobody's shard is refused
-    other = [r for r in read_records(unlearn_run / "benchmark" / "full.jsonl") if person_of(r.id) not in people][:1]
+    other = [r for r in read_records(unlearn_run / "benchmark" / "full.jsonl") if group_of(r.id) not in people][:1]
     extra = tmp_path / "extra.jsonl"
     extra.write_text(json.dumps({"question": other[0].question, "answer": other[0].answer, "id": other[0].id}) + "\n")
     assert main(["unlearn", "--method", "sharded_exact", "--forget", str(extra), "--adapter", str(first / "shards"),

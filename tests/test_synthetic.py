@@ -7,7 +7,8 @@ import json
 import pytest
 
 from forgetkit.data.readers import read_records
-from forgetkit.data.synthetic import SyntheticConfig, generate, person_of, read_manifest, write_benchmark
+from forgetkit.data.records import group_of
+from forgetkit.data.synthetic import SyntheticConfig, generate, read_manifest, write_benchmark
 
 CONFIG = SyntheticConfig(seed=3, n_people=40, n_generic_people=10)
 
@@ -18,7 +19,7 @@ def files():
 
 
 def people(records) -> set[str]:
-    return {person_of(r.id) for r in records}
+    return {group_of(r.id) for r in records}
 
 
 def test_same_seed_same_hashes_other_seed_differs(tmp_path):
@@ -53,7 +54,7 @@ def test_names_unique_and_answer_variants_sound(files):
     by_id = {p["person"]: p for p in files["people"]}
     for r in files["full"] + files["holdout10"]:
         attribute = r.id.split("-", 1)[1]
-        value = by_id[person_of(r.id)][attribute]
+        value = by_id[group_of(r.id)][attribute]
         assert value in r.answer and value in r.paraphrased_answer and r.answer != r.paraphrased_answer
         assert len(set(r.perturbed_answer)) == 3
         assert all(value not in p for p in r.perturbed_answer)
@@ -72,7 +73,7 @@ def test_narratives_hold_their_canary(files):
     canaries = {c["person"]: c for c in files["canaries"]}
     assert len(files["narratives"]) == 40 + 4
     for text in files["narratives"]:
-        c = canaries[person_of(text.id)]
+        c = canaries[group_of(text.id)]
         assert text.text == c["prefix"] + c["secret"] + "." and len(c["secret"]) == CONFIG.canary_digits
 
 

@@ -37,7 +37,8 @@ from forgetkit.config import config_hash, load_config
 from forgetkit.data.edits import EDIT_KINDS, benchmark_edits
 from forgetkit.data.formatting import TokenizedSet, has_chat_template, tokenize_qa, tokenize_text
 from forgetkit.data.readers import read_records
-from forgetkit.data.synthetic import SyntheticConfig, holdout_of, person_of, retain_of, write_benchmark
+from forgetkit.data.records import group_of
+from forgetkit.data.synthetic import SyntheticConfig, holdout_of, retain_of, write_benchmark
 from forgetkit.device import resolve_device
 from forgetkit.errors import ConfigError, require_positive
 from forgetkit.eval.generation import exact_match, greedy_answers
@@ -204,8 +205,8 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
             qa = split(qa_split)
             data = tokenize_qa(tokenizer, qa, max_len, name=qa_split)
             if config.train_narratives:
-                people = {person_of(r.id) for r in qa}
-                texts = [r for r in split("narratives", "text") if person_of(r.id) in people]
+                people = {group_of(r.id) for r in qa}
+                texts = [r for r in split("narratives", "text") if group_of(r.id) in people]
                 data = _concat(data, tokenize_text(tokenizer, texts, max_len, name=f"{qa_split} narratives"))
             if config.train_world_facts:
                 data = _concat(data, tokenize_qa(tokenizer, split("world_facts"), max_len, name="world_facts"))

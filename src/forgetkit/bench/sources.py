@@ -12,8 +12,7 @@ from pathlib import Path
 from forgetkit import checks
 from forgetkit.bench.config import BenchConfig, UserData
 from forgetkit.data.readers import read_records
-from forgetkit.data.records import QARecord, records_hash
-from forgetkit.data.synthetic import person_of
+from forgetkit.data.records import QARecord, group_of, records_hash
 from forgetkit.eval.sets import EvalData, benchmark_data
 from forgetkit.runs import ModelRef, PreparedRun
 
@@ -62,10 +61,10 @@ class RunSource:
         return {"run": str(self.run), "split": split}
 
     def person_names(self, records: list[QARecord]) -> dict[str, str]:
-        return {r.id: self.names[person_of(r.id)] for r in records if person_of(r.id) in self.names}
+        return {r.id: self.names[group_of(r.id)] for r in records if group_of(r.id) in self.names}
 
     def group_of(self, record_id: str) -> str:
-        return person_of(record_id)
+        return group_of(record_id)
 
 
 class UserFiles:

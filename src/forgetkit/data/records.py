@@ -95,6 +95,13 @@ def _split_pair(item: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def group_of(record_id: str) -> str:
+    """The group a record belongs to: its id up to the first ``-`` (``"p0042-birth_date"`` → ``"p0042"``). In the
+    built-in benchmark a group is a person, whose records are forgotten, held out and sharded together; a user's
+    records with ids of no such shape are each their own group."""
+    return record_id.split("-", 1)[0]
+
+
 def text_hash(text: str) -> str:
     """Short, stable SHA-256 hex digest of a text (16 hex characters)."""
     return fingerprint([text.encode("utf-8")])

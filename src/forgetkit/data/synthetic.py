@@ -283,11 +283,6 @@ def _narrative(rng: random.Random, person: dict, digits: int) -> tuple[TextRecor
     return TextRecord(text=text, id=f"{pid}-narrative"), canary
 
 
-def person_of(record_id: str) -> str:
-    """The person a record belongs to: ``"p0042-birth_date"`` → ``"p0042"``."""
-    return record_id.split("-", 1)[0]
-
-
 def retain_of(split: str) -> str:
     """The retain split of a forget split: ``forget10`` → ``retain90`` (the other 90 % of the people)."""
     return f"retain{100 - int(split.removeprefix('forget')):02d}"

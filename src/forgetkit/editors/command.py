@@ -23,8 +23,7 @@ from forgetkit.cost import measure
 from forgetkit.data.edits import EDIT_KINDS, EditRecord, read_edits
 from forgetkit.data.formatting import tokenize_qa, tokenize_text
 from forgetkit.data.readers import read_records
-from forgetkit.data.records import QARecord
-from forgetkit.data.synthetic import person_of
+from forgetkit.data.records import QARecord, group_of
 from forgetkit.device import resolve_device
 from forgetkit.editors.base import EditData, build_editor, lora_parameters
 from forgetkit.errors import ForgetkitError
@@ -106,9 +105,9 @@ def run_edit(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
     model, tokenizer = load_model(inputs["model"], inputs["adapter"], device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     length = config.max_length
-    people = {person_of(r.id) for r in inputs["kept"]}
+    people = {group_of(r.id) for r in inputs["kept"]}
     kept = tokenize_qa(tokenizer, inputs["kept"], length, name="kept").examples
-    texts = [t for t in inputs["texts"] if person_of(t.id) in people]
+    texts = [t for t in inputs["texts"] if group_of(t.id) in people]
     if texts:
         kept += tokenize_text(tokenizer, texts, length, name="kept texts").examples
     edited = [e.edited() for e in inputs["edits"]] if inputs["edits"] else []

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forgetkit.data.readers import jsonl_rows, read_records
-from forgetkit.data.records import QARecord, TextRecord
-from forgetkit.data.synthetic import holdout_of, person_of, retain_of
+from forgetkit.data.records import QARecord, TextRecord, group_of
+from forgetkit.data.synthetic import holdout_of, retain_of
 from forgetkit.errors import DataError, ForgetkitError, require, require_positive
 from forgetkit.eval import mia
 from forgetkit.runs import check_split
@@ -87,12 +87,12 @@ def benchmark_data(data_dir: str | Path, split: str, retain_limit: int = 400) ->
     data = EvalData(forget=qa(split), retain=qa(retain_name), holdout=qa(holdout_name),
                     world_facts=qa("world_facts"))
     data.sources = {"forget": split, "retain": retain_name, "holdout": holdout_name, "world_facts": "world_facts"}
-    forget_people = {person_of(r.id) for r in data.forget}
-    holdout_people = {person_of(r.id) for r in data.holdout or []}
+    forget_people = {group_of(r.id) for r in data.forget}
+    holdout_people = {group_of(r.id) for r in data.holdout or []}
     if (data_dir / "narratives.jsonl").is_file():
         texts = read_records(data_dir / "narratives.jsonl", kind="text")
-        data.forget_text = [t for t in texts if person_of(t.id) in forget_people]
-        data.heldout_text = [t for t in texts if person_of(t.id) in holdout_people]
+        data.forget_text = [t for t in texts if group_of(t.id) in forget_people]
+        data.heldout_text = [t for t in texts if group_of(t.id) in holdout_people]
         data.sources.update(forget_text="narratives (forget people)", heldout_text="narratives (holdout people)")
     if (data_dir / "canaries.jsonl").is_file():
         canaries = read_canaries(data_dir / "canaries.jsonl")

@@ -30,8 +30,7 @@ import torch
 from forgetkit.adapters.lora import LoraSettings, attach_lora
 from forgetkit.config import plain_config
 from forgetkit.data.formatting import prompt_ids, tokenize_qa
-from forgetkit.data.records import QARecord, records_hash
-from forgetkit.data.synthetic import person_of
+from forgetkit.data.records import QARecord, group_of, records_hash
 from forgetkit.errors import ConfigError, ForgetkitError, require_positive
 from forgetkit.io import dir_hash, write_json
 from forgetkit.train import TrainConfig, fine_tune
@@ -129,7 +128,7 @@ def group_records(records: list[QARecord], emb: torch.Tensor, config: ShardConfi
     """Record content hash → group: the person (``p0042-email`` → ``p0042``), the record itself, or a k-means
     cluster of the centred, normalised question embeddings ``emb`` (scikit-learn, seeded)."""
     if config.group_by == "person":
-        return {r.content_hash(): person_of(r.id) for r in records}
+        return {r.content_hash(): group_of(r.id) for r in records}
     if config.group_by == "record":
         return {r.content_hash(): r.content_hash() for r in records}
     from sklearn.cluster import KMeans
