@@ -268,8 +268,9 @@ class AuditRecord:
         return {**data, **data.pop("details")}
 
 
-def fingerprinted(path: Path, pattern: str | None = None) -> dict:
-    return {"path": str(path), "hash": dir_hash(path, pattern)}
+def fingerprinted(path: Path | None, pattern: str | None = None) -> dict | None:
+    """An audit record's view of a directory: its path and fingerprint (None for no directory)."""
+    return {"path": str(path), "hash": dir_hash(path, pattern)} if path else None
 
 
 def audit_of(config: UnlearnConfig, model: Path, forget: dict, output: Path, started: str, **fields) -> AuditRecord:

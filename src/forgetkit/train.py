@@ -183,14 +183,15 @@ def _checkpointing(model, on: bool) -> None:
         base.activation_checkpointing_disable()
 
 
-def _trainable(model) -> dict[str, torch.nn.Parameter]:
+def trainable(model) -> dict[str, torch.nn.Parameter]:
+    """The parameters the loop trains (and checkpoints), by name."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
 def _save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, data_seed: int) -> None:
     with atomic_path(run_dir / CHECKPOINT_DIR) as tmp:
         tmp.mkdir()
-        save_file({n: p.detach().cpu().contiguous() for n, p in _trainable(model).items()},
+        save_file({n: p.detach().cpu().contiguous() for n, p in trainable(model).items()},
                   str(tmp / "trainable.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": torch.get_rng_state()}, tmp / "state.pt")
@@ -202,7 +203,7 @@ def _load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> int:
     if not (ckpt / "progress.json").is_file():
         return 0
     weights = load_file(str(ckpt / "trainable.safetensors"))
-    params = _trainable(model)
+    params = trainable(model)
     if set(weights) != set(params):
         raise ForgetkitError(f"{ckpt}: checkpoint does not match this model's trainable parameters; "
                              "remove it or use another output directory")
@@ -254,7 +255,7 @@ def train_loop(
     accelerator = Accelerator(cpu=on_cpu(), mixed_precision=config.mixed_precision)
     set_seed(config.seed)
     world, rank = accelerator.num_processes, accelerator.process_index
-    params = list(_trainable(model).values())
+    params = list(trainable(model).values())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     micro_per_epoch = math.ceil(len(driver) / config.batch_size)
     total_steps = max(1, math.ceil(config.epochs * micro_per_epoch / config.grad_accum))

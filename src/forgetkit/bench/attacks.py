@@ -18,6 +18,7 @@ from dataclasses import replace
 
 import torch
 
+from forgetkit.data.formatting import pad_id
 from forgetkit.data.records import QARecord
 
 HEAD_NAMES = ("lm_head", "embed_out")
@@ -87,7 +88,7 @@ def relearn(model, tokenizer, records: list[QARecord], steps: int, batch_size: i
     clone.requires_grad_(True)
     data = tokenize_qa(tokenizer, records, max_length, name="relearning set")
     epochs = steps * batch_size / max(len(data.examples), 1)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     fine_tune(clone, data, TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed), pad,
               desc="relearning attack", quiet=quiet)
     clone.requires_grad_(False)

@@ -175,6 +175,11 @@ def _report(out: TokenizedSet, name: str, max_length: int) -> None:
         )
 
 
+def pad_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its EOS (GPT-2 and Llama ship none)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def collate(examples: Sequence[dict], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
     """Pad a batch: ``input_ids``, ``attention_mask``, ``labels`` (padding labelled -100)."""
     width = max(len(e["input_ids"]) for e in examples)

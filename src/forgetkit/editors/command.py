@@ -21,13 +21,13 @@ import torch
 from forgetkit.config import config_hash
 from forgetkit.cost import measure
 from forgetkit.data.edits import EDIT_KINDS, EditRecord, read_edits
-from forgetkit.data.formatting import tokenize_qa, tokenize_text
+from forgetkit.data.formatting import pad_id, tokenize_qa, tokenize_text
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord, group_of
 from forgetkit.device import resolve_device
 from forgetkit.editors.base import EditData, build_editor, lora_parameters
 from forgetkit.errors import ForgetkitError
-from forgetkit.eval.calibration import CONTINUE, EXHAUSTED, Check, Criterion, example_losses
+from forgetkit.eval.calibration import CONTINUE, EXHAUSTED, Check, CriterionSets
 from forgetkit.eval.command import evaluate_into, oracle_log_of
 from forgetkit.eval.sets import EvalData, benchmark_data
 from forgetkit.io import write_json
@@ -103,7 +103,7 @@ def run_edit(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
     started = now()
     device = resolve_device(request.device)
     model, tokenizer = load_model(inputs["model"], inputs["adapter"], device=device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     length = config.max_length
     people = {group_of(r.id) for r in inputs["kept"]}
     kept = tokenize_qa(tokenizer, inputs["kept"], length, name="kept").examples
@@ -164,42 +164,36 @@ def _damping_search(config, editor, model, tokenizer, data: EditData, forget: li
     settings = config.criterion
     named = lora_parameters(model)
     original = {n: p.detach().clone() for n, p in named}
-    pad = data.pad_token_id
-    retain = tokenize_qa(tokenizer, kept[: settings.retain_sample], config.max_length, name="retain").examples
-    forget_examples = tokenize_qa(tokenizer, forget, config.max_length, name="forget").examples
-    calibration_examples = tokenize_qa(tokenizer, calibration, config.max_length, name="calibration").examples
-    criterion = Criterion(settings, len(forget_examples), len(calibration_examples))
+    sets = CriterionSets(settings, tokenizer, forget, calibration, kept, config.max_length)
+    criterion = sets.criterion
 
-    def judge(step: int) -> Check:
-        loss = example_losses(model, retain, pad)
-        return criterion.judge(step, example_losses(model, forget_examples, pad),
-                               example_losses(model, calibration_examples, pad), sum(loss) / len(loss))
-
-    judge(0)
-    applied: dict[int, dict] = {}
-    for step, ratio in enumerate(settings.dampings, start=1):
+    def edit_at(ratio: float | None, quiet: bool) -> dict:
+        """The adapter as it was, then (for a ratio) edited with that damping ratio; the apply's record."""
         with torch.no_grad():
             for n, p in named:
                 p.copy_(original[n])
-        applied[step] = {**editor.__class__(**{**asdict(editor), "damping": None, "damping_ratio": ratio})
-                         .apply(model, data, quiet=quiet), "damping_ratio": ratio}
-        if judge(step).verdict != CONTINUE:
+        if ratio is None:
+            return {"damping_ratio": None, "note": "no ratio kept: the adapter is unchanged"}
+        at_ratio = editor.__class__(**{**asdict(editor), "damping": None, "damping_ratio": ratio})
+        return {**at_ratio.apply(model, data, quiet=quiet), "damping_ratio": ratio}
+
+    def ratio_of(check: Check) -> float | None:
+        return settings.dampings[check.step - 1] if check.step else None
+
+    sets.check(0, model)
+    applied: dict[int, dict] = {0: edit_at(None, quiet)}
+    for step, ratio in enumerate(settings.dampings, start=1):
+        applied[step] = edit_at(ratio, quiet)
+        if sets.check(step, model).verdict != CONTINUE:
             break
     best = criterion.best
     last = criterion.checks[-1]
     if best is not last:  # redo the kept ratio's edit (or restore the unedited adapter)
-        with torch.no_grad():
-            for n, p in named:
-                p.copy_(original[n])
-        if best.step:
-            ratio = settings.dampings[best.step - 1]
-            applied[best.step] = {**editor.__class__(**{**asdict(editor), "damping": None, "damping_ratio": ratio})
-                                  .apply(model, data, quiet=True), "damping_ratio": ratio}
+        applied[best.step] = edit_at(ratio_of(best), quiet=True)
     stopped = last.verdict if last.verdict != CONTINUE else EXHAUSTED
     summary = {**criterion.summary(stopped), "rolled_back": best is not last,
-               "trace": [{**c.to_dict(), "damping_ratio": settings.dampings[c.step - 1] if c.step else None}
-                         for c in criterion.checks]}
-    return applied.get(best.step, {"damping_ratio": None, "note": "no ratio kept: the adapter is unchanged"}), summary
+               "trace": [{**c.to_dict(), "damping_ratio": ratio_of(c)} for c in criterion.checks]}
+    return applied[best.step], summary
 
 
 def _evaluate(request, model, tokenizer, inputs: dict, out: Path, quiet: bool, known: list[bool] | None) -> dict:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from forgetkit.data.formatting import tokenize_qa
+from forgetkit.data.formatting import pad_id, tokenize_qa
 from forgetkit.data.records import QARecord
 from forgetkit.errors import require, require_positive
 from forgetkit.eval import mia
@@ -92,12 +92,7 @@ class Criterion:
 
     def judge(self, step: int, forget_losses: list[float], calibration_losses: list[float],
               retain_loss: float) -> Check:
-        # LOSS attack: lower loss = member. mia.auc has forget = 0, calibration = 1 on loss-like scores, i.e. the
-        # probability that a forget loss is below a calibration loss.
-        auc = mia.auc(forget_losses, calibration_losses)
-        from scipy.stats import ks_2samp  # here: scipy.stats costs half a second to import
-
-        ks = float(ks_2samp(forget_losses, calibration_losses).pvalue)
+        auc, ks = compare(forget_losses, calibration_losses)
         calibration_loss = sum(calibration_losses) / len(calibration_losses)
         if retain_loss > self.utility_bound(retain_loss, calibration_loss):
             verdict = UTILITY
@@ -132,7 +127,15 @@ class Criterion:
                 "utility_bound": self.utility_bound(start.retain_loss, start.calibration_loss) if start else None,
                 "z": self.settings.z, "forget_examples": self.n_forget, "calibration_examples": self.n_calibration,
                 "checks": len(self.checks), "chosen": best.to_dict() if best else None,
-                "start": self.checks[0].to_dict() if self.checks else None}
+                "start": start.to_dict() if start else None}
+
+
+def compare(forget_losses: list[float], calibration_losses: list[float]) -> tuple[float, float]:
+    """The LOSS attack's AUC (lower loss = member: mia.auc has forget = 0 and calibration = 1 on loss-like
+    scores, i.e. the probability that a forget loss is below a calibration loss) and the KS p-value."""
+    from scipy.stats import ks_2samp  # here: scipy.stats costs half a second to import
+
+    return mia.auc(forget_losses, calibration_losses), float(ks_2samp(forget_losses, calibration_losses).pvalue)
 
 
 def example_losses(model, examples: list[dict], pad_token_id: int, batch_size: int = 32) -> list[float]:
@@ -141,14 +144,39 @@ def example_losses(model, examples: list[dict], pad_token_id: int, batch_size: i
         return [s.avg_nll for s in score_examples(model, examples, pad_token_id, batch_size)]
 
 
+class CriterionSets:
+    """What one check scores, tokenised once: the forget and calibration sets and a retain sample (the utility
+    guard's); :meth:`check` scores a model on them and asks the criterion. The training hook and the editors'
+    damping search both check through it."""
+
+    def __init__(self, settings: CriterionSettings, tokenizer, forget: list[QARecord], calibration: list[QARecord],
+                 retain: list[QARecord] | None, max_length: int, batch_size: int = 32) -> None:
+        self.pad, self.batch_size = pad_id(tokenizer), batch_size
+        self.forget = tokenize_qa(tokenizer, forget, max_length, name="forget (criterion)").examples
+        self.calibration = tokenize_qa(tokenizer, calibration, max_length, name="calibration").examples
+        self.retain = tokenize_qa(tokenizer, retain[: settings.retain_sample], max_length,
+                                  name="retain (criterion)").examples if retain else []
+        self.criterion = Criterion(settings, len(self.forget), len(self.calibration))
+
+    def _losses(self, model, examples: list[dict]) -> list[float]:
+        return example_losses(model, examples, self.pad, self.batch_size)
+
+    def check(self, step: int, model) -> Check:
+        """Score ``model`` (left in the train/eval mode it was in) and judge the check of ``step``."""
+        was_training = model.training
+        forget, calibration = self._losses(model, self.forget), self._losses(model, self.calibration)
+        retain = self._losses(model, self.retain) if self.retain else [0.0]
+        model.train(was_training)
+        return self.criterion.judge(step, forget, calibration, sum(retain) / len(retain))
+
+
 def forget_vs_calibration(model, tokenizer, forget: list[QARecord], calibration: list[QARecord],
                           max_length: int = 128, z: float = 1.96) -> dict:
     """The criterion's numbers for one model (no stopping): the forget-vs-calibration AUC, the KS p-value and the
     tolerance the sample sizes give. The bench reports it for every cell, whether it ran with ``until`` or not."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     f = example_losses(model, tokenize_qa(tokenizer, forget, max_length, name="forget").examples, pad)
     c = example_losses(model, tokenize_qa(tokenizer, calibration, max_length, name="calibration").examples, pad)
-    from scipy.stats import ks_2samp
-
-    return {"auc": mia.auc(f, c), "ks_pvalue": float(ks_2samp(f, c).pvalue),
-            "tolerance": auc_tolerance(len(f), len(c), z), "n_forget": len(f), "n_calibration": len(c)}
+    auc, ks = compare(f, c)
+    return {"auc": auc, "ks_pvalue": ks, "tolerance": auc_tolerance(len(f), len(c), z), "n_forget": len(f),
+            "n_calibration": len(c)}

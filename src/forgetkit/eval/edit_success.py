@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from forgetkit.data.edits import EditRecord
+from forgetkit.data.formatting import pad_id
 from forgetkit.data.records import QARecord
 from forgetkit.eval.generation import exact_match, greedy_answers
 
@@ -43,7 +44,7 @@ def answer_probability(model, tokenizer, records: Sequence[QARecord]) -> float:
     from forgetkit.influence.curvature import example_losses
 
     examples = tokenize_qa(tokenizer, records, 512, name="edit scoring").examples
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     device = next(model.parameters()).device
     total = 0.0
     with torch.no_grad():

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from forgetkit.data.formatting import IGNORE_INDEX, encode_qa, prompt_ids
+from forgetkit.data.formatting import IGNORE_INDEX, encode_qa, pad_id, prompt_ids
 from forgetkit.data.records import records_hash, text_hash
 from forgetkit.errors import ForgetkitError
 from forgetkit.eval import memorisation as mem
@@ -186,7 +186,7 @@ def evaluate(
     if seqs.truncated:
         log.warning("%d sequence(s) longer than the model's context (%d) were truncated", seqs.truncated, context)
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     with tqdm(total=len(seqs.examples), desc="score", disable=not show, unit="seq") as bar:
         stats_list = shards.map(lambda ex: score_examples(model, ex, pad, settings.batch_size, bar), seqs.examples)
     stats: dict[tuple, TokenStats] = dict(zip(seqs.keys, stats_list, strict=True))

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from forgetkit.data.formatting import prompt_ids, stop_token_ids
+from forgetkit.data.formatting import pad_id, prompt_ids, stop_token_ids
 
 
 def greedy_answers(
@@ -42,7 +42,7 @@ def greedy_continuations(
     """
     model.eval()
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
     for start in range(0, len(order), batch_size):

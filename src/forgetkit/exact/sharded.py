@@ -29,7 +29,7 @@ import torch
 
 from forgetkit.adapters.lora import LoraSettings, attach_lora
 from forgetkit.config import plain_config
-from forgetkit.data.formatting import prompt_ids, tokenize_qa
+from forgetkit.data.formatting import pad_id, prompt_ids, tokenize_qa
 from forgetkit.data.records import QARecord, group_of, records_hash
 from forgetkit.errors import ConfigError, ForgetkitError, require_positive
 from forgetkit.io import dir_hash, write_json
@@ -77,7 +77,7 @@ def train_shard(base_dir: Path, records: list[QARecord], shared: list[QARecord],
     torch.manual_seed(config.seed + index)
     model = attach_lora(model, config.lora)
     data = tokenize_qa(tokenizer, records + shared, config.max_length, name=f"shard {index}")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     stats = fine_tune(model, data, replace(config.train, seed=config.seed + index), pad, desc=f"shard {index}",
                       quiet=quiet)
     save_model(model, tokenizer, out)

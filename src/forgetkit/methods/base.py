@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import torch
 
+from forgetkit.data.formatting import pad_id
 from forgetkit.methods import losses
 from forgetkit.models.logits import labelled_logits_mask, takes_logits_to_keep
 from forgetkit.registry import EMPIRICAL, GRADIENT, register_unlearner, unlearner
@@ -72,7 +73,7 @@ class UnlearnContext:
 
     @property
     def pad(self) -> int:
-        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        return pad_id(self.tokenizer)
 
     def batches(self, examples, batch_size: int = 32) -> list[dict[str, torch.Tensor]]:
         from forgetkit.data.formatting import collate

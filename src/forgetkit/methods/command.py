@@ -19,7 +19,7 @@ from pathlib import Path
 
 from forgetkit.adapters.lora import attach_lora, bounded_layers, clip_adapters
 from forgetkit.config import config_hash
-from forgetkit.data.formatting import tokenize_qa
+from forgetkit.data.formatting import pad_id, tokenize_qa
 from forgetkit.data.records import QARecord
 from forgetkit.device import resolve_device
 from forgetkit.errors import ConfigError, ForgetkitError
@@ -106,7 +106,7 @@ def run_gradient(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult 
     if inputs.adapter is not None and not existing_adapter:
         model = model.merge_and_unload()  # the adapter becomes part of the frozen starting point
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     data = _paired_data(method, tokenizer, inputs, config.max_length)
     context = UnlearnContext(model, tokenizer, data, inputs.forget, config, out, quiet, existing_adapter)
     phases: dict = {}
@@ -187,7 +187,7 @@ def run_gradient(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult 
     if "certificate" in phases:  # a method with a formal (ε, δ) guarantee
         details["certificate"] = phases["certificate"]
     audit = audit_of(config, inputs.model, inputs.forget_set(), result_dir, started, guarantee=method.guarantee,
-                     adapter_in=_fingerprint(inputs.adapter), retain=inputs.retain_set(), origin=inputs.origin,
+                     adapter_in=fingerprinted(inputs.adapter), retain=inputs.retain_set(), origin=inputs.origin,
                      load=load_record(inputs.model, inputs.adapter, result_dir, in_place=existing_adapter,
                                       full=config.mode == "full"),
                      details=details)
@@ -206,10 +206,6 @@ def _all_of(hooks):
         return record or None
 
     return on_step
-
-
-def _fingerprint(path: Path | None) -> dict | None:
-    return fingerprinted(path) if path else None
 
 
 def _paired_data(method: Method, tokenizer, inputs: RequestInputs, max_length: int) -> PairedData:
@@ -246,9 +242,10 @@ def _check_output(out: Path, config: UnlearnConfig) -> None:
 def _periodic_eval(request: UnlearnRequest, tokenizer):
     """An ``on_step`` callback: every ``eval_every`` steps, Forget Quality and Model Utility from a quick
     evaluation (forget set, first 100 retain records, world facts; answers of up to 40 tokens)."""
-    full = benchmark_data(request.prepared_run().benchmark, request.split, retain_limit=100)
+    run = request.prepared_run()
+    full = benchmark_data(run.benchmark, request.split, retain_limit=100)
     data = EvalData(forget=full.forget, retain=full.retain, world_facts=full.world_facts)
-    oracle_log = oracle_log_of(request.prepared_run(), request.split)
+    oracle_log = oracle_log_of(run, request.split)
     settings = EvalSettings(max_new_tokens=40, retain_limit=100, gradnorm=False)
 
     def on_step(step: int, model) -> dict | None:

@@ -18,17 +18,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from forgetkit.data.formatting import tokenize_qa
 from forgetkit.data.records import QARecord
-from forgetkit.eval.calibration import CONTINUE, EXHAUSTED, Check, Criterion, CriterionSettings, example_losses
+from forgetkit.eval.calibration import CONTINUE, EXHAUSTED, Check, CriterionSets, CriterionSettings
 from forgetkit.io import atomic_path
-from forgetkit.train import CHECKPOINT_DIR, LOG_FILE
+from forgetkit.train import CHECKPOINT_DIR, LOG_FILE, trainable
 
 BEST_FILE = "criterion_best.safetensors"
-
-
-def _trainable(model) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
 class StoppingHook:
@@ -36,28 +31,17 @@ class StoppingHook:
     :meth:`finish` after)."""
 
     def __init__(self, settings: CriterionSettings, tokenizer, forget: list[QARecord], calibration: list[QARecord],
-                 retain: list[QARecord], max_length: int, out: Path, batch_size: int = 32) -> None:
-        self.settings, self.out, self.batch_size = settings, Path(out), batch_size
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.forget = tokenize_qa(tokenizer, forget, max_length, name="forget (criterion)").examples
-        self.calibration = tokenize_qa(tokenizer, calibration, max_length, name="calibration").examples
-        self.retain = tokenize_qa(tokenizer, retain[: settings.retain_sample], max_length,
-                                  name="retain (criterion)").examples if retain else []
-        self.criterion = Criterion(settings, len(self.forget), len(self.calibration))
+                 retain: list[QARecord], max_length: int, out: Path) -> None:
+        self.settings, self.out = settings, Path(out)
+        self.sets = CriterionSets(settings, tokenizer, forget, calibration, retain, max_length)
+        self.criterion = self.sets.criterion
         self.last: Check | None = None
         self._best_weights: dict[str, torch.Tensor] | None = None
 
-    def _losses(self, model, examples: list[dict]) -> list[float]:
-        return example_losses(model, examples, self.pad, self.batch_size)
-
     def check(self, step: int, model) -> Check:
-        was_training = model.training
-        forget, calibration = self._losses(model, self.forget), self._losses(model, self.calibration)
-        retain = self._losses(model, self.retain) if self.retain else [0.0]
-        model.train(was_training)
-        check = self.criterion.judge(step, forget, calibration, sum(retain) / len(retain))
+        check = self.sets.check(step, model)
         if self.criterion.best is check:
-            self._best_weights = {n: p.detach().cpu().clone() for n, p in _trainable(model).items()}
+            self._best_weights = {n: p.detach().cpu().clone() for n, p in trainable(model).items()}
             with atomic_path(self.out / BEST_FILE) as tmp:
                 save_file({n: t.contiguous() for n, t in self._best_weights.items()}, str(tmp),
                           metadata={"step": str(step)})
@@ -112,7 +96,7 @@ class StoppingHook:
         best = self.criterion.best
         rolled_back = best is not None and self._best_weights is not None and best is not self.last
         if rolled_back:
-            params = _trainable(model)
+            params = trainable(model)
             with torch.no_grad():
                 for name, value in self._best_weights.items():
                     params[name].copy_(value.to(params[name].device))
