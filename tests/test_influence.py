@@ -62,6 +62,48 @@ def test_gauss_newton_product_is_symmetric_and_positive_semidefinite(setup):
     assert float((h(v) - gn(v)).norm()) > 1e-6 * float(gn(v).norm())
 
 
+def _full_logit_gauss_newton(model, params, batches, v):
+    """The Gauss-Newton product written over the full ``[B, T, V]`` logits (the formula before the head ran at
+    labelled positions only): Jᵀ·H_logits·J·v, H = (diag p − ppᵀ)/N over the N labelled tokens, mean over batches."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from forgetkit.influence.curvature import flatten, unflatten
+
+    out = torch.zeros_like(v)
+    for batch in batches:
+        with sdpa_kernel(SDPBackend.MATH):  # double backward
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        mask = (batch["labels"][:, 1:] != -100).unsqueeze(-1).to(logits.dtype)
+        u = torch.zeros_like(logits, requires_grad=True)
+        jt_u = torch.autograd.grad(logits, params, grad_outputs=u, create_graph=True)
+        jv = torch.autograd.grad(jt_u, u, grad_outputs=unflatten(v, params))[0]
+        p = torch.softmax(logits.detach(), dim=-1)
+        h_jv = (p * jv - p * (p * jv).sum(-1, keepdim=True)) * mask / mask.sum()
+        out += flatten(torch.autograd.grad(logits, params, grad_outputs=h_jv))
+    return out / len(batches)
+
+
+def test_gauss_newton_at_labelled_positions_equals_the_full_logit_formula(setup):
+    """The head runs at the labelled positions only; the product, the loss and the per-example losses are the
+    full-logit formulas' to float64 rounding (rows of the batches carry different numbers of labels)."""
+    from forgetkit.influence.curvature import example_losses, lm_loss
+
+    model, params, batches = setup
+    gn = Curvature(model, params, batches, kind="gauss_newton")
+    v = torch.randn(gn.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    expected = _full_logit_gauss_newton(model, params, batches, v)
+    assert torch.allclose(gn(v), expected, rtol=1e-9, atol=1e-12)
+    for batch in batches:
+        # transformers computes its own loss in float32 (it casts the float64 logits down): 1e-6, not 1e-10
+        assert float(lm_loss(model, batch)) == pytest.approx(float(model(**batch).loss), rel=1e-6)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        mask = labels != -100
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+        per_row = (nll * mask).sum(1) / mask.sum(1)
+        assert torch.allclose(example_losses(model, batch), per_row, rtol=1e-10)
+
+
 def test_cg_matches_the_exact_inverse_tightly(setup):
     model, params, batches = setup
     curvature = Curvature(model, params, batches, kind="gauss_newton", damping=1e-3)

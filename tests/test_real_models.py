@@ -5,6 +5,7 @@ users have (question/answer-only files; TOFU's true-answer truth ratio on the ut
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,11 @@ def test_gguf_refusals_are_one_line(tiny_gguf, tmp_path):
     assert main(["import-gguf", str(tmp_path / "missing.gguf"), "--out", str(tmp_path / "out")]) == 2
 
 
+# a LoRA target; 160 tokens hold a ChatML-formatted QA pair of the tiny chat tokenizer (~125 tokens), so no
+# training record is dropped for length
+PRETRAINED = ["target_mode=lora", "train_world_facts=false", "model.max_length=160"]
+
+
 @pytest.fixture(scope="module")
 def pretrained_run(tmp_path_factory) -> Path:
     """The micro benchmark prepared on a tiny *pretrained* chat model (LoRA target through ChatML)."""
@@ -123,7 +129,7 @@ def pretrained_run(tmp_path_factory) -> Path:
     save_model(tiny_chat_model(tok, seed=3), tok, root / "chat-model")
     run = root / "run"
     assert main(["prepare", "--config", "micro", "--quiet", f"run_dir={run}", f"base_model={root / 'chat-model'}",
-                 "target_mode=lora", "train_world_facts=false"]) == 0
+                 *PRETRAINED]) == 0
     return run
 
 
@@ -143,9 +149,30 @@ def test_pretrained_run_rebuilds_when_the_source_model_changes(pretrained_run, c
     tok = chatml_tokenizer()
     save_model(tiny_chat_model(tok, seed=4), tok, source)
     assert main(["prepare", "--config", "micro", f"run_dir={pretrained_run}", f"base_model={source}",
-                 "target_mode=lora", "train_world_facts=false"]) == 0
+                 *PRETRAINED]) == 0
     out = capsys.readouterr().out
     assert "[base] building" in out and "[target] building" in out and "[benchmark] cached" in out
+
+
+def test_pretrained_run_retrains_on_a_changed_benchmark_and_replays_held_apart_world_facts(pretrained_run,
+                                                                                            tmp_path, capsys):
+    """A pretrained base does not descend from the benchmark, so the fine-tunes name it themselves: a changed
+    benchmark retrains them. With ``world_replay`` they replay those world facts, never the utility set's."""
+    run = tmp_path / "run"
+    shutil.copytree(pretrained_run, run)
+    source = pretrained_run.parent / "chat-model"
+    before = json.loads((run / "target" / "stage.json").read_text())
+    assert before["examples"] == 60 + 20 and before["truncated"] == 0  # micro's 60 QA pairs and 20 narratives
+    assert main(["prepare", "--config", "micro", f"run_dir={run}", f"base_model={source}", *PRETRAINED,
+                 "benchmark.world_replay=5", "train_world_facts=true"]) == 0
+    out = capsys.readouterr().out
+    assert "[base] cached" in out and "[benchmark] building" in out and "[target] building" in out
+    counts = {k: v["count"] for k, v in json.loads((run / "benchmark" / "manifest.json").read_text())["files"].items()}
+    assert counts["world_replay"] == 5
+    assert json.loads((run / "target" / "stage.json").read_text())["examples"] == before["examples"] + 5
+    replay = {json.loads(line)["question"] for line in (run / "benchmark" / "world_replay.jsonl").open()}
+    utility = {json.loads(line)["question"] for line in (run / "benchmark" / "world_facts.jsonl").open()}
+    assert replay and utility and not replay & utility
 
 
 def test_missing_pretrained_model_is_a_one_line_error(tmp_path, capsys):

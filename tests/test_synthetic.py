@@ -9,6 +9,7 @@ import pytest
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import group_of
 from forgetkit.data.synthetic import SyntheticConfig, generate, read_manifest, write_benchmark
+from forgetkit.errors import ConfigError
 
 CONFIG = SyntheticConfig(seed=3, n_people=40, n_generic_people=10)
 
@@ -114,3 +115,15 @@ def test_articles_and_world_fact_count(default_files):
     assert not [a for a in answers if " a a" in a or " a e" in a or " a i" in a or " a o" in a or " a u" in a]
     assert any(" works as an " in a for a in answers)
     assert len(default_files["world_facts"]) >= 100
+
+
+def test_world_replay_moves_facts_out_of_the_utility_set_and_leaves_the_rest():
+    """``world_replay`` facts leave the utility set (disjoint, together the whole set); no other file changes."""
+    plain = generate(SyntheticConfig(n_people=20, n_generic_people=5))
+    split = generate(SyntheticConfig(n_people=20, n_generic_people=5, world_replay=10))
+    replay, utility = ({r.id for r in split[k]} for k in ("world_replay", "world_facts"))
+    assert len(replay) == 10 and not replay & utility
+    assert replay | utility == {r.id for r in plain["world_facts"]}
+    assert all(split[k] == v for k, v in plain.items() if k != "world_facts")
+    with pytest.raises(ConfigError, match="world_replay"):
+        generate(SyntheticConfig(n_people=20, world_replay=len(plain["world_facts"])))

@@ -208,8 +208,9 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
                 people = {group_of(r.id) for r in qa}
                 texts = [r for r in split("narratives", "text") if group_of(r.id) in people]
                 data = _concat(data, tokenize_text(tokenizer, texts, max_len, name=f"{qa_split} narratives"))
-            if config.train_world_facts:
-                data = _concat(data, tokenize_qa(tokenizer, split("world_facts"), max_len, name="world_facts"))
+            if config.train_world_facts:  # the replay set when the benchmark keeps one apart from the utility set
+                world = "world_replay" if config.benchmark.world_replay else "world_facts"
+                data = _concat(data, tokenize_qa(tokenizer, split(world), max_len, name=world))
             stats = fine_tune(model, data, config.target, tokenizer.pad_token_id, desc=f"fine-tune on {qa_split}",
                               quiet=quiet)
             save_model(model, tokenizer, tmp / "model")
@@ -224,9 +225,11 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
         lora_key["init_seed"] = config.seed  # the adapter's initialisation is seeded (stage.json of older runs: not)
     recipe = {"mode": config.target_mode, "train": config.target, "lora": lora_key,
               "narratives": config.train_narratives, "world_facts": config.train_world_facts}
-    stages.run("target", {**recipe, "on": "full"}, ["base"], fine_tune_on("full"))
+    # a trained tiny base descends from the benchmark already; a pretrained one does not, so name it
+    parents = ["base", "benchmark"] if config.base_model else ["base"]
+    stages.run("target", {**recipe, "on": "full"}, parents, fine_tune_on("full"))
     for forget in config.oracle_splits:
-        stages.run(f"oracle_{forget}", {**recipe, "on": retain_of(forget)}, ["base"],
+        stages.run(f"oracle_{forget}", {**recipe, "on": retain_of(forget)}, parents,
                    fine_tune_on(retain_of(forget)))
 
     summary_file = run_dir / "summary.json"

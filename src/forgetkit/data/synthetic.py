@@ -37,6 +37,9 @@ class SyntheticConfig:
     # never-trained people of the same kind for calibrating unlearning without an oracle (``calibration.jsonl``;
     # ``unlearn --until indistinguishable``); apart from the holdout people the evaluation reports on
     calibration_people: int = field(default=0, metadata=ADDED_SETTING)
+    # world facts moved out of the utility set into ``world_replay.jsonl``, the facts a fine-tune of a pretrained
+    # model replays to keep its world knowledge; the utility set then holds only facts no stage trained on
+    world_replay: int = field(default=0, metadata=ADDED_SETTING)
 
     def __post_init__(self) -> None:
         from forgetkit.errors import ConfigError
@@ -45,7 +48,8 @@ class SyntheticConfig:
             raise ConfigError(f"benchmark.qa_per_person must be 1..{len(ATTRIBUTES)}")
         if self.n_people < 10:
             raise ConfigError("benchmark.n_people must be at least 10 (forget01 needs a person)")
-        if self.canary_digits < 1 or min(self.n_generic_people, self.n_world_facts, self.calibration_people) < 0:
+        if self.canary_digits < 1 or min(self.n_generic_people, self.n_world_facts, self.calibration_people,
+                                         self.world_replay) < 0:
             raise ConfigError("benchmark: canary_digits must be ≥ 1; counts must be ≥ 0")
 
 
@@ -337,6 +341,16 @@ def generate(config: SyntheticConfig) -> dict[str, list]:
             pretrain.append(QARecord(r.question, r.answer, f"{r.id}-q"))
             pretrain.append(QARecord(r.paraphrased_question, r.paraphrased_answer, f"{r.id}-pq"))
     files["pretrain"] = pretrain
+    if config.world_replay:
+        if config.world_replay >= len(files["world_facts"]):
+            from forgetkit.errors import ConfigError
+
+            raise ConfigError(f"benchmark.world_replay must be below the {len(files['world_facts'])} world facts "
+                              "(the rest are the utility set)")
+        replay = set(random.Random(f"{config.seed}-world-replay").sample(range(len(files["world_facts"])),
+                                                                         config.world_replay))
+        files["world_replay"] = [r for i, r in enumerate(files["world_facts"]) if i in replay]
+        files["world_facts"] = [r for i, r in enumerate(files["world_facts"]) if i not in replay]
 
     narratives, canaries = [], []
     by_id = {p["person"]: p for p in people}

@@ -15,6 +15,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from forgetkit.errors import ForgetkitError
+from forgetkit.models.logits import answer_cross_entropy, answer_logits, example_cross_entropy
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
@@ -26,8 +27,8 @@ class InfluenceError(ForgetkitError):
 
 
 def lm_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """The causal LM's mean next-token cross-entropy over the labelled tokens."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    """The causal LM's mean next-token cross-entropy over the labelled tokens (the head at those only)."""
+    return answer_cross_entropy(model, batch)
 
 
 def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -49,11 +50,7 @@ def module_of(name: str) -> str:
 
 def example_losses(model, batch: Batch) -> torch.Tensor:
     """Each example's mean next-token cross-entropy over its own labelled tokens (one value per row)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
-    mask = labels != -100
-    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none")
-    return (nll * mask).sum(1).to(logits.dtype) / mask.sum(1).clamp(min=1)
+    return example_cross_entropy(model, batch)
 
 
 def summed_example_gradient(model, params: Sequence[torch.Tensor], batches: Sequence[Batch],
@@ -120,16 +117,13 @@ class Curvature:
         return list(torch.autograd.grad(dot, self.params))
 
     def _gnvp(self, batch: Batch, parts: list[torch.Tensor]) -> list[torch.Tensor]:
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits = logits[:, :-1]
+        logits, _, _ = answer_logits(self.model, batch)  # [n, V]: the labelled positions only
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
-        labels = batch["labels"][:, 1:]
-        mask = (labels != -100).unsqueeze(-1).to(logits.dtype)
         u = torch.zeros_like(logits, requires_grad=True)
         jt_u = torch.autograd.grad(logits, self.params, grad_outputs=u, create_graph=True)
         jv = torch.autograd.grad(jt_u, u, grad_outputs=parts, retain_graph=True)[0]  # J·v
         p = torch.softmax(logits.detach(), dim=-1)
         # Hessian of the mean token cross-entropy w.r.t. the logits, applied to Jv: (diag p − ppᵀ)/N per token.
-        h_jv = (p * jv - p * (p * jv).sum(-1, keepdim=True)) * mask / mask.sum()
+        h_jv = (p * jv - p * (p * jv).sum(-1, keepdim=True)) / logits.shape[0]
         return list(torch.autograd.grad(logits, self.params, grad_outputs=h_jv))

@@ -34,12 +34,36 @@ def labelled_logits_mask(labels: torch.Tensor) -> torch.Tensor:
     return torch.cat([scored, torch.zeros_like(scored[:, :1])], dim=1)
 
 
-def answer_cross_entropy(model, part: dict[str, torch.Tensor]) -> torch.Tensor:
-    """A causal LM's own loss (mean cross-entropy over the labelled tokens, in float32), with the head
-    run at the labelled positions only where the model allows it."""
-    if not takes_logits_to_keep(model):
-        return model(**part).loss
+def answer_logits(model, part: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(logits [n, V], targets [n], rows [n])`` at the labelled positions of ``part``: the head run there
+    only where the model allows it, else the full logits gathered. ``rows`` is each position's row."""
     mask = labelled_logits_mask(part["labels"])
-    logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], logits_to_keep=mask).logits
+    if takes_logits_to_keep(model):
+        logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"],
+                       logits_to_keep=mask).logits
+    else:
+        logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits[mask]
     targets = part["labels"][:, 1:][mask[:, :-1]]
-    return torch.nn.functional.cross_entropy(logits.float(), targets)
+    rows = mask.nonzero()[:, 0]
+    return logits, targets, rows
+
+
+def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def answer_cross_entropy(model, part: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A causal LM's own loss (mean cross-entropy over the labelled tokens, in float32 at least), with the head
+    run at the labelled positions only where the model allows it."""
+    logits, targets, _ = answer_logits(model, part)
+    return torch.nn.functional.cross_entropy(_at_least_float32(logits), targets)
+
+
+def example_cross_entropy(model, part: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each row's mean cross-entropy over its own labelled tokens (``[B]``; 0 for a row without labels)."""
+    logits, targets, rows = answer_logits(model, part)
+    nll = torch.nn.functional.cross_entropy(_at_least_float32(logits), targets, reduction="none")
+    batch = part["labels"].shape[0]
+    total = torch.zeros(batch, dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
+    count = torch.zeros(batch, dtype=nll.dtype, device=nll.device).index_add(0, rows, torch.ones_like(nll))
+    return (total / count.clamp(min=1)).to(logits.dtype)
