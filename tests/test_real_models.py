@@ -18,6 +18,7 @@ from forgetkit.errors import ForgetkitError
 from forgetkit.eval.generation import greedy_continuations
 from forgetkit.models import load_model, save_model
 from forgetkit.models.gguf import import_gguf
+from forgetkit.runs import PreparedRun
 
 
 def _labelled_text(tokenizer, question, answer) -> str:
@@ -173,6 +174,12 @@ def test_pretrained_run_retrains_on_a_changed_benchmark_and_replays_held_apart_w
     replay = {json.loads(line)["question"] for line in (run / "benchmark" / "world_replay.jsonl").open()}
     utility = {json.loads(line)["question"] for line in (run / "benchmark" / "world_facts.jsonl").open()}
     assert replay and utility and not replay & utility
+    # a retain set holds what the fine-tunes replayed, never the utility set; the run without replay holds none
+    prepared = PreparedRun(run)
+    assert prepared.replayed_world_facts_file().name == "world_replay.jsonl"
+    retained = {r.question for r in prepared.retain_records("forget10")}
+    assert replay <= retained and not utility & retained
+    assert PreparedRun(pretrained_run).replayed_world_facts_file() is None
 
 
 def test_missing_pretrained_model_is_a_one_line_error(tmp_path, capsys):

@@ -208,6 +208,7 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
                 people = {group_of(r.id) for r in qa}
                 texts = [r for r in split("narratives", "text") if group_of(r.id) in people]
                 data = _concat(data, tokenize_text(tokenizer, texts, max_len, name=f"{qa_split} narratives"))
+            world = None
             if config.train_world_facts:  # the replay set when the benchmark keeps one apart from the utility set
                 world = "world_replay" if config.benchmark.world_replay else "world_facts"
                 data = _concat(data, tokenize_qa(tokenizer, split(world), max_len, name=world))
@@ -215,7 +216,8 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
                               quiet=quiet)
             save_model(model, tokenizer, tmp / "model")
             _flatten(tmp)
-            return {"mode": config.target_mode, "trained_on": qa_split, "train": stats.to_dict(),
+            return {"mode": config.target_mode, "trained_on": qa_split, "world_facts": world,
+                    "train": stats.to_dict(),
                     "examples": len(data), "truncated": data.n_truncated}
         return build
 

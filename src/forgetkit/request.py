@@ -177,9 +177,9 @@ class RequestInputs:
 
 def resolve_inputs(request: UnlearnRequest, starts_from_base: bool = False) -> RequestInputs:
     """The model, adapter and record sets of a request. With ``--run``: the target (or the base, for an
-    unlearner that starts from it), the split, and its retain split with the world facts (the target and
-    the oracle replayed them in training, so a retain set does too, or every method, retraining most of
-    all, would be measured forgetting them)."""
+    unlearner that starts from it), the split, and its retain split with the replayed world facts (the
+    target and the oracle replayed them in training, so a retain set does too, or every method, retraining
+    most of all, would be measured forgetting them)."""
     if request.run:
         start = "base" if starts_from_base else "target"
         run = request.prepared_run(stages=(start,))

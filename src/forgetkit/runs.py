@@ -120,9 +120,19 @@ class PreparedRun:
         return self.split_file(retain_of(split))
 
     def world_facts_file(self) -> Path | None:
-        """The world facts: the target and the oracles replayed them in training, so a retain set does too."""
+        """The world facts of the utility set (Model Utility's), if the run has them."""
         path = self.split_file("world_facts")
         return path if path.is_file() else None
+
+    def replayed_world_facts_file(self) -> Path | None:
+        """The world facts the target and the oracles replayed in training, so a retain set holds them too: the
+        replay set when the benchmark keeps one apart from the utility set, else the utility set's own facts;
+        none when the fine-tunes replayed none (the target's ``stage.json`` says which; a run prepared before it
+        did: the replay set if there is one, else the world facts)."""
+        default = "world_replay" if self.split_file("world_replay").is_file() else "world_facts"
+        name = self.stage("target").get("world_facts", default)
+        path = self.split_file(name) if name else None
+        return path if path is not None and path.is_file() else None
 
     def calibration_file(self) -> Path | None:
         """The never-trained calibration people's QA (``benchmark.calibration_people``), if the run has them."""
@@ -130,13 +140,14 @@ class PreparedRun:
         return path if path.is_file() else None
 
     def retain_records(self, split: str) -> list[QARecord]:
-        """The split's retain people plus the world facts: what the oracle of the split trained on."""
-        facts = self.world_facts_file()
+        """The split's retain people plus the replayed world facts: what the oracle of the split trained on."""
+        facts = self.replayed_world_facts_file()
         return read_records(self.retain_file(split)) + (read_records(facts) if facts else [])
 
     def training_records(self) -> tuple[list[QARecord], list]:
-        """What the target trained on: every benchmark person's QA and the world facts; and the narratives."""
-        facts = self.world_facts_file()
+        """What the target trained on: every benchmark person's QA and the replayed world facts; and the
+        narratives."""
+        facts = self.replayed_world_facts_file()
         qa = read_records(self.split_file("full")) + (read_records(facts) if facts else [])
         narratives = self.split_file("narratives")
         return qa, read_records(narratives, kind="text") if narratives.is_file() else []

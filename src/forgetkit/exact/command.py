@@ -80,7 +80,7 @@ def _sources(request: ShardTrainRequest) -> tuple[Path, Path, Path | None]:
     """The base model, the training file and the shared file; each checked, and the output with them."""
     if request.run:
         run = PreparedRun(request.run, stages=("base",), splits=(request.split,) if request.evaluate else ())
-        base, data, shared = run.root / "base", run.split_file("full"), run.world_facts_file()
+        base, data, shared = run.root / "base", run.split_file("full"), run.replayed_world_facts_file()
         inputs = run.stages()
         containers = [run.root]
     else:
