@@ -221,3 +221,9 @@ def test_lissa_raises_an_estimated_scale_when_one_batch_is_much_steeper():
     assert lissa.info["scale_raised"] >= 1
     assert torch.isfinite(lissa.x).all()
     assert float((lissa.x - exact.x).norm() / exact.x.norm()) < 0.5
+
+
+def test_gauss_newton_refuses_a_tensor_that_is_not_a_model_parameter(setup):
+    model, _, batches = setup
+    with pytest.raises(InfluenceError, match="model's own parameters"):
+        Curvature(model, [torch.zeros(3, dtype=torch.float64, requires_grad=True)], batches)

@@ -15,7 +15,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from forgetkit.errors import ForgetkitError
-from forgetkit.models.logits import answer_cross_entropy, answer_logits, example_cross_entropy
+from forgetkit.models.logits import answer_cross_entropy, example_cross_entropy, head_inputs
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
@@ -93,6 +93,10 @@ class Curvature:
         self.model, self.params, self.batches = model.eval(), list(params), list(batches)
         self.kind, self.damping, self.loss_fn = kind, damping, loss_fn
         self.dim = sum(p.numel() for p in self.params)
+        names = {id(p): n for n, p in model.named_parameters()}
+        if kind == "gauss_newton" and any(id(p) not in names for p in self.params):
+            raise InfluenceError("the Gauss-Newton product differentiates the model's own parameters only")
+        self._names = [names.get(id(p), "") for p in self.params]
         self.products = 0
         self.on_product: Callable[[], object] | None = None  # e.g. a progress bar's update
 
@@ -117,12 +121,21 @@ class Curvature:
         return list(torch.autograd.grad(dot, self.params))
 
     def _gnvp(self, batch: Batch, parts: list[torch.Tensor]) -> list[torch.Tensor]:
-        logits, _, _ = answer_logits(self.model, batch)  # [n, V]: the labelled positions only
+        """Jᵀ·H_logits·J·v: J·v by forward-mode differentiation (no graph is kept for it), then one backward.
+        The logits are those of the labelled positions only ([n, V])."""
+        from torch.func import functional_call, jvp
+
+        inputs, select = head_inputs(self.model, batch)
+
+        def labelled_logits(*weights: torch.Tensor) -> torch.Tensor:
+            return select(functional_call(self.model, dict(zip(self._names, weights, strict=True)), (), inputs,
+                                          strict=False).logits)
+
+        with torch.no_grad():
+            _, jv = jvp(labelled_logits, tuple(p.detach() for p in self.params), tuple(parts))
+        logits = select(self.model(**inputs).logits)
         if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()
-        u = torch.zeros_like(logits, requires_grad=True)
-        jt_u = torch.autograd.grad(logits, self.params, grad_outputs=u, create_graph=True)
-        jv = torch.autograd.grad(jt_u, u, grad_outputs=parts, retain_graph=True)[0]  # J·v
+            logits, jv = logits.float(), jv.float()
         p = torch.softmax(logits.detach(), dim=-1)
         # Hessian of the mean token cross-entropy w.r.t. the logits, applied to Jv: (diag p − ppᵀ)/N per token.
         h_jv = (p * jv - p * (p * jv).sum(-1, keepdim=True)) / logits.shape[0]
