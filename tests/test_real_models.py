@@ -276,7 +276,7 @@ def test_bench_shard_train_and_export_on_the_pretrained_run(pretrained_run, tmp_
 
     shards = tmp_path / "shards"
     assert main(["shard-train", "--run", str(pretrained_run), "--out", str(shards), "--quiet", "shards=2",
-                 "train.epochs=1", "train.batch_size=8"]) == 0
+                 "train.epochs=1", "train.batch_size=8", "max_length=160"]) == 0  # the chat-formatted pairs fit
     assert len(list(shards.glob("shard_*/adapter_model.safetensors"))) == 2
 
     merged = tmp_path / "merged"
