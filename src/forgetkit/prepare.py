@@ -35,7 +35,7 @@ from forgetkit import checks
 from forgetkit.adapters.lora import LoraSettings, attach_lora
 from forgetkit.config import config_hash, load_config
 from forgetkit.data.edits import EDIT_KINDS, benchmark_edits
-from forgetkit.data.formatting import TokenizedSet, has_chat_template, tokenize_qa, tokenize_text
+from forgetkit.data.formatting import TokenizedSet, has_chat_template, pad_id, tokenize_qa, tokenize_text
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import group_of
 from forgetkit.data.synthetic import SyntheticConfig, holdout_of, retain_of, write_benchmark
@@ -212,7 +212,7 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
             if config.train_world_facts:  # the replay set when the benchmark keeps one apart from the utility set
                 world = "world_replay" if config.benchmark.world_replay else "world_facts"
                 data = _concat(data, tokenize_qa(tokenizer, split(world), max_len, name=world))
-            stats = fine_tune(model, data, config.target, tokenizer.pad_token_id, desc=f"fine-tune on {qa_split}",
+            stats = fine_tune(model, data, config.target, pad_id(tokenizer), desc=f"fine-tune on {qa_split}",
                               quiet=quiet)
             save_model(model, tokenizer, tmp / "model")
             _flatten(tmp)
@@ -260,7 +260,7 @@ def _train_tiny_base(config: PrepareConfig, stages: Stages, split, build_tokeniz
         world = [r for r in pretrain if r.id.startswith("world-")]
         data = tokenize_qa(tokenizer, pretrain + world * (config.pretrain_world_facts_repeat - 1), max_len,
                            name="pretrain")
-        stats = fine_tune(model, data, config.pretrain, tokenizer.pad_token_id, desc="pre-train base", quiet=quiet)
+        stats = fine_tune(model, data, config.pretrain, pad_id(tokenizer), desc="pre-train base", quiet=quiet)
         save_model(model, tokenizer, tmp / "model")
         _flatten(tmp)
         params = sum(p.numel() for p in model.parameters())

@@ -119,25 +119,25 @@ class PreparedRun:
     def retain_file(self, split: str) -> Path:
         return self.split_file(retain_of(split))
 
+    def _split_if_present(self, name: str) -> Path | None:
+        path = self.split_file(name)
+        return path if path.is_file() else None
+
     def world_facts_file(self) -> Path | None:
         """The world facts of the utility set (Model Utility's), if the run has them."""
-        path = self.split_file("world_facts")
-        return path if path.is_file() else None
+        return self._split_if_present("world_facts")
 
     def replayed_world_facts_file(self) -> Path | None:
         """The world facts the target and the oracles replayed in training, so a retain set holds them too: the
-        replay set when the benchmark keeps one apart from the utility set, else the utility set's own facts;
-        none when the fine-tunes replayed none (the target's ``stage.json`` says which; a run prepared before it
-        did: the replay set if there is one, else the world facts)."""
-        default = "world_replay" if self.split_file("world_replay").is_file() else "world_facts"
-        name = self.stage("target").get("world_facts", default)
-        path = self.split_file(name) if name else None
-        return path if path is not None and path.is_file() else None
+        split the target's ``stage.json`` names (``world_replay`` when the benchmark keeps them apart from the
+        utility set; none when the fine-tunes replayed none); for a run prepared before the stage recorded it,
+        the world facts."""
+        name = self.stage("target").get("world_facts", "world_facts")
+        return self._split_if_present(name) if name else None
 
     def calibration_file(self) -> Path | None:
         """The never-trained calibration people's QA (``benchmark.calibration_people``), if the run has them."""
-        path = self.split_file("calibration")
-        return path if path.is_file() else None
+        return self._split_if_present("calibration")
 
     def retain_records(self, split: str) -> list[QARecord]:
         """The split's retain people plus the replayed world facts: what the oracle of the split trained on."""

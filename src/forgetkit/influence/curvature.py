@@ -125,7 +125,7 @@ class Curvature:
         The logits are those of the labelled positions only ([n, V])."""
         from torch.func import functional_call, jvp
 
-        inputs, select = head_inputs(self.model, batch)
+        inputs, select, _ = head_inputs(self.model, batch)
 
         def labelled_logits(*weights: torch.Tensor) -> torch.Tensor:
             return select(functional_call(self.model, dict(zip(self._names, weights, strict=True)), (), inputs,

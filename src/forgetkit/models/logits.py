@@ -35,22 +35,22 @@ def labelled_logits_mask(labels: torch.Tensor) -> torch.Tensor:
     return torch.cat([scored, torch.zeros_like(scored[:, :1])], dim=1)
 
 
-def head_inputs(model, part: dict[str, torch.Tensor]) -> tuple[dict, Callable[[torch.Tensor], torch.Tensor]]:
-    """The forward's keyword arguments for the logits at ``part``'s labelled positions, and what turns the
-    output's logits into ``[n, V]``: the head run there only where the model allows it, else gathered."""
+def head_inputs(model, part: dict[str, torch.Tensor]
+                ) -> tuple[dict, Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """The forward's keyword arguments for the logits at ``part``'s labelled positions, what turns the output's
+    logits into ``[n, V]`` (the head run there only where the model allows it, else gathered), and the mask."""
     mask = labelled_logits_mask(part["labels"])
     inputs = {"input_ids": part["input_ids"], "attention_mask": part["attention_mask"]}
     if takes_logits_to_keep(model):
-        return {**inputs, "logits_to_keep": mask}, lambda logits: logits
-    return inputs, lambda logits: logits[mask]
+        return {**inputs, "logits_to_keep": mask}, lambda logits: logits, mask
+    return inputs, lambda logits: logits[mask], mask
 
 
 def answer_logits(model, part: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(logits [n, V], targets [n], rows [n])`` at the labelled positions of ``part`` (:func:`head_inputs`);
     ``rows`` is each position's row."""
-    inputs, select = head_inputs(model, part)
+    inputs, select, mask = head_inputs(model, part)
     logits = select(model(**inputs).logits)
-    mask = labelled_logits_mask(part["labels"])
     return logits, part["labels"][:, 1:][mask[:, :-1]], mask.nonzero()[:, 0]
 
 
