@@ -9,7 +9,9 @@ order, replayed by the bare loop):
    for cross-entropy (fine-tuning, ``retrain``), GradDiff and NPO (π_ref: the adapter disabled);
    tokens/s and peak memory (RSS on CPU; ``max_memory_allocated`` on GPU), each block in a fresh
    process from the same weights (so no block's peak holds what another left resident), forgetkit's
-   loop with and without ``train.gradient_checkpointing``; the process's resident memory before each
+   loop as it is by default (a method's forget and retain parts backpropagated one after the other),
+   with ``train.gradient_checkpointing``, and, for cross-entropy, with ``train.micro_batch_size`` at
+   half the batch; the process's resident memory before each
    block is reported too, so the block's own memory can be read apart from the weights and libraries;
 2. evaluation: a bare batched loop that scores every QA text variant (full logits, log-softmax)
    and greedily generates every answer, against ``forgetkit.eval.evaluate``'s full metric set on
@@ -27,6 +29,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -39,8 +42,7 @@ from forgetkit.data.readers import read_records
 from forgetkit.io import write_json
 from forgetkit.methods import Reference, build_method
 from forgetkit.models import load_model
-from forgetkit.models.logits import answer_cross_entropy
-from forgetkit.train import EpochOrder, PairedData, TrainConfig, train_loop
+from forgetkit.train import EpochOrder, PairedData, TrainConfig, fine_tune, train_loop
 
 SEED = 0
 
@@ -121,14 +123,14 @@ def _block(run: Path, kind: str, impl: str, batch_size: int, steps: int) -> dict
         return {**out, "wall_time_s": bare.wall_time_s, "peak_memory_mb": bare.peak_memory_mb}
     config = TrainConfig(epochs=steps * batch_size / len(retain if kind == "ce" else forget),
                          batch_size=batch_size, lr=1e-5, seed=SEED,
-                         gradient_checkpointing=impl == "forgetkit+checkpointing")
+                         gradient_checkpointing=impl == "forgetkit+checkpointing",
+                         micro_batch_size=batch_size // 2 if impl == "forgetkit+micro-batches" else None)
     if kind == "ce":
-        stats = train_loop(model, lambda m, b: (answer_cross_entropy(m, b.retain), {}), PairedData(retain=retain),
-                           config, pad, quiet=True)
+        stats = fine_tune(model, SimpleNamespace(examples=retain), config, pad, quiet=True)
     else:
         method = build_method(kind)
         reference = Reference(model) if method.needs_reference else None
-        stats = train_loop(model, lambda m, b: method.loss(m, b, reference), PairedData(forget=forget, retain=retain),
+        stats = train_loop(model, lambda m, b: method.parts(m, b, reference), PairedData(forget=forget, retain=retain),
                            config, pad, quiet=True)
     assert stats.steps == steps, (kind, stats.steps)
     return {**out, "wall_time_s": stats.wall_time_s, "peak_memory_mb": stats.peak_memory_mb}
@@ -142,6 +144,7 @@ def training(run: Path, batch_size: int, steps: int) -> list[dict]:
 
     rows = []
     blocks = [(k, o) for k in ("ce", "graddiff", "npo") for o in ("forgetkit", "forgetkit+checkpointing")]
+    blocks.insert(1, ("ce", "forgetkit+micro-batches"))
     for kind, ours_kind in blocks:
         got = {}
         for impl in ("bare", ours_kind):
@@ -151,7 +154,8 @@ def training(run: Path, batch_size: int, steps: int) -> list[dict]:
             with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
                 got[impl] = pool.submit(_block, run, kind, impl, batch_size, steps).result()
         bare, ours, seen = got["bare"], got[ours_kind], got["bare"]["tokens"]
-        label = kind if ours_kind == "forgetkit" else f"{kind}, gradient checkpointing"
+        label = {"forgetkit": kind, "forgetkit+checkpointing": f"{kind}, gradient checkpointing",
+                 "forgetkit+micro-batches": f"{kind}, micro-batches of {batch_size // 2}"}[ours_kind]
         rows.append({"loss": label, "kind": kind, "bare": bare, "steps": steps, "tokens": seen,
                      "labelled_tokens": bare["labelled_tokens"],
                      "bare_s": bare["wall_time_s"], "forgetkit_s": ours["wall_time_s"],

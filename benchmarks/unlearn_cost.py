@@ -56,7 +56,7 @@ def one_memory_run(run_dir: Path, method_name: str, mode: str, steps: int, batch
     reference = Reference(model) if method.needs_reference else None
     data = PairedData(forget=forget, retain=retain if method.needs_retain else None)
     epochs = steps * batch_size / len(forget)
-    stats = train_loop(model, lambda m, b: method.loss(m, b, reference), data,
+    stats = train_loop(model, lambda m, b: method.parts(m, b, reference), data,
                        TrainConfig(epochs=epochs, batch_size=batch_size, lr=1e-4), tokenizer.pad_token_id, quiet=True)
     return {"method": method_name, "mode": mode, "steps": stats.steps, "peak_mb": stats.peak_memory_mb,
             "memory_kind": stats.memory_kind, "before_training_mb": before,

@@ -93,6 +93,73 @@ def test_gradient_checkpointing_trains_the_same_lora_weights_and_is_switched_off
         torch.testing.assert_close(trained[True][name], weight, rtol=1e-5, atol=1e-6)
 
 
+def test_fine_tuning_in_micro_batches_trains_the_same_weights(bpe_tokenizer):
+    """``train.micro_batch_size`` splits each batch into chunks (rows of unequal length, so a chunk's padding is
+    trimmed) whose summed parts are the batch's mean cross-entropy: the same loss, the same weights."""
+    from forgetkit.models.logits import answer_cross_entropy, cross_entropy_parts
+
+    records = [QARecord(f"Who is person {i}?", "A poet" + " from a far town" * (i % 4) + ".", str(i))
+               for i in range(16)]
+    data = tokenize_qa(bpe_tokenizer, records, max_length=48)
+    model = build_tiny_model(bpe_tokenizer, "llama", "micro", seed=0)
+    from forgetkit.data.formatting import collate
+
+    batch = collate(data.examples[:8], bpe_tokenizer.pad_token_id)
+    parts = list(cross_entropy_parts(model, batch, 3))
+    assert len(parts) == 3
+    torch.testing.assert_close(sum(parts), answer_cross_entropy(model, batch), rtol=1e-6, atol=1e-6)
+    from types import SimpleNamespace
+
+    from forgetkit.methods import build_method
+    from forgetkit.train import UnlearnBatch
+
+    retrain = build_method("retrain")
+    retrain.start(SimpleNamespace(config=SimpleNamespace(train=TrainConfig(micro_batch_size=3))))
+    logged = [terms["retain_ce"] for _, terms in retrain.parts(model, UnlearnBatch(retain=batch))]
+    assert len(logged) == 3 and sum(logged) == pytest.approx(float(answer_cross_entropy(model, batch)), rel=1e-5)
+    trained, losses = {}, {}
+    for micro in (None, 3):
+        model = build_tiny_model(bpe_tokenizer, "llama", "micro", seed=0)
+        stats = fine_tune(model, data, TrainConfig(epochs=2, batch_size=8, lr=1e-2, micro_batch_size=micro),
+                          bpe_tokenizer.pad_token_id, quiet=True)
+        trained[micro], losses[micro] = {n: p.detach().clone() for n, p in model.named_parameters()}, stats.final_loss
+    assert losses[3] == pytest.approx(losses[None], rel=1e-5)
+    for name, weight in trained[None].items():
+        torch.testing.assert_close(trained[3][name], weight, rtol=1e-4, atol=1e-5)
+
+
+def test_a_methods_loss_parts_are_backpropagated_one_at_a_time_to_the_same_weights(bpe_tokenizer):
+    """NPO's forget part is backpropagated before its retain part's forward runs (the loop holds one part's graph
+    at a time), and training on the parts gives the weights training on their sum does."""
+    from forgetkit.adapters import LoraSettings, attach_lora
+    from forgetkit.methods import Reference, build_method
+    from forgetkit.train import PairedData, train_loop
+
+    examples = tokenize_qa(bpe_tokenizer, RECORDS, max_length=48).examples
+    data = PairedData(forget=examples[:8], retain=examples[8:])
+    method = build_method("npo")
+    trained, grads_when_asked = {}, []
+    for how in ("parts", "sum"):
+        torch.manual_seed(0)
+        model = attach_lora(build_tiny_model(bpe_tokenizer, "llama", "micro", seed=0), LoraSettings(r=4, alpha=8))
+        reference = Reference(model)
+        lora = [p for n, p in model.named_parameters() if "lora_B" in n]
+
+        def watched(m, b, reference=reference, lora=lora):
+            for k, part in enumerate(method.parts(m, b, reference)):
+                if k == 1:  # the retain part is asked for: has the forget part reached the gradients yet?
+                    grads_when_asked.append(any(p.grad is not None and bool(p.grad.abs().sum()) for p in lora))
+                yield part
+
+        loss_fn = watched if how == "parts" else (lambda m, b, reference=reference: method.loss(m, b, reference))
+        train_loop(model, loss_fn, data, TrainConfig(epochs=2, batch_size=4, lr=1e-2), bpe_tokenizer.pad_token_id,
+                   quiet=True)
+        trained[how] = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    assert grads_when_asked == [True] * 4, grads_when_asked
+    for name, weight in trained["sum"].items():
+        torch.testing.assert_close(trained["parts"][name], weight, rtol=1e-5, atol=1e-6)
+
+
 def test_a_setting_added_later_keeps_the_cache_keys_made_before_it():
     """`gradient_checkpointing` joined TrainConfig after runs were cached: at its default it enters no key
     (these hashes are the keys of the default configs before the setting existed)."""

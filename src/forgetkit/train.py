@@ -15,6 +15,10 @@ model's cross-entropy on one set.
   norm, learning rate) to ``train_log.jsonl`` when a run directory is given, and a checkpoint
   (trainable weights in safetensors, optimiser and scheduler state, RNG state, step) is written
   atomically every ``checkpoint_every`` steps; rerunning resumes from it.
+- A loss function may yield its loss as parts (a method's forget and retain terms): in one process
+  each part is backpropagated before the next is computed, so only one part's activations are alive
+  at a time (the gradient is the same sum). Under DDP/FSDP/DeepSpeed the parts are summed and
+  backpropagated once, as those wrappers expect one backward per micro-batch.
 - ``gradient_checkpointing`` recomputes the layers' activations in the backward pass (non-reentrant,
   switched off again when the loop ends): the same weights for less activation memory.
 - A non-finite loss, or a gradient norm above ``abort_grad_norm``, stops the run before the
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +38,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -43,7 +47,7 @@ from forgetkit.cost import measure
 from forgetkit.data.formatting import TokenizedSet, collate
 from forgetkit.errors import ConfigError, ForgetkitError, require, require_positive
 from forgetkit.io import atomic_path
-from forgetkit.models.logits import answer_cross_entropy
+from forgetkit.models.logits import cross_entropy_parts
 
 # Bumped when the loop's arithmetic or data order changes, so cached trained stages are rebuilt.
 TRAINER_VERSION = 2
@@ -89,13 +93,16 @@ class TrainConfig:
     seed: int = 0
     # recompute each layer's activations in the backward pass instead of keeping them: less memory, more compute
     gradient_checkpointing: bool = field(default=False, metadata=ADDED_SETTING)
+    # cross-entropy fine-tuning (prepare's stages, retrain) runs each batch in chunks of at most this many rows,
+    # backpropagated one by one: the same gradient for a chunk's activation memory (None: the whole batch at once)
+    micro_batch_size: int | None = field(default=None, metadata=ADDED_SETTING)
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"unknown scheduler '{self.scheduler}' (known: {', '.join(SCHEDULERS)})")
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(f"unknown mixed_precision '{self.mixed_precision}' (known: {', '.join(PRECISIONS)})")
-        require_positive(self, "epochs", "batch_size", "retain_batch_size", "lr", "grad_accum")
+        require_positive(self, "epochs", "batch_size", "retain_batch_size", "lr", "grad_accum", "micro_batch_size")
         require_positive(self, "weight_decay", "warmup_ratio", "max_grad_norm", "checkpoint_every", allow_zero=True)
         require(self.warmup_ratio < 1, "warmup_ratio", f"must be below 1, got {self.warmup_ratio}")
         require(self.abort_grad_norm is None or self.abort_grad_norm > 0, "abort_grad_norm",
@@ -167,7 +174,22 @@ def process_state() -> PartialState:
     return PartialState(cpu=on_cpu())
 
 
-LossFn = Callable[[torch.nn.Module, UnlearnBatch], tuple[torch.Tensor, dict[str, float]]]
+LossPart = tuple[torch.Tensor, dict[str, float]]  # a loss (or a part of one) and its named terms to log
+# A loss function returns one LossPart, or yields parts whose sum is the loss.
+LossFn = Callable[[torch.nn.Module, UnlearnBatch], LossPart | Iterable[LossPart]]
+
+
+def _loss_parts(result: LossPart | Iterable[LossPart], separate: bool) -> Iterable[LossPart]:
+    """A loss function's result as parts to backpropagate one by one: as yielded when ``separate``, else
+    summed into one."""
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.Tensor):
+        return [result]
+    if separate:
+        return result
+    total, terms = 0.0, {}
+    for value, named in result:
+        total, terms = total + value, {**terms, **named}
+    return [(total, terms)]
 
 
 def _checkpointing(model, on: bool) -> None:
@@ -268,6 +290,7 @@ def train_loop(
         _checkpointing(model, True)
     wrapped, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     raw = accelerator.unwrap_model(wrapped)
+    separate_parts = accelerator.distributed_type == DistributedType.NO
     wrapped.train()
 
     driver_order = EpochOrder(len(driver), config.seed)
@@ -306,18 +329,19 @@ def train_loop(
                 batch = micro_batch(step * config.grad_accum + k)
                 sync = k == config.grad_accum - 1
                 with accelerator.autocast(), (accelerator.no_sync(wrapped) if not sync else nullcontext()):
-                    loss, micro_terms = loss_fn(wrapped, batch)
-                    if not torch.isfinite(loss):
-                        _stop(run_dir, step, raw, optimizer, scheduler, config, accelerator,
-                              f"{desc}: loss became {loss.item()} at step {step}")
-                    accelerator.backward(loss / config.grad_accum)
-                # Logged values are means over processes (each saw its share of the batch).
-                names = list(micro_terms)
-                values = torch.tensor([loss.item(), *(micro_terms[n] for n in names)], device=accelerator.device)
-                values = accelerator.reduce(values, "mean").tolist() if world > 1 else values.tolist()
-                step_loss += values[0] / config.grad_accum
-                for name, value in zip(names, values[1:], strict=True):
-                    terms[name] = terms.get(name, 0.0) + value / config.grad_accum
+                    for loss, micro_terms in _loss_parts(loss_fn(wrapped, batch), separate_parts):
+                        if not torch.isfinite(loss):
+                            _stop(run_dir, step, raw, optimizer, scheduler, config, accelerator,
+                                  f"{desc}: loss became {loss.item()} at step {step}")
+                        accelerator.backward(loss / config.grad_accum)
+                        # Logged values are means over processes (each saw its share of the batch).
+                        names = list(micro_terms)
+                        values = torch.tensor([loss.item(), *(micro_terms[n] for n in names)],
+                                              device=accelerator.device)
+                        values = accelerator.reduce(values, "mean").tolist() if world > 1 else values.tolist()
+                        step_loss += values[0] / config.grad_accum
+                        for name, value in zip(names, values[1:], strict=True):
+                            terms[name] = terms.get(name, 0.0) + value / config.grad_accum
                 for p in (batch.forget, batch.retain, batch.alternate):
                     if p is not None:
                         tokens += int(p["attention_mask"].sum())
@@ -392,10 +416,11 @@ def fine_tune(
     desc: str = "train",
     quiet: bool = False,
 ) -> TrainStats:
-    """Train ``model``'s trainable parameters on ``data`` with its own cross-entropy."""
+    """Train ``model``'s trainable parameters on ``data`` with its own cross-entropy (in chunks of
+    ``config.micro_batch_size`` rows when set)."""
 
     def cross_entropy(model, batch: UnlearnBatch):
-        return answer_cross_entropy(model, batch.retain), {}
+        return ((part, {}) for part in cross_entropy_parts(model, batch.retain, config.micro_batch_size))
 
     return train_loop(model, cross_entropy, PairedData(retain=data.examples), config, pad_token_id, desc=desc,
                       quiet=quiet)

@@ -3,8 +3,10 @@
 A method is a dataclass of its hyper-parameters (checked like any config) with class-level
 facts the engine reads: whether it needs retain batches, the reference model π_ref, and
 alternative answers to the forget questions ("idk" refusals or the benchmark's "vague" answers).
-Its :meth:`Method.loss` returns the total loss and the named terms to log. It knows nothing of
-optimisers, devices or processes: the training loop does.
+Its :meth:`Method.parts` yields the loss as weighted parts (γ·forget term, α·retain term, ...), each
+with the named terms to log; the training loop backpropagates each part before it asks for the
+next, so only one batch's graph (its activations) is alive at a time, and :meth:`Method.loss` is
+their sum. It knows nothing of optimisers, devices or processes: the training loop does.
 
 π_ref is the model before unlearning. With LoRA it is the same network with its adapters
 disabled (no second copy of the weights); in full mode, a frozen copy (:class:`Reference`).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -24,7 +27,7 @@ from forgetkit.data.formatting import pad_id
 from forgetkit.methods import losses
 from forgetkit.models.logits import labelled_logits_mask, takes_logits_to_keep
 from forgetkit.registry import EMPIRICAL, GRADIENT, register_unlearner, unlearner
-from forgetkit.train import UnlearnBatch
+from forgetkit.train import LossPart, UnlearnBatch
 
 
 def forward(model, part: dict[str, torch.Tensor], hidden_states: bool = False):
@@ -127,21 +130,25 @@ class Method(ABC):
         return {}
 
     @abstractmethod
-    def loss(self, model, batch: UnlearnBatch, reference: Reference | None) -> tuple[torch.Tensor, dict[str, float]]:
-        """The total loss and its named terms (floats) for one batch."""
+    def parts(self, model, batch: UnlearnBatch, reference: Reference | None) -> Iterator[LossPart]:
+        """The loss for one batch as weighted parts ``(tensor, {name: float})``, yielded one at a time: each
+        part's graph is backpropagated (and freed) before the next part's forward runs."""
+
+    def loss(self, model, batch: UnlearnBatch, reference: Reference | None = None
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The total loss (the sum of :meth:`parts`, every graph alive at once) and its named terms."""
+        total, terms = 0.0, {}
+        for value, named in self.parts(model, batch, reference):
+            total, terms = total + value, {**terms, **named}
+        return total, terms
 
     def retain_ce(self, model, batch: UnlearnBatch) -> torch.Tensor:
         return losses.mean_nll(forward(model, batch.retain).logits, batch.retain["labels"])
 
-    def combine(self, forget_term: torch.Tensor, retain_term: torch.Tensor | None,
-                names: tuple[str, str]) -> tuple[torch.Tensor, dict[str, float]]:
-        """γ·forget + α·retain, with both terms logged under ``names``."""
-        terms = {names[0]: float(forget_term.detach())}
-        total = self.gamma * forget_term
-        if retain_term is not None:
-            terms[names[1]] = float(retain_term.detach())
-            total = total + self.alpha * retain_term
-        return total, terms
+    @staticmethod
+    def term(weight: float, value: torch.Tensor, name: str) -> LossPart:
+        """The part ``weight·value``, logging ``value`` under ``name``."""
+        return weight * value, {name: float(value.detach())}
 
 
 def register(cls: type[Method]) -> type[Method]:

@@ -131,7 +131,7 @@ def run_gradient(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult 
     reference = Reference(model, frozen_copy=existing_adapter) if method.needs_reference else None
 
     def loss_fn(wrapped, batch):
-        return method.loss(wrapped, batch, reference)
+        return method.parts(wrapped, batch, reference)
 
     if main:
         out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,6 @@ class GradAscent(Method):
     summary = "gradient ascent on the forget set: L = -γ·CE(D_f)"
     needs_retain = False
 
-    def loss(self, model, batch: UnlearnBatch, reference=None):
+    def parts(self, model, batch: UnlearnBatch, reference=None):
         forget_ce = losses.mean_nll(forward(model, batch.forget).logits, batch.forget["labels"])
-        return self.combine(-forget_ce, None, ("neg_forget_ce", ""))
+        yield self.term(self.gamma, -forget_ce, "neg_forget_ce")

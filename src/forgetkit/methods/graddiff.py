@@ -14,7 +14,7 @@ class GradDiff(Method):
     name = "graddiff"
     summary = "gradient difference: L = -γ·CE(D_f) + α·CE(D_r)"
 
-    def loss(self, model, batch: UnlearnBatch, reference=None):
+    def parts(self, model, batch: UnlearnBatch, reference=None):
         forget_ce = losses.mean_nll(forward(model, batch.forget).logits, batch.forget["labels"])
-        total, terms = self.combine(-forget_ce, self.retain_ce(model, batch), ("neg_forget_ce", "retain_ce"))
-        return total, terms
+        yield self.term(self.gamma, -forget_ce, "neg_forget_ce")
+        yield self.term(self.alpha, self.retain_ce(model, batch), "retain_ce")

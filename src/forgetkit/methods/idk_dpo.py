@@ -18,11 +18,11 @@ class IdkDPO(Method):
     needs_reference = True
     alternate_answers = "idk"
 
-    def loss(self, model, batch: UnlearnBatch, reference=None):
+    def parts(self, model, batch: UnlearnBatch, reference=None):
         win, lose = batch.alternate, batch.forget
         win_nll, _ = losses.sequence_nll(forward(model, win).logits, win["labels"])
         win_ref, _ = losses.sequence_nll(reference(model, win).logits, win["labels"])
         lose_nll, _ = losses.sequence_nll(forward(model, lose).logits, lose["labels"])
         lose_ref, _ = losses.sequence_nll(reference(model, lose).logits, lose["labels"])
-        dpo = losses.dpo_loss(win_nll, win_ref, lose_nll, lose_ref, self.beta)
-        return self.combine(dpo, self.retain_ce(model, batch), ("idk_dpo", "retain_ce"))
+        yield self.term(self.gamma, losses.dpo_loss(win_nll, win_ref, lose_nll, lose_ref, self.beta), "idk_dpo")
+        yield self.term(self.alpha, self.retain_ce(model, batch), "retain_ce")

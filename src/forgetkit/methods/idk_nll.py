@@ -15,6 +15,7 @@ class IdkNLL(Method):
     summary = "L = γ·CE(q_f, refusal) + α·CE(D_r)"
     alternate_answers = "idk"
 
-    def loss(self, model, batch: UnlearnBatch, reference=None):
+    def parts(self, model, batch: UnlearnBatch, reference=None):
         idk_ce = losses.mean_nll(forward(model, batch.alternate).logits, batch.alternate["labels"])
-        return self.combine(idk_ce, self.retain_ce(model, batch), ("idk_ce", "retain_ce"))
+        yield self.term(self.gamma, idk_ce, "idk_ce")
+        yield self.term(self.alpha, self.retain_ce(model, batch), "retain_ce")

@@ -76,22 +76,18 @@ class InfluencePEFT(Method):
         self._regulariser = None
 
     # -- the loss of phase 2 --------------------------------------------------------------------
-    def loss(self, model, batch: UnlearnBatch, reference=None):
-        retain = self.retain_ce(model, batch)
-        total, terms = self.alpha * retain, {"retain_ce": float(retain.detach())}
+    def parts(self, model, batch: UnlearnBatch, reference=None):
+        yield self.term(self.alpha, self.retain_ce(model, batch), "retain_ce")
         if self.objective == "npo":
             labels = batch.forget["labels"]
             nll, _ = losses.sequence_nll(forward(model, batch.forget).logits, labels)
             ref_nll, _ = losses.sequence_nll(reference(model, batch.forget).logits, labels)
-            term = losses.npo_loss(nll, ref_nll, self.beta)
-            total, terms["npo"] = total + self.gamma * term, float(term.detach())
+            yield self.term(self.gamma, losses.npo_loss(nll, ref_nll, self.beta), "npo")
         elif self.objective == "graddiff":
-            term = -losses.mean_nll(forward(model, batch.forget).logits, batch.forget["labels"])
-            total, terms["neg_forget_ce"] = total + self.gamma * term, float(term.detach())
+            yield self.term(self.gamma, -losses.mean_nll(forward(model, batch.forget).logits, batch.forget["labels"]),
+                            "neg_forget_ce")
         if self._regulariser is not None:
-            reg = self._regulariser()
-            total, terms["forget_reg"] = total + reg, float(reg.detach())
-        return total, terms
+            yield self.term(1.0, self._regulariser(), "forget_reg")
 
     # -- the phases -----------------------------------------------------------------------------
     def _sample(self, examples, count: int) -> list[dict]:

@@ -15,9 +15,9 @@ class KL(Method):
     summary = "L = -γ·CE(D_f) + α·KL(π_ref ‖ π_θ) on D_r"
     needs_reference = True
 
-    def loss(self, model, batch: UnlearnBatch, reference=None):
+    def parts(self, model, batch: UnlearnBatch, reference=None):
         forget_ce = losses.mean_nll(forward(model, batch.forget).logits, batch.forget["labels"])
-        retain_logits = forward(model, batch.retain).logits
-        ref_logits = reference(model, batch.retain).logits
-        kl = losses.kl_ref_to_model(retain_logits, ref_logits, batch.retain["labels"])
-        return self.combine(-forget_ce, kl, ("neg_forget_ce", "retain_kl"))
+        yield self.term(self.gamma, -forget_ce, "neg_forget_ce")
+        kl = losses.kl_ref_to_model(forward(model, batch.retain).logits, reference(model, batch.retain).logits,
+                                    batch.retain["labels"])
+        yield self.term(self.alpha, kl, "retain_kl")

@@ -77,6 +77,5 @@ class NoisyFinetune(Method):
     def train_steps(self, default: float) -> float:
         return self.recover_epochs
 
-    def loss(self, model, batch: UnlearnBatch, reference=None):
-        retain_ce = self.retain_ce(model, batch)
-        return retain_ce, {"retain_ce": float(retain_ce.detach())}
+    def parts(self, model, batch: UnlearnBatch, reference=None):
+        yield self.term(1.0, self.retain_ce(model, batch), "retain_ce")

@@ -17,9 +17,9 @@ class NPO(Method):
     summary = "L = -γ·(2/β)·log σ(-β·Δ_f) + α·CE(D_r), Δ = log π_θ - log π_ref"
     needs_reference = True
 
-    def loss(self, model, batch: UnlearnBatch, reference=None):
+    def parts(self, model, batch: UnlearnBatch, reference=None):
         labels = batch.forget["labels"]
         nll, _ = losses.sequence_nll(forward(model, batch.forget).logits, labels)
         ref_nll, _ = losses.sequence_nll(reference(model, batch.forget).logits, labels)
-        return self.combine(losses.npo_loss(nll, ref_nll, self.beta), self.retain_ce(model, batch),
-                            ("npo", "retain_ce"))
+        yield self.term(self.gamma, losses.npo_loss(nll, ref_nll, self.beta), "npo")
+        yield self.term(self.alpha, self.retain_ce(model, batch), "retain_ce")

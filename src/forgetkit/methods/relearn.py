@@ -18,11 +18,11 @@ class ReLearn(Method):
     needs_reference = True
     alternate_answers = "vague"
 
-    def loss(self, model, batch: UnlearnBatch, reference=None):
+    def parts(self, model, batch: UnlearnBatch, reference=None):
         aug_ce = losses.mean_nll(forward(model, batch.alternate).logits, batch.alternate["labels"])
-        retain_logits = forward(model, batch.retain).logits
+        yield self.term(self.gamma, aug_ce, "aug_ce")
+        retain_logits = forward(model, batch.retain).logits  # one retain pass serves both retain terms
         retain_ce = losses.mean_nll(retain_logits, batch.retain["labels"])
         kl = losses.kl_ref_to_model(retain_logits, reference(model, batch.retain).logits, batch.retain["labels"])
-        total, terms = self.combine(aug_ce, retain_ce, ("aug_ce", "retain_ce"))
-        terms["retain_kl"] = float(kl.detach())
-        return total + self.kl_weight * kl, terms
+        yield (self.alpha * retain_ce + self.kl_weight * kl,
+               {"retain_ce": float(retain_ce.detach()), "retain_kl": float(kl.detach())})

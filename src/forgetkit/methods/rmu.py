@@ -37,13 +37,16 @@ class RMU(Method):
         u = torch.rand(hidden_size, generator=torch.Generator().manual_seed(self.seed), dtype=torch.float64)
         return (u / u.norm()).float().to(device)
 
-    def loss(self, model, batch: UnlearnBatch, reference=None):
-        forget_out = forward(model, batch.forget, hidden_states=True)
-        layer = self.layer if self.layer is not None else default_layer(len(forget_out.hidden_states) - 1)
-        h_f = forget_out.hidden_states[layer]
+    def _hidden(self, states) -> torch.Tensor:
+        """Layer ℓ's output among a forward's hidden states (embeddings first, then each block's)."""
+        return states[self.layer if self.layer is not None else default_layer(len(states) - 1)]
+
+    def parts(self, model, batch: UnlearnBatch, reference=None):
+        h_f = self._hidden(forward(model, batch.forget, hidden_states=True).hidden_states)
         target = self.steering * self.direction(h_f.shape[-1], h_f.device)
-        forget_term = losses.masked_mse(h_f, target.expand_as(h_f), batch.forget["attention_mask"])
-        h_r = forward(model, batch.retain, hidden_states=True).hidden_states[layer]
-        h_ref = reference(model, batch.retain, hidden_states=True).hidden_states[layer]
-        retain_term = losses.masked_mse(h_r, h_ref, batch.retain["attention_mask"])
-        return self.combine(forget_term, retain_term, ("forget_steer_mse", "retain_act_mse"))
+        yield self.term(self.gamma, losses.masked_mse(h_f, target.expand_as(h_f), batch.forget["attention_mask"]),
+                        "forget_steer_mse")
+        del h_f  # the forget pass's states are not kept through the retain pass
+        h_r = self._hidden(forward(model, batch.retain, hidden_states=True).hidden_states)
+        h_ref = self._hidden(reference(model, batch.retain, hidden_states=True).hidden_states)
+        yield self.term(self.alpha, losses.masked_mse(h_r, h_ref, batch.retain["attention_mask"]), "retain_act_mse")

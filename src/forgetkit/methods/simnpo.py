@@ -18,7 +18,7 @@ class SimNPO(Method):
     name = "simnpo"
     summary = "L = -γ·(2/β)·log σ(β·(NLL_f/|y| - δ)) + α·CE(D_r)"
 
-    def loss(self, model, batch: UnlearnBatch, reference=None):
+    def parts(self, model, batch: UnlearnBatch, reference=None):
         nll, counts = losses.sequence_nll(forward(model, batch.forget).logits, batch.forget["labels"])
-        return self.combine(losses.simnpo_loss(nll, counts, self.beta, self.delta), self.retain_ce(model, batch),
-                            ("simnpo", "retain_ce"))
+        yield self.term(self.gamma, losses.simnpo_loss(nll, counts, self.beta, self.delta), "simnpo")
+        yield self.term(self.alpha, self.retain_ce(model, batch), "retain_ce")

@@ -17,8 +17,9 @@ class UNDIAL(Method):
     summary = "L = γ·CE(π_θ, softmax(z_ref - β·onehot(y))) on D_f + α·CE(D_r)"
     needs_reference = True
 
-    def loss(self, model, batch: UnlearnBatch, reference=None):
+    def parts(self, model, batch: UnlearnBatch, reference=None):
         labels = batch.forget["labels"]
         distil = losses.undial_loss(forward(model, batch.forget).logits, reference(model, batch.forget).logits,
                                     labels, self.beta)
-        return self.combine(distil, self.retain_ce(model, batch), ("undial", "retain_ce"))
+        yield self.term(self.gamma, distil, "undial")
+        yield self.term(self.alpha, self.retain_ce(model, batch), "retain_ce")

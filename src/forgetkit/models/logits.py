@@ -12,7 +12,7 @@ accepts it; callers fall back to the full ``[B, T, V]`` logits when it does not.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -63,6 +63,28 @@ def answer_cross_entropy(model, part: dict[str, torch.Tensor]) -> torch.Tensor:
     run at the labelled positions only where the model allows it."""
     logits, targets, _ = answer_logits(model, part)
     return torch.nn.functional.cross_entropy(_at_least_float32(logits), targets)
+
+
+def _trimmed(part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``part`` without its trailing columns that no row attends to (right padding): a causal LM's outputs at the
+    other positions do not depend on them."""
+    width = int(part["attention_mask"].any(0).nonzero().max()) + 1
+    return {k: v[:, :width] for k, v in part.items()}
+
+
+def cross_entropy_parts(model, part: dict[str, torch.Tensor], rows: int | None) -> Iterator[torch.Tensor]:
+    """:func:`answer_cross_entropy` of ``part`` as a sum of parts over chunks of at most ``rows`` rows (all of
+    them at once when ``rows`` is None), each chunk's summed cross-entropy over the whole part's labelled-token
+    count. Backpropagated one at a time, only one chunk's activations are alive; the sum, and so the gradient,
+    is the whole batch's."""
+    batch = part["labels"].shape[0]
+    if not rows or rows >= batch:
+        yield answer_cross_entropy(model, part)
+        return
+    count = (part["labels"][:, 1:] != IGNORE_INDEX).sum().clamp(min=1)
+    for start in range(0, batch, rows):
+        logits, targets, _ = answer_logits(model, _trimmed({k: v[start:start + rows] for k, v in part.items()}))
+        yield torch.nn.functional.cross_entropy(_at_least_float32(logits), targets, reduction="sum") / count
 
 
 def example_cross_entropy(model, part: dict[str, torch.Tensor]) -> torch.Tensor:
