@@ -230,3 +230,48 @@ def test_head_at_labelled_positions_only_equals_the_full_logit_pass(bpe_tokenize
             for field in ("logprobs", "mu", "sigma"):
                 np.testing.assert_allclose(getattr(a, field), getattr(b, field), atol=1e-5, rtol=1e-5)
             assert (a.correct == b.correct).all() and a.n_tokens == b.n_tokens
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_answer_variants_scored_on_their_shared_prompt_cache_equal_separate_passes(family, monkeypatch):
+    """A question's answer variants run its prompt once and score on its KV cache (left-padded among questions of
+    other lengths, members copied out of order); the statistics equal a pass per example, on the model and under
+    LoRA. Examples whose prompt nobody shares take the plain path."""
+    from chat_models import chatml_tokenizer
+
+    from forgetkit.adapters.lora import LoraSettings, attach_lora
+    from forgetkit.data.formatting import tokenize_qa
+    from forgetkit.data.records import QARecord
+    from forgetkit.eval import token_stats
+    from forgetkit.eval.token_stats import prompt_groups
+    from forgetkit.models import build_tiny_model
+
+    shared_members = []
+    real = token_stats._score_shared
+    monkeypatch.setattr(token_stats, "_score_shared", lambda m, ex, groups, *a: shared_members.extend(
+        i for g in groups for i in g) or real(m, ex, groups, *a))
+
+    tok = chatml_tokenizer()
+    records = []
+    for i in range(5):
+        question = f"Who is person {i}?" + " Tell me more." * (i % 3)
+        answers = [f"Person {i} is a poet.", "A poet from Arlen.", f"Person {i} is a poet from the town of Arlen {i}."]
+        records += [QARecord(question, a, f"{i}-{j}") for j, a in enumerate(answers[: 1 + i % 3])]
+    records.append(QARecord("What is the capital of France?", "Paris.", "alone"))
+    tokenized = tokenize_qa(tok, records, 96).examples
+    assert len(tokenized) == 10
+    examples = [tokenized[k] for k in (5, 0, 9, 2, 3, 7, 1, 4, 8, 6)]  # one question's variants are not neighbours
+    groups, alone = prompt_groups(examples)
+    assert len(groups) == 3 and sum(map(len, groups)) == 7 and len(alone) == 3
+    model = build_tiny_model(tok, family, "micro", seed=1).eval()
+    for m in (model, attach_lora(model, LoraSettings(r=2))):
+        shared = score_examples(m, examples, pad_token_id=tok.pad_token_id, batch_size=4, share_prompts=True)
+        assert sorted(shared_members) == sorted(i for g in groups for i in g), "every variant on the shared path"
+        shared_members.clear()
+        plain = score_examples(m, examples, pad_token_id=tok.pad_token_id, batch_size=4, share_prompts=False)
+        assert not shared_members
+        assert not token_stats._shares_prompts(m, None), "a tiny model scores without sharing by default"
+        for a, b in zip(shared, plain, strict=True):
+            for field in ("logprobs", "mu", "sigma"):
+                np.testing.assert_allclose(getattr(a, field), getattr(b, field), atol=1e-5, rtol=1e-5)
+            assert (a.correct == b.correct).all() and a.n_tokens == b.n_tokens

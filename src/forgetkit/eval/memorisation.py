@@ -14,7 +14,6 @@ import random
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import skewnorm
 
 
 def extraction_strength(correct: np.ndarray) -> float:
@@ -44,6 +43,8 @@ def exposure(true_logprob: float, candidate_logprobs: Sequence[float], space_siz
     if candidates.size >= space_size - 1:
         rank = 1 + int(np.sum(candidates > true_logprob))
     else:
+        from scipy.stats import skewnorm
+
         shape, loc, scale = skewnorm.fit(-candidates)
         preferred = float(skewnorm.cdf(-true_logprob, shape, loc, scale))
         rank = 1 + (space_size - 1) * preferred

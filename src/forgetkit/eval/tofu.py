@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy.stats import hmean, ks_2samp
 
 from forgetkit.errors import ForgetkitError
 
@@ -145,6 +144,8 @@ def model_utility(log: Mapping, where: str = "log") -> tuple[float | None, dict[
     if not components or utility_missing(log):
         return None, components
     values = list(components.values())
+    from scipy.stats import hmean  # here, as in the other metrics: scipy.stats takes most of a second to import
+
     # A zero component makes the harmonic mean zero (scipy warns on it; the answer is exact).
     mu = 0.0 if min(values) <= 0 else float(hmean(values))
     return mu, components
@@ -161,6 +162,8 @@ def utility_missing(log: Mapping) -> str | None:
 
 def forget_quality(model_ratios: Sequence[float], oracle_ratios: Sequence[float]) -> tuple[float, float]:
     """``(p-value, KS statistic)`` of the two-sample KS test between per-example truth ratios."""
+    from scipy.stats import ks_2samp
+
     result = ks_2samp(np.asarray(model_ratios, dtype=np.float64), np.asarray(oracle_ratios, dtype=np.float64))
     return float(result.pvalue), float(result.statistic)
 
