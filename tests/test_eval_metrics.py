@@ -275,3 +275,34 @@ def test_answer_variants_scored_on_their_shared_prompt_cache_equal_separate_pass
             for field in ("logprobs", "mu", "sigma"):
                 np.testing.assert_allclose(getattr(a, field), getattr(b, field), atol=1e-5, rtol=1e-5)
             assert (a.correct == b.correct).all() and a.n_tokens == b.n_tokens
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_greedy_loop_that_drops_finished_rows_gives_generates_tokens(family, bpe_tokenizer):
+    """forgetkit's greedy loop (a row that emits a stop token leaves the batch and its KV cache) gives
+    ``model.generate``'s greedy tokens on left-padded prompts of several lengths, rows stopping at different steps."""
+    from forgetkit.eval.generation import greedy_tokens
+    from forgetkit.models import build_tiny_model
+
+    torch.manual_seed(0)
+    model = build_tiny_model(bpe_tokenizer, family, "micro", seed=3).eval()
+    prompts = [bpe_tokenizer(f"Who is person {i}?" + " Tell me." * (i % 4))["input_ids"] for i in range(6)]
+    width, pad = max(map(len, prompts)), bpe_tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+
+    def generate(stops, n):
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
+                             pad_token_id=pad, eos_token_id=stops)[:, width:].tolist()
+        return [row[: next((k + 1 for k, t in enumerate(row) if t in stops), len(row))] for row in out]
+
+    free = generate([-1], 12)  # no stop: pick a stop token that rows reach at different steps, or never
+
+    def lengths(token):
+        return {row.index(token) + 1 if token in row else len(row) for row in free}
+
+    stops = [max({t for row in free for t in row}, key=lambda t: len(lengths(t)))]
+    expected = generate(stops, 12)
+    assert len({len(r) for r in expected}) > 1, "rows must stop at different steps for this test to mean anything"
+    assert greedy_tokens(model, ids, mask, 12, stops) == expected
+    assert greedy_tokens(model, ids, mask, 12, [-1]) == free
