@@ -58,8 +58,8 @@ def _model_device(model) -> torch.device:
 
 
 # Sharing a prompt's cache costs a second forward call per batch; it pays where compute, not per-call
-# overhead, is the cost (docs/results.md: 1.5-1.8x faster scoring on SmolLM2-135M, 1.1x slower on the
-# 0.8 M-parameter tiny model), so by default it is used from this model size up.
+# overhead, is the cost (benchmarks/shared_prompts.py, docs/results.md: 0.59-0.66x the time on SmolLM2-135M,
+# 1.23-1.28x on the 0.8 M-parameter tiny model), so by default it is used from this model size up.
 SHARE_PROMPTS_MIN_PARAMETERS = 10_000_000
 
 
