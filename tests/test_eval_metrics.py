@@ -208,6 +208,13 @@ def test_digit_candidates():
     assert sorted(whole) == [str(d) for d in range(10) if d != 7]
 
 
+def _assert_same_stats(got, expected) -> None:
+    for a, b in zip(got, expected, strict=True):
+        for field in ("logprobs", "mu", "sigma"):
+            np.testing.assert_allclose(getattr(a, field), getattr(b, field), atol=1e-5, rtol=1e-5)
+        assert (a.correct == b.correct).all() and a.n_tokens == b.n_tokens
+
+
 def test_head_at_labelled_positions_only_equals_the_full_logit_pass(bpe_tokenizer):
     """The output head run only where a label is (logits_to_keep) gives the full-logit pass's numbers,
     on a plain model and under a peft LoRA wrapper."""
@@ -226,10 +233,7 @@ def test_head_at_labelled_positions_only_equals_the_full_logit_pass(bpe_tokenize
         assert takes_logits_to_keep(m)
         fast = score_examples(m, examples, pad_token_id=1, batch_size=3)
         full = score_examples(m, examples, pad_token_id=1, batch_size=3, labelled_positions_only=False)
-        for a, b in zip(fast, full, strict=True):
-            for field in ("logprobs", "mu", "sigma"):
-                np.testing.assert_allclose(getattr(a, field), getattr(b, field), atol=1e-5, rtol=1e-5)
-            assert (a.correct == b.correct).all() and a.n_tokens == b.n_tokens
+        _assert_same_stats(fast, full)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -271,10 +275,7 @@ def test_answer_variants_scored_on_their_shared_prompt_cache_equal_separate_pass
         plain = score_examples(m, examples, pad_token_id=tok.pad_token_id, batch_size=4, share_prompts=False)
         assert not shared_members
         assert not token_stats._shares_prompts(m, None), "a tiny model scores without sharing by default"
-        for a, b in zip(shared, plain, strict=True):
-            for field in ("logprobs", "mu", "sigma"):
-                np.testing.assert_allclose(getattr(a, field), getattr(b, field), atol=1e-5, rtol=1e-5)
-            assert (a.correct == b.correct).all() and a.n_tokens == b.n_tokens
+        _assert_same_stats(shared, plain)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

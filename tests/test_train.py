@@ -117,6 +117,8 @@ def test_fine_tuning_in_micro_batches_trains_the_same_weights(bpe_tokenizer):
     retrain.start(SimpleNamespace(config=SimpleNamespace(train=TrainConfig(micro_batch_size=3))))
     logged = [terms["retain_ce"] for _, terms in retrain.parts(model, UnlearnBatch(retain=batch))]
     assert len(logged) == 3 and sum(logged) == pytest.approx(float(answer_cross_entropy(model, batch)), rel=1e-5)
+    total, terms = retrain.loss(model, UnlearnBatch(retain=batch))  # the sum logs the sum of the chunks' terms
+    assert terms["retain_ce"] == pytest.approx(float(total), rel=1e-6) == pytest.approx(sum(logged), rel=1e-6)
     trained, losses = {}, {}
     for micro in (None, 3):
         model = build_tiny_model(bpe_tokenizer, "llama", "micro", seed=0)

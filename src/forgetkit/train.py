@@ -179,17 +179,22 @@ LossPart = tuple[torch.Tensor, dict[str, float]]  # a loss (or a part of one) an
 LossFn = Callable[[torch.nn.Module, UnlearnBatch], LossPart | Iterable[LossPart]]
 
 
+def sum_parts(parts: Iterable[LossPart]) -> LossPart:
+    """The parts' sum, with each named term summed over the parts that log it (every part's graph alive at once)."""
+    total, terms = 0.0, {}
+    for value, named in parts:
+        total = total + value
+        for name, v in named.items():
+            terms[name] = terms.get(name, 0.0) + v
+    return total, terms
+
+
 def _loss_parts(result: LossPart | Iterable[LossPart], separate: bool) -> Iterable[LossPart]:
     """A loss function's result as parts to backpropagate one by one: as yielded when ``separate``, else
     summed into one."""
     if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.Tensor):
         return [result]
-    if separate:
-        return result
-    total, terms = 0.0, {}
-    for value, named in result:
-        total, terms = total + value, {**terms, **named}
-    return [(total, terms)]
+    return result if separate else [sum_parts(result)]
 
 
 def _checkpointing(model, on: bool) -> None:

@@ -27,7 +27,7 @@ from forgetkit.data.formatting import pad_id
 from forgetkit.methods import losses
 from forgetkit.models.logits import labelled_logits_mask, takes_logits_to_keep
 from forgetkit.registry import EMPIRICAL, GRADIENT, register_unlearner, unlearner
-from forgetkit.train import LossPart, UnlearnBatch
+from forgetkit.train import LossPart, UnlearnBatch, sum_parts
 
 
 def forward(model, part: dict[str, torch.Tensor], hidden_states: bool = False):
@@ -137,10 +137,7 @@ class Method(ABC):
     def loss(self, model, batch: UnlearnBatch, reference: Reference | None = None
              ) -> tuple[torch.Tensor, dict[str, float]]:
         """The total loss (the sum of :meth:`parts`, every graph alive at once) and its named terms."""
-        total, terms = 0.0, {}
-        for value, named in self.parts(model, batch, reference):
-            total, terms = total + value, {**terms, **named}
-        return total, terms
+        return sum_parts(self.parts(model, batch, reference))
 
     def retain_ce(self, model, batch: UnlearnBatch) -> torch.Tensor:
         return losses.mean_nll(forward(model, batch.retain).logits, batch.retain["labels"])
