@@ -303,3 +303,21 @@ def test_a_variant_with_until_shows_its_criterion(unlearn_run, tmp_path):
     chosen = by["ga+until"]["criterion"]["chosen"]["auc"]
     assert by["ga+until"]["metrics"]["calibration_auc"] == pytest.approx(chosen, abs=1e-6)
     assert "criterion" in write_plots(results, leaderboard(results), tmp_path)
+
+
+def test_eval_weat_puts_bias_effect_sizes_beside_every_cell_and_keeps_default_cell_ids(unlearn_run, tmp_path):
+    """`eval.weat: true` scores WEAT 6-8 on the target, the oracle and each unlearned model (does unlearning move
+    bias?); left at its default, the setting is not part of any cell's key."""
+    from forgetkit.bench.leaderboard import leaderboard
+    from forgetkit.bench.runner import Bench
+
+    none = {"relearn": {"enabled": False}, "quantize_bits": [], "prompt": False, "sequential": 0}
+    plain = Bench(_config(unlearn_run, tmp_path / "a", attacks=none), quiet=True)
+    biased = Bench(_config(unlearn_run, tmp_path / "b", attacks=none, eval={**TINY_EVAL, "weat": True}), quiet=True)
+    assert "weat" not in plain._settings_key()["eval"]
+    assert {c.key for c in plain.cells()}.isdisjoint({c.key for c in biased.cells()})
+    results = biased.run()
+    rows = {r["variant"]: r for r in leaderboard(results)}
+    for variant in ("target", "oracle", "npo"):
+        column = rows[variant]["columns"]["metrics.weat.weat7_math_arts"]
+        assert column["n"] == 1 and -2 <= column["mean"] <= 2, (variant, column)

@@ -151,7 +151,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     try:
         settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                 retain_limit=args.retain_limit, canary_candidates=args.canary_candidates,
-                                gradnorm=not args.no_gradnorm, include_text=args.include_text)
+                                gradnorm=not args.no_gradnorm, include_text=args.include_text, weat=args.weat)
     except SettingError as exc:  # name the flag the user typed
         raise ConfigError(f"--{exc.setting.replace('_', '-')}: {exc.problem}") from None
     files = {role: getattr(args, role) for role in EVAL_FILE_ROLES if getattr(args, role)}
@@ -164,6 +164,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if summary is None:  # not the main process of a multi-process launch
         return 0
     print(format_summary(summary))
+    for test, score in summary.get("bias", {}).get("weat", {}).items():
+        print(f"WEAT {test}: effect size {score['effect_size']:+.3f}, p = {score['p_value']:.3g}")
     if "lm_eval" in summary:
         for task, metrics in summary["lm_eval"].items():
             print(f"lm-eval {task}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
@@ -389,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model (off)")
     p.add_argument("--lm-eval-tasks", nargs="*", metavar="TASK", help="lm-evaluation-harness tasks (local)")
     p.add_argument("--lm-eval-include", metavar="DIR", help="directory of local lm-eval task YAMLs")
+    p.add_argument("--weat", nargs="?", const="shipped", metavar="FILE",
+                   help="WEAT bias effect sizes on the model's representations: the shipped WEAT 6-8 (Caliskan et "
+                        "al. 2017), or FILE of the same layout")
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_eval)
 

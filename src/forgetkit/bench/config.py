@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from forgetkit.config import load_config
+from forgetkit.config import ADDED_SETTING, load_config
 from forgetkit.errors import ConfigError, require_positive
 
 
@@ -81,7 +81,9 @@ class BenchEvalSettings:
     canary_candidates: int = 100
     gradnorm: bool = False
     quick_retain: int = 100
-    world_facts_limit: int = 0  # N world facts, evenly spaced through the file, in every evaluation (0: all)
+    # N world facts, evenly spaced through the file, in every evaluation (0: all)
+    world_facts_limit: int = field(default=0, metadata=ADDED_SETTING)
+    weat: bool = field(default=False, metadata=ADDED_SETTING)  # WEAT 6-8 effect sizes in every full evaluation
 
     def __post_init__(self) -> None:
         require_positive(self, "max_new_tokens", "canary_candidates")

@@ -102,10 +102,8 @@ class Bench:
     # -- the grid --------------------------------------------------------------------------------
     def _settings_key(self) -> dict:
         c = self.config
-        evaluation = asdict(c.eval)
-        if not c.eval.world_facts_limit:  # the default (all): cells cached before the setting existed keep their ids
-            del evaluation["world_facts_limit"]
-        return {"version": BENCH_VERSION, "source": self.source.key, "eval": evaluation}
+        # settings added later leave the key while they hold their defaults: cells cached before them keep their ids
+        return {"version": BENCH_VERSION, "source": self.source.key, "eval": plain_config(c.eval)}
 
     def cells(self) -> list[Cell]:
         c = self.config
@@ -315,12 +313,14 @@ class Bench:
 
     # -- evaluation ------------------------------------------------------------------------------
     def _eval_settings(self, quick: bool = False):
+        from forgetkit.eval.bias import SHIPPED_WEAT
         from forgetkit.eval.sets import EvalSettings
 
         e = self.config.eval
         return EvalSettings(max_new_tokens=e.max_new_tokens, verbatim_new_tokens=e.verbatim_new_tokens,
                             retain_limit=e.quick_retain if quick else e.retain_limit,
-                            canary_candidates=e.canary_candidates, gradnorm=e.gradnorm and not quick)
+                            canary_candidates=e.canary_candidates, gradnorm=e.gradnorm and not quick,
+                            weat=SHIPPED_WEAT if e.weat and not quick else None)
 
     def _evaluate(self, model, tokenizer, cell: Cell, out: Path) -> dict:
         """The full evaluation's leaderboard numbers (cached in ``out``)."""

@@ -15,6 +15,7 @@ from forgetkit import checks
 from forgetkit.data.readers import read_records
 from forgetkit.errors import DataError, ForgetkitError
 from forgetkit.eval import tofu
+from forgetkit.eval.bias import SHIPPED_WEAT, read_weat_tests
 from forgetkit.eval.evaluate import evaluate
 from forgetkit.eval.result import EvalResult
 from forgetkit.eval.sets import EvalData, EvalSettings, benchmark_data, read_canaries
@@ -90,6 +91,9 @@ def _check_request(request: EvalRequest) -> None:
         checks.adapter_dir(request.reference_adapter)
     for role, path in request.files.items():
         checks.input_file(path, role.replace("_", " "))
+    if request.settings.weat not in (None, SHIPPED_WEAT):
+        checks.input_file(request.settings.weat, "--weat")
+        read_weat_tests(request.settings.weat)  # a malformed file is refused before any work
     inputs = [request.model, request.adapter, request.reference_model, request.reference_adapter, request.data,
               request.oracle_log, *request.files.values()]
     checks.output_path(request.out, "--out", inputs)

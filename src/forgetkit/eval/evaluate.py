@@ -254,6 +254,10 @@ def evaluate(
         "tokens_per_s": round((tokens_scored + generated_tokens) / wall, 1),
         "processes": accelerator.num_processes if accelerator is not None else 1,
     }
+    if settings.weat:
+        from forgetkit.eval.bias import read_weat_tests, weat_scores
+
+        summary["bias"] = {"weat": weat_scores(model, tokenizer, read_weat_tests(settings.weat))}
     summary["settings"] = asdict(settings)
     return eval_log, summary
 

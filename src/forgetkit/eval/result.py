@@ -17,6 +17,7 @@ class EvalResult:
     privleak: float | None = None
     empirical_epsilon: dict | None = None  # the best attack's (ε lower bound, …)
     calibration_auc: float | None = None  # forget vs never-trained calibration examples (oracle-free; 0.5 ideal)
+    weat: dict = field(default_factory=dict)  # WEAT test name -> effect size (when the evaluation ran it)
 
     @classmethod
     def from_summary(cls, summary: dict) -> EvalResult:
@@ -26,7 +27,8 @@ class EvalResult:
                    forget=sets.get("forget") or {}, retain_probability=sets.get("retain", {}).get("probability"),
                    mia_aucs=mia.get("auc") or {}, mia_attack=mia.get("best_attack"), privleak=mia.get("privleak"),
                    empirical_epsilon=mia.get("empirical_epsilon"),
-                   calibration_auc=(summary.get("calibration") or {}).get("auc"))
+                   calibration_auc=(summary.get("calibration") or {}).get("auc"),
+                   weat={name: s["effect_size"] for name, s in summary.get("bias", {}).get("weat", {}).items()})
 
     @property
     def mia_auc(self) -> float | None:
@@ -49,4 +51,5 @@ class EvalResult:
                 "mia_auc": self.mia_auc, "mia_attack": self.mia_attack, "privleak": self.privleak,
                 "extraction_strength": self.forget.get("extraction_strength"),
                 "paraphrase_probability": paraphrased.get("probability"),
-                "paraphrase_rouge_l": paraphrased.get("rougeL_recall"), "calibration_auc": self.calibration_auc}
+                "paraphrase_rouge_l": paraphrased.get("rougeL_recall"), "calibration_auc": self.calibration_auc,
+                **({"weat": dict(self.weat)} if self.weat else {})}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from forgetkit.config import ADDED_SETTING
 from forgetkit.data.readers import jsonl_rows, read_records
 from forgetkit.data.records import QARecord, TextRecord, group_of
 from forgetkit.data.synthetic import holdout_of, retain_of
@@ -47,6 +48,8 @@ class EvalSettings:
     gradnorm: bool = True
     include_text: bool = False
     seed: int = 0
+    # WEAT bias effect sizes on the model's representations: "shipped" (WEAT 6-8) or a test file; None: not run
+    weat: str | None = field(default=None, metadata=ADDED_SETTING)
 
     def __post_init__(self) -> None:
         require_positive(self, "batch_size", "generation_batch_size", "max_new_tokens", "canary_candidates")
