@@ -151,7 +151,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     try:
         settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                 retain_limit=args.retain_limit, canary_candidates=args.canary_candidates,
-                                gradnorm=not args.no_gradnorm, include_text=args.include_text, weat=args.weat)
+                                gradnorm=not args.no_gradnorm, include_text=args.include_text, weat=args.weat,
+                                smoothing=args.smoothing, smoothing_samples=args.smoothing_samples)
     except SettingError as exc:  # name the flag the user typed
         raise ConfigError(f"--{exc.setting.replace('_', '-')}: {exc.problem}") from None
     files = {role: getattr(args, role) for role in EVAL_FILE_ROLES if getattr(args, role)}
@@ -164,6 +165,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if summary is None:  # not the main process of a multi-process launch
         return 0
     print(format_summary(summary))
+    if "smoothing" in summary:
+        s = summary["smoothing"]
+        print(f"smoothing {s['noise']}: emission rate {s['emission_rate']:.3f} (unperturbed "
+              f"{s['unperturbed_emission_rate']:.3f}); with confidence {1 - s['alpha']:.2f}, P(emit) ≤ "
+              f"{s['set_upper_bound']:.3f} for a random forget question, ≤ {s['max_question_upper_bound']:.3f} for "
+              f"every one ({s['forward_passes']} passes)")
     for test, score in summary.get("bias", {}).get("weat", {}).items():
         print(f"WEAT {test}: effect size {score['effect_size']:+.3f}, p = {score['p_value']:.3g}")
     if "lm_eval" in summary:
@@ -394,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weat", nargs="?", const="shipped", metavar="FILE",
                    help="WEAT bias effect sizes on the model's representations: the shipped WEAT 6-8 (Caliskan et "
                         "al. 2017), or FILE of the same layout")
+    p.add_argument("--smoothing", metavar="KIND:SCALE",
+                   help="certified bound on emitting the forget answers under random prompt noise: embed:SIGMA "
+                        "(Gaussian noise on the prompt embeddings, in units of their RMS) or tokens:RHO (random "
+                        "token substitutions)")
+    p.add_argument("--smoothing-samples", type=int, default=100, help="noise draws per forget question")
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_eval)
 

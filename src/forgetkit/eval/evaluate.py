@@ -254,6 +254,13 @@ def evaluate(
         "tokens_per_s": round((tokens_scored + generated_tokens) / wall, 1),
         "processes": accelerator.num_processes if accelerator is not None else 1,
     }
+    if settings.smoothing:
+        from forgetkit.eval.smoothing import smoothed_emission
+
+        with tqdm(total=len(data.forget or []), desc="smoothing", disable=not show, unit="question") as bar:
+            summary["smoothing"] = smoothed_emission(model, tokenizer, data.forget or [], settings.smoothing,
+                                                     settings.smoothing_samples, batch_size=settings.batch_size,
+                                                     seed=settings.seed, progress=bar)
     if settings.weat:
         from forgetkit.eval.bias import read_weat_tests, weat_scores
 

@@ -50,9 +50,17 @@ class EvalSettings:
     seed: int = 0
     # WEAT bias effect sizes on the model's representations: "shipped" (WEAT 6-8) or a test file; None: not run
     weat: str | None = field(default=None, metadata=ADDED_SETTING)
+    # randomized smoothing of the forget prompts ("embed:SIGMA" or "tokens:RHO"; None: not run), draws per question
+    smoothing: str | None = field(default=None, metadata=ADDED_SETTING)
+    smoothing_samples: int = field(default=100, metadata=ADDED_SETTING)
 
     def __post_init__(self) -> None:
-        require_positive(self, "batch_size", "generation_batch_size", "max_new_tokens", "canary_candidates")
+        require_positive(self, "batch_size", "generation_batch_size", "max_new_tokens", "canary_candidates",
+                         "smoothing_samples")
+        if self.smoothing is not None:
+            from forgetkit.eval.smoothing import parse_noise
+
+            parse_noise(self.smoothing)
         require_positive(self, "verbatim_new_tokens", "retain_limit", allow_zero=True)
         require(0 < self.min_k <= 1, "min_k", f"must be in (0, 1], got {self.min_k}")
 
