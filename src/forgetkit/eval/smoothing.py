@@ -26,11 +26,11 @@ from collections.abc import Sequence
 
 import torch
 
-from forgetkit.data.formatting import IGNORE_INDEX, collate, encode_qa
+from forgetkit.data.formatting import IGNORE_INDEX, collate, encode_qa, pad_id
 from forgetkit.data.records import QARecord
 from forgetkit.errors import SettingError
 from forgetkit.eval.mia import clopper_pearson
-from forgetkit.models.logits import labelled_logits_mask, takes_logits_to_keep
+from forgetkit.models.logits import answer_logits
 
 KINDS = ("embed", "tokens")
 
@@ -49,17 +49,9 @@ def parse_noise(spec: str) -> tuple[str, float]:
 
 def _emitted(model, part: dict[str, torch.Tensor], embeds: torch.Tensor | None) -> torch.Tensor:
     """``[B]`` bool: every answer token is the argmax (teacher-forced) for each row."""
-    mask = labelled_logits_mask(part["labels"])
-    inputs = {"attention_mask": part["attention_mask"]}
-    inputs.update({"inputs_embeds": embeds} if embeds is not None else {"input_ids": part["input_ids"]})
-    if takes_logits_to_keep(model):
-        logits = model(**inputs, logits_to_keep=mask).logits
-    else:
-        logits = model(**inputs).logits[mask]
-    correct = (logits.argmax(-1) == part["labels"][:, 1:][mask[:, :-1]]).long()
-    rows = mask.nonzero()[:, 0]
-    wrong = torch.zeros(len(mask), dtype=torch.long, device=correct.device).index_add(0, rows, 1 - correct)
-    return wrong == 0
+    logits, targets, rows = answer_logits(model, part, embeds)
+    wrong = (logits.argmax(-1) != targets).long()
+    return torch.zeros(len(part["labels"]), dtype=torch.long, device=wrong.device).index_add(0, rows, wrong) == 0
 
 
 @torch.no_grad()
@@ -69,10 +61,10 @@ def smoothed_emission(model, tokenizer, forget: Sequence[QARecord], noise: str, 
     kind, scale = parse_noise(noise)
     model.eval()
     device = next(model.parameters()).device
-    table = model.get_input_embeddings().weight
-    rms = float(table.detach().float().square().mean().sqrt())
+    embedding = model.get_input_embeddings()
+    rms = float(embedding.weight.detach().float().square().mean().sqrt())
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     counts, clean = [], 0
     for record in forget:
         ids, labels = encode_qa(tokenizer, record.question, record.answer)
@@ -85,7 +77,7 @@ def smoothed_emission(model, tokenizer, forget: Sequence[QARecord], noise: str, 
             n = min(batch_size, samples - start)
             part = {k: v.expand(n, -1) for k, v in one.items()}
             if kind == "embed":
-                embeds = model.get_input_embeddings()(part["input_ids"])
+                embeds = embedding(part["input_ids"])
                 noise_t = torch.randn(embeds.shape, generator=generator).to(device=device, dtype=embeds.dtype)
                 embeds = embeds + scale * rms * noise_t * prompt[None, :, None]
                 hits += int(_emitted(model, part, embeds).sum())

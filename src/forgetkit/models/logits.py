@@ -46,10 +46,13 @@ def head_inputs(model, part: dict[str, torch.Tensor]
     return inputs, lambda logits: logits[mask], mask
 
 
-def answer_logits(model, part: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def answer_logits(model, part: dict[str, torch.Tensor], inputs_embeds: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(logits [n, V], targets [n], rows [n])`` at the labelled positions of ``part`` (:func:`head_inputs`);
-    ``rows`` is each position's row."""
+    ``rows`` is each position's row. ``inputs_embeds``, when given, replace ``part``'s token ids as the input."""
     inputs, select, mask = head_inputs(model, part)
+    if inputs_embeds is not None:
+        inputs = {**{k: v for k, v in inputs.items() if k != "input_ids"}, "inputs_embeds": inputs_embeds}
     logits = select(model(**inputs).logits)
     return logits, part["labels"][:, 1:][mask[:, :-1]], mask.nonzero()[:, 0]
 
