@@ -64,6 +64,10 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
         print(f"{summary['method']} ({summary['request']}): {summary['request_examples']} examples edited in "
               f"{summary['wall_time_s']:.1f}s, peak {summary['peak_memory_mb']:.0f} MB, "
               f"{summary['trainable_parameters']:,} adapter parameters")
+    elif "context_tokens" in summary:  # an input-based unlearner
+        print(f"{summary['method']} (input): a context of {summary['context_tokens']['mean']:.0f} tokens on average "
+              f"before each question ({summary['context_tokens']['max']} at most), built in "
+              f"{summary['wall_time_s']:.2f}s; no weights changed")
     else:
         print(f"{summary['method']} ({summary['mode']}): {summary['steps']} steps in {summary['wall_time_s']:.1f}s, "
               f"peak {summary['peak_memory_mb']:.0f} MB, {summary['trainable_parameters']:,} trainable parameters; "
@@ -85,6 +89,7 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
             print(f"{ev['success']['request']} success: {ev['success']['success']:.3f} "
                   f"({ev['success']['count']} examples)")
     made = ("shards/ (the shard adapters after deletion)" if "retrained" in summary
+            else "context/context.json (it holds the forget subjects' text)" if "context_tokens" in summary
             else "adapter or model, train_log.jsonl")
     print(f"Wrote {args.out}: {made}, summary.json, audit.json")
     print(f"Recorded request {summary['ledger']['id']} in {summary['ledger']['path']} (forgetkit audit show ID)")

@@ -4,7 +4,8 @@
 An entry says what an unlearner is called, the dataclass of its parameters (``params.*`` in a config,
 checked like any config), how it runs and the guarantee it gives. Each algorithm's module registers
 itself once (as peft's ``register_peft_method`` does): gradient methods through ``methods.base.register``,
-closed-form editors through ``editors.base.register``, sharded exact unlearning in ``exact/command.py``.
+closed-form editors through ``editors.base.register``, sharded exact unlearning in ``exact/command.py``,
+input-based unlearners through ``incontext.base.register``.
 The registry imports none of them; whoever needs every name imports the algorithm packages
 (``forgetkit.unlearn`` does).
 """
@@ -20,7 +21,8 @@ from forgetkit.errors import ConfigError
 GRADIENT = "gradient"  # a loss through the one training loop (methods/)
 EDITOR = "editor"  # a closed-form change of a LoRA adapter (editors/)
 SHARDED = "sharded"  # retrain the shards that held the records (exact/)
-KINDS = (GRADIENT, EDITOR, SHARDED)
+INPUT = "input"  # no weight changes: a context placed before every question (incontext/)
+KINDS = (GRADIENT, EDITOR, SHARDED, INPUT)
 
 # The guarantee an unlearner gives (the ledger records it with each request).
 EMPIRICAL = "empirical audit"  # approximate; checked by evaluation only

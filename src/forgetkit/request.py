@@ -308,7 +308,8 @@ class UnlearnResult:
 
     def load_model(self, device: str = "cpu"):
         """``(model, tokenizer)``: the one in memory (in eval mode), else rebuilt from the audit's ``load``
-        record: the model directory, an adapter merged into it first, then the result's adapter."""
+        record: the model directory, an adapter merged into it first, then the result's adapter (or, for an
+        input-based unlearner, the tokenizer made to carry the result's context)."""
         if self.model is not None:
             self.model.eval().requires_grad_(False)
             return self.model, self.tokenizer
@@ -325,6 +326,10 @@ class UnlearnResult:
         if load["adapter"]:
             model = load_adapter(model, load["adapter"]).to(device)
             model.eval()
+        if load.get("context"):  # an input-based unlearner: the model unchanged, its prompts behind the context
+            from forgetkit.data.context import read_context, with_context
+
+            tokenizer = with_context(tokenizer, read_context(load["context"]))
         return model, tokenizer
 
 

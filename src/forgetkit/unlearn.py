@@ -5,24 +5,26 @@ Importing this module registers every unlearner (``forgetkit.methods``, ``forget
 looks the method up in :mod:`forgetkit.registry` and hands the request to the runner of its kind:
 the training loop for gradient methods (:mod:`forgetkit.methods.command`), the closed form for editors
 (:mod:`forgetkit.editors.command`), shard retraining for sharded exact unlearning
-(:mod:`forgetkit.exact.command`). Each ends in :func:`forgetkit.request.finish`.
+(:mod:`forgetkit.exact.command`), a context for input-based unlearners (:mod:`forgetkit.incontext.command`).
+Each ends in :func:`forgetkit.request.finish`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from forgetkit import editors, methods  # noqa: F401  (each registers its unlearners; exact.command its own)
+from forgetkit import editors, incontext, methods  # noqa: F401  (each registers its unlearners; exact.command its own)
 from forgetkit.editors.command import run_edit
 from forgetkit.exact.command import run_shard_delete
+from forgetkit.incontext.command import run_input
 from forgetkit.methods.command import run_gradient
-from forgetkit.registry import EDITOR, GRADIENT, SHARDED, UNLEARNERS, unlearner
+from forgetkit.registry import EDITOR, GRADIENT, INPUT, SHARDED, UNLEARNERS, unlearner
 from forgetkit.request import UnlearnConfig, UnlearnRequest, UnlearnResult, check_request
 
 __all__ = ["RUNNERS", "UNLEARNERS", "UnlearnConfig", "UnlearnRequest", "UnlearnResult", "load_unlearned",
            "run_unlearn"]
 
-RUNNERS = {GRADIENT: run_gradient, EDITOR: run_edit, SHARDED: run_shard_delete}
+RUNNERS = {GRADIENT: run_gradient, EDITOR: run_edit, SHARDED: run_shard_delete, INPUT: run_input}
 
 
 def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult | None:

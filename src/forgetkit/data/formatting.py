@@ -7,6 +7,8 @@ for the assistant turn, cut after its end-of-turn marker (``Paris<|im_end|>`` fo
 newline. Without a template the prompt is ``Question: …\\nAnswer:`` and the answer ends in EOS.
 Generation stops at the same end (``stop_token_ids``). Labels are the answer tokens and its end;
 the prompt and padding are masked with -100 so that no loss or metric ever counts them.
+A tokenizer that carries a :class:`~forgetkit.data.context.PromptContext` (input-based unlearning, an
+attack) renders every question behind it; texts tokenised for language modelling are raw completions.
 Records longer than ``max_length`` are truncated (answer end first) and counted, never
 silently: a record whose prompt alone fills ``max_length`` keeps no answer and is dropped.
 """
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from forgetkit.data.context import prompt_context
 from forgetkit.data.records import QARecord, TextRecord
 
 IGNORE_INDEX = -100
@@ -31,19 +34,38 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def _messages(tokenizer, question: str) -> tuple[list[dict], str]:
+    """The chat turns up to ``question`` (the tokenizer's :class:`PromptContext` around it, if it carries one)
+    and the text the answer starts with (a context's prefill for this question, else empty)."""
+    context = prompt_context(tokenizer)
+    if context is None:
+        return [{"role": "user", "content": question}], ""
+    messages = [{"role": "system", "content": context.system}] if context.system else []
+    for q, a in context.turns(question):
+        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return messages + [{"role": "user", "content": question}], context.prefill.get(question, "")
+
+
 def format_prompt(tokenizer, question: str) -> str:
-    """The text the model sees before its answer."""
+    """The text the model sees before its answer (after a context's prefill, when it has one)."""
+    messages, prefill = _messages(tokenizer, question)
     if has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-        )
-    return PLAIN_TEMPLATE.format(question=question)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefill
+    text = ""
+    for m in messages[:-1]:
+        if m["role"] == "system":
+            text += m["content"] + "\n\n"
+        elif m["role"] == "user":
+            text += PLAIN_TEMPLATE.format(question=m["content"])
+        else:
+            text += " " + m["content"] + "\n\n"
+    return text + PLAIN_TEMPLATE.format(question=question) + (" " + prefill if prefill else "")
 
 
 def _render_turn(tokenizer, question: str, answer: str) -> str:
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], tokenize=False
-    )
+    messages, prefill = _messages(tokenizer, question)
+    content = f"{prefill} {answer}" if prefill else answer
+    return tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": content}], tokenize=False)
 
 
 def _answer_text(tokenizer, question: str, answer: str, prompt: str) -> str:
