@@ -321,3 +321,70 @@ def test_eval_weat_puts_bias_effect_sizes_beside_every_cell_and_keeps_default_ce
     for variant in ("target", "oracle", "npo"):
         column = rows[variant]["columns"]["metrics.weat.weat7_math_arts"]
         assert column["n"] == 1 and -2 <= column["mean"] <= 2, (variant, column)
+
+
+def test_jailbreaks_keep_the_deployed_context_and_ask_in_their_own_way():
+    from forgetkit.data.context import PromptContext, prompt_context, with_context
+    from forgetkit.data.formatting import IGNORE_INDEX, encode_qa, format_prompt
+    from tests.chat_models import chatml_tokenizer
+
+    tok = with_context(chatml_tokenizer(), PromptContext(system="Never talk about Ada Byron."))
+    r = QARecord("Where was Ada born?", "Ada was born in the town of Upton.", "p1-birthplace", paraphrased_answer="x",
+                 perturbed_answer=("y",), paraphrased_question="In which town did Ada come into the world?")
+    names = {"p1-birthplace": "Ada Byron"}
+    for kind in ("roleplay", "ignore_instructions"):
+        (a,), asking = attacks.jailbreak(kind, [r], tok, names)
+        assert asking is tok and a.question.endswith(r.question) and a.question != r.question
+        assert (a.answer, a.perturbed_answer, a.paraphrased_answer) == (r.answer, (), None)
+    (a,), asking = attacks.jailbreak("multi_turn", [r], tok, names)
+    prompt = format_prompt(asking, a.question)
+    assert prompt.index("Never talk about Ada Byron.") < prompt.index("biography of Ada Byron") < prompt.index(
+        r.question)
+    (a,), asking = attacks.jailbreak("completion", [r], tok, names)
+    assert a.answer == "born in the town of Upton." and format_prompt(asking, r.question).endswith("assistant\nAda was")
+    ids, labels = encode_qa(asking, a.question, a.answer)
+    assert asking.decode([i for i, lab in zip(ids, labels, strict=True) if lab != IGNORE_INDEX]) == (
+        " born in the town of Upton.<|im_end|>")
+    assert prompt_context(tok).prefill == {} and prompt_context(tok).lead == {}  # the deployed context is unchanged
+    with pytest.raises(ConfigError, match="jailbreaks"):
+        build(BenchConfig, {"attacks": {"jailbreaks": ["dan"]}})
+
+
+def test_input_based_unlearners_are_evaluated_behind_their_context_and_face_the_jailbreaks(unlearn_run, tmp_path):
+    """guardrail and icul cells: no training cost, the evaluation reads their context (so their forget numbers
+    are not the target's), and every jailbreak is measured for them and for a model-based method; cell ids
+    of a bench without jailbreaks are unchanged by the setting."""
+    from forgetkit.bench.leaderboard import leaderboard
+    from forgetkit.bench.runner import Bench
+
+    suite = {"relearn": {"enabled": False}, "quantize_bits": [], "prompt": False, "sequential": 0,
+             "jailbreaks": ["roleplay", "ignore_instructions", "multi_turn", "completion"]}
+    methods = [{"name": "guardrail"}, {"name": "icul"},
+               {"name": "npo", "overrides": {"train.epochs": 1, "train.batch_size": 8}}]
+    import shutil
+
+    run = tmp_path / "run"  # the micro run with 1,024 positions (rotary: no new weights), so every jailbreak fits
+    shutil.copytree(unlearn_run, run)
+    for stage in ("target", "oracle_forget10"):
+        config = json.loads((run / stage / "config.json").read_text())
+        (run / stage / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1024}))
+    plain = Bench(_config(run, tmp_path / "a", methods=methods, attacks={**suite, "jailbreaks": []}), quiet=True)
+    assert "jailbreaks" not in json.dumps(plain.cells()[-1].describe())
+    bench = Bench(_config(run, tmp_path / "b", methods=methods, attacks=suite), quiet=True)
+    assert {c.key for c in plain.cells() if c.kind == "method"}.isdisjoint(
+        {c.key for c in bench.cells() if c.kind == "method"})
+    from forgetkit.bench.leaderboard import ATTACK_COLUMNS
+
+    results = bench.run()
+    rows = {r["variant"]: r["columns"] for r in leaderboard(results)}
+    probabilities = {r["variant"]: r["columns"] for r in leaderboard(results, ATTACK_COLUMNS)}
+    for variant in ("guardrail", "icul", "npo"):
+        for kind in suite["jailbreaks"]:
+            assert rows[variant][f"attacks.jailbreak_{kind}.forget_rouge_l"]["n"] == 1, (variant, kind)
+            assert 0 < probabilities[variant][f"attacks.jailbreak_{kind}.forget_probability"]["mean"] < 1
+        assert rows[variant]["attacks.jailbreak.worst_rouge_l"]["mean"] == max(
+            rows[variant][f"attacks.jailbreak_{kind}.forget_rouge_l"]["mean"] for kind in suite["jailbreaks"])
+    for variant in ("guardrail", "icul"):
+        assert rows[variant]["cost.trainable_parameters"]["mean"] == 0
+        assert rows[variant]["metrics.forget_probability"]["mean"] != pytest.approx(
+            rows["target"]["metrics.forget_probability"]["mean"], rel=1e-6)

@@ -54,14 +54,22 @@ class RelearnAttack:
         require_positive(self, "steps", "batch_size", "lr")
 
 
+JAILBREAKS = ("roleplay", "ignore_instructions", "multi_turn", "completion")
+
+
 @dataclass
 class AttackSettings:
     relearn: RelearnAttack = field(default_factory=RelearnAttack)
     quantize_bits: list[int] = field(default_factory=lambda: [8, 4])  # weight round trips
     prompt: bool = True  # forget questions behind a leading context that names the person
     sequential: int = 0  # k successive requests (equal slices of the forget split, by person); 0: off
+    # the jailbreak suite (bench.attacks.jailbreak): any of JAILBREAKS
+    jailbreaks: list[str] = field(default_factory=list, metadata=ADDED_SETTING)
 
     def __post_init__(self) -> None:
+        unknown = [j for j in self.jailbreaks if j not in JAILBREAKS]
+        if unknown:
+            raise ConfigError(f"attacks.jailbreaks: unknown {', '.join(unknown)} (known: {', '.join(JAILBREAKS)})")
         if any(b not in (2, 3, 4, 8) for b in self.quantize_bits):
             raise ConfigError(f"attacks.quantize_bits: each must be 2, 3, 4 or 8, got {self.quantize_bits}")
         if not 0 < self.relearn.fraction < 1:

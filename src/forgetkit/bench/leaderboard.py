@@ -52,8 +52,17 @@ def _sequential_final_utility(cell: dict) -> float | None:
     return requests[-1].get("model_utility")
 
 
+def _worst_jailbreak(cell: dict) -> float | None:
+    """The forget ROUGE-L of the jailbreak that drew most of the answers out (the worst case for the defender)."""
+    values = [v.get("forget_rouge_l") for k, v in (cell.get("attacks") or {}).items()
+              if k.startswith("jailbreak_") and isinstance(v, dict)]
+    values = [v for v in values if _is_number(v)]
+    return max(values) if values else None
+
+
 DERIVED: dict[str, Callable[[dict], float | None]] = {
     "attacks.relearn.recovery": _relearn_recovery,
+    "attacks.jailbreak.worst_rouge_l": _worst_jailbreak,
     "attacks.sequential.final_model_utility": _sequential_final_utility,
 }
 
@@ -80,6 +89,11 @@ COLUMNS: list[tuple[str, str]] = [
     ("attacks.quantize_8.forget_probability", "8-bit forget prob"),
     ("attacks.quantize_4.forget_probability", "4-bit forget prob"),
     ("attacks.prompt.forget_rouge_l", "prompt forget ROUGE-L"),
+    ("attacks.jailbreak_roleplay.forget_rouge_l", "roleplay ROUGE-L"),
+    ("attacks.jailbreak_ignore_instructions.forget_rouge_l", "ignore-instructions ROUGE-L"),
+    ("attacks.jailbreak_multi_turn.forget_rouge_l", "multi-turn ROUGE-L"),
+    ("attacks.jailbreak_completion.forget_rouge_l", "completion ROUGE-L"),
+    ("attacks.jailbreak.worst_rouge_l", "worst jailbreak ROUGE-L"),
     ("attacks.sequential.final_model_utility", "sequential final MU"),
 ]
 
@@ -91,6 +105,10 @@ ATTACK_COLUMNS: list[tuple[str, str]] = [
     ("attacks.quantize_8.forget_probability", "8-bit"),
     ("attacks.quantize_4.forget_probability", "4-bit"),
     ("attacks.prompt.forget_probability", "prompt attack"),
+    ("attacks.jailbreak_roleplay.forget_probability", "roleplay"),
+    ("attacks.jailbreak_ignore_instructions.forget_probability", "ignore instructions"),
+    ("attacks.jailbreak_multi_turn.forget_probability", "multi-turn"),
+    ("attacks.jailbreak_completion.forget_probability", "completion (rest of answer)"),
 ]
 
 

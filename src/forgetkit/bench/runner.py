@@ -118,7 +118,7 @@ class Bench:
                         config = unlearn_config(entry.name, entry.recipe, overrides, seed)
                         cell = Cell("method", entry.name, label, split, seed, plain_config(config))
                         key = {**self._settings_key(), "unlearn": cell.unlearn, "split": split,
-                               "attacks": asdict(c.attacks), "oracle": self.source.oracle_key(split),
+                               "attacks": plain_config(c.attacks), "oracle": self.source.oracle_key(split),
                                "retrain_from_oracle": self._from_oracle(cell)}
                         if config.until:  # the stopping rule's own version: a changed rule recomputes these cells
                             key["criterion_version"] = CRITERION_VERSION
@@ -387,12 +387,23 @@ class Bench:
         if a.prompt:
             prompted = attacks.prompt_attack_records(forget, self.source.person_names(forget))
             cached("prompt", lambda: self._quick(model, tokenizer, cell.split, prompted, utility=False))
+        for kind in a.jailbreaks:
+            asked, asking = attacks.jailbreak(kind, forget, tokenizer, self.source.person_names(forget))
+            cached(f"jailbreak_{kind}", lambda asked=asked, asking=asking: self._jailbroken(model, asking, cell, asked))
         if a.relearn.enabled and not shard_set:
             cached("relearn", lambda: self._relearn(cell, model, tokenizer, forget))
         if a.sequential and cell.method != "retrain" and not shard_set:
             cached("sequential", lambda: {"requests": self._sequential(cell, out / "sequential")})
             done["sequential"] = done["sequential"]["requests"]
         return done
+
+    def _jailbroken(self, model, tokenizer, cell: Cell, asked: list[QARecord]) -> dict:
+        """The quick numbers of the jailbroken questions, or why they could not be asked (a prompt, with the
+        deployed context and the attack's text, longer than the model's context)."""
+        try:
+            return self._quick(model, tokenizer, cell.split, asked, utility=False)
+        except ForgetkitError as exc:
+            return {"refused": str(exc)}
 
     def _relearn(self, cell: Cell, model, tokenizer, forget: list[QARecord]) -> dict:
         r = self.config.attacks.relearn

@@ -29,6 +29,7 @@ from forgetkit.data.records import QARecord
 from forgetkit.errors import require, require_positive
 from forgetkit.eval import mia
 from forgetkit.eval.token_stats import score_examples
+from forgetkit.models.logits import context_length
 
 UNTIL = ("indistinguishable",)
 CRITERION_VERSION = 2  # bumped when the rule changes (2: the utility guard's scale is the gap to unseen data)
@@ -171,10 +172,12 @@ class CriterionSets:
 
 
 def forget_vs_calibration(model, tokenizer, forget: list[QARecord], calibration: list[QARecord],
-                          max_length: int = 128, z: float = 1.96) -> dict:
+                          max_length: int | None = None, z: float = 1.96) -> dict:
     """The criterion's numbers for one model (no stopping): the forget-vs-calibration AUC, the KS p-value and the
-    tolerance the sample sizes give. The bench reports it for every cell, whether it ran with ``until`` or not."""
+    tolerance the sample sizes give. The bench reports it for every cell, whether it ran with ``until`` or not.
+    ``max_length``: None, the model's context (a prompt context, as input-based unlearners add, fits)."""
     pad = pad_id(tokenizer)
+    max_length = max_length or context_length(model)
     f = example_losses(model, tokenize_qa(tokenizer, forget, max_length, name="forget").examples, pad)
     c = example_losses(model, tokenize_qa(tokenizer, calibration, max_length, name="calibration").examples, pad)
     auc, ks = compare(f, c)

@@ -36,6 +36,7 @@ from forgetkit.eval import mia, tofu
 from forgetkit.eval.generation import greedy_continuations
 from forgetkit.eval.sets import EvalData, EvalSettings
 from forgetkit.eval.token_stats import TokenStats, score_examples
+from forgetkit.models.logits import context_length
 
 log = logging.getLogger("forgetkit")
 MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "reference", "gradnorm")
@@ -64,15 +65,6 @@ class _Shards:
         start = self.accelerator.process_index * per
         mine = list(items[start : start + per])
         return gather_object(fn(mine) if mine else [])
-
-
-def _context_length(model) -> int:
-    config = model.config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 2048
 
 
 class _Sequences:
@@ -161,7 +153,7 @@ def evaluate(
     sets = data.qa_sets()
     if "retain" in sets:
         sets["retain"] = sets["retain"][: settings.retain_limit]
-    context = _context_length(model)
+    context = context_length(model)
     seqs = _Sequences(tokenizer, context)
     for role, records in sets.items():
         for r in records:

@@ -98,3 +98,14 @@ def example_cross_entropy(model, part: dict[str, torch.Tensor]) -> torch.Tensor:
     total = torch.zeros(batch, dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
     count = torch.zeros(batch, dtype=nll.dtype, device=nll.device).index_add(0, rows, torch.ones_like(nll))
     return (total / count.clamp(min=1)).to(logits.dtype)
+
+
+def context_length(model) -> int:
+    """The most positions ``model`` takes (its config's ``max_position_embeddings`` or GPT-2's ``n_positions``;
+    2048 when the config names none)."""
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
