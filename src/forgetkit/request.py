@@ -34,6 +34,7 @@ from forgetkit.data.records import QARecord, records_hash
 from forgetkit.errors import ConfigError, ForgetkitError, SettingError, require_positive
 from forgetkit.eval.calibration import UNTIL, CriterionSettings
 from forgetkit.io import dir_hash
+from forgetkit.models.latent import AdversarySettings
 from forgetkit.registry import CERTIFIED, EMPIRICAL
 from forgetkit.runs import PreparedRun, check_run, run_stages
 from forgetkit.train import TrainConfig
@@ -54,6 +55,8 @@ class UnlearnConfig:
     # a calibration set the model never trained on; train.epochs is then the most the run may take
     until: str | None = field(default=None, metadata=ADDED_SETTING)
     criterion: CriterionSettings = field(default_factory=CriterionSettings, metadata=ADDED_SETTING)
+    # latent adversarial unlearning (gradient methods): the forget term under a residual-stream attacker
+    adversary: AdversarySettings = field(default_factory=AdversarySettings, metadata=ADDED_SETTING)
 
     def __post_init__(self) -> None:
         if self.until is not None and self.until not in UNTIL:

@@ -95,6 +95,9 @@ def run_edit(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
     editor = build_editor(config.method, config.params)
     if config.mode != "lora":
         raise ForgetkitError(f"{config.method} edits a LoRA adapter: mode must be lora")
+    if config.adversary.kind:
+        raise ForgetkitError(f"adversary: {config.method} is a closed-form edit; a latent adversary needs the "
+                             "training loop of a gradient method")
     inputs = _inputs(request)
     kind = inputs["edits"][0].kind if inputs["edits"] else "removal"
     if kind not in editor.requests:

@@ -34,8 +34,8 @@ def run_input(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
     config = request.config
     if request.edits:
         raise ForgetkitError(f"--edits is for the closed-form editors, not '{config.method}'")
-    if config.until:
-        raise ForgetkitError(f"--until: '{config.method}' trains nothing; there is no step to stop at")
+    if config.until or config.adversary.kind:
+        raise ForgetkitError(f"'{config.method}' trains nothing: --until and adversary need a gradient method")
     unlearner = build_input_unlearner(config.method, config.params)
     inputs = resolve_inputs(request)
     names: dict[str, str] = {}

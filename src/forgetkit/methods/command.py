@@ -28,6 +28,7 @@ from forgetkit.eval.evaluate import evaluate
 from forgetkit.eval.result import EvalResult
 from forgetkit.eval.sets import EvalData, EvalSettings, benchmark_data
 from forgetkit.io import write_json
+from forgetkit.methods.adversarial import LatentAdversary
 from forgetkit.methods.base import Method, Reference, UnlearnContext, build_method
 from forgetkit.methods.stopping import StoppingHook
 from forgetkit.request import (
@@ -129,8 +130,11 @@ def run_gradient(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult 
     before_training_s = time.perf_counter() - phase_start
 
     reference = Reference(model, frozen_copy=existing_adapter) if method.needs_reference else None
+    adversary = LatentAdversary(model, config.adversary) if config.adversary.kind == "latent" else None
 
     def loss_fn(wrapped, batch):
+        if adversary is not None:
+            return adversary.parts(method, wrapped, batch, reference)
         return method.parts(wrapped, batch, reference)
 
     if main:
@@ -155,6 +159,8 @@ def run_gradient(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult 
     else:
         stats = TrainStats(0, 0, 0, float("nan"), float("nan"), 0.0, 0.0, "none",
                            sum(p.numel() for p in model.parameters() if p.requires_grad))
+    if adversary is not None:
+        adversary.remove()
     criterion = None
     if stopping is not None and main:
         t0 = time.perf_counter()
