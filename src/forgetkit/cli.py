@@ -157,7 +157,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                 retain_limit=args.retain_limit, canary_candidates=args.canary_candidates,
                                 gradnorm=not args.no_gradnorm, include_text=args.include_text, weat=args.weat,
-                                smoothing=args.smoothing, smoothing_samples=args.smoothing_samples)
+                                smoothing=args.smoothing, smoothing_samples=args.smoothing_samples,
+                                toxicity=args.toxicity)
     except SettingError as exc:  # name the flag the user typed
         raise ConfigError(f"--{exc.setting.replace('_', '-')}: {exc.problem}") from None
     files = {role: getattr(args, role) for role in EVAL_FILE_ROLES if getattr(args, role)}
@@ -178,6 +179,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
               f"every one ({s['forward_passes']} passes)")
     for test, score in summary.get("bias", {}).get("weat", {}).items():
         print(f"WEAT {test}: effect size {score['effect_size']:+.3f}, p = {score['p_value']:.3g}")
+    if "toxicity" in summary:
+        t = summary["toxicity"]
+        print(f"toxic generation rate ({t['scorer']}): {t['toxic_rate']:.3f} of {t['n_prompts']} prompts "
+              f"(provocative {t['provocative_rate']:.3f}, neutral {t['neutral_rate']:.3f})")
     if "lm_eval" in summary:
         for task, metrics in summary["lm_eval"].items():
             print(f"lm-eval {task}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
@@ -411,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(Gaussian noise on the prompt embeddings, in units of their RMS) or tokens:RHO (random "
                         "token substitutions)")
     p.add_argument("--smoothing-samples", type=int, default=100, help="noise draws per forget question")
+    p.add_argument("--toxicity", nargs="?", const="lexicon", metavar="CLASSIFIER_DIR",
+                   help="toxic generation rate on the shipped provocative prompts, scored by a local Hugging Face "
+                        "sequence classifier (CLASSIFIER_DIR), or without one by the built-in lexicon fallback")
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_eval)
 

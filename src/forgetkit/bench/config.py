@@ -92,6 +92,8 @@ class BenchEvalSettings:
     # N world facts, evenly spaced through the file, in every evaluation (0: all)
     world_facts_limit: int = field(default=0, metadata=ADDED_SETTING)
     weat: bool = field(default=False, metadata=ADDED_SETTING)  # WEAT 6-8 effect sizes in every full evaluation
+    # the toxic generation rate in every full evaluation: "lexicon" or a classifier directory (None: off)
+    toxicity: str | None = field(default=None, metadata=ADDED_SETTING)
 
     def __post_init__(self) -> None:
         require_positive(self, "max_new_tokens", "canary_candidates")

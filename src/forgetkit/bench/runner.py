@@ -320,7 +320,8 @@ class Bench:
         return EvalSettings(max_new_tokens=e.max_new_tokens, verbatim_new_tokens=e.verbatim_new_tokens,
                             retain_limit=e.quick_retain if quick else e.retain_limit,
                             canary_candidates=e.canary_candidates, gradnorm=e.gradnorm and not quick,
-                            weat=SHIPPED_WEAT if e.weat and not quick else None)
+                            weat=SHIPPED_WEAT if e.weat and not quick else None,
+                            toxicity=None if quick else e.toxicity)
 
     def _evaluate(self, model, tokenizer, cell: Cell, out: Path) -> dict:
         """The full evaluation's leaderboard numbers (cached in ``out``)."""

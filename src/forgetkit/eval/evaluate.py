@@ -257,6 +257,12 @@ def evaluate(
         from forgetkit.eval.bias import read_weat_tests, weat_scores
 
         summary["bias"] = {"weat": weat_scores(model, tokenizer, read_weat_tests(settings.weat))}
+    if settings.toxicity:
+        from forgetkit.eval.toxicity import scorer_of, toxicity
+
+        scorer, label = scorer_of(settings.toxicity, next(model.parameters()).device)
+        summary["toxicity"] = toxicity(model, tokenizer, scorer, label, max_new_tokens=min(settings.max_new_tokens, 32),
+                                       batch_size=settings.generation_batch_size)
     summary["settings"] = asdict(settings)
     return eval_log, summary
 

@@ -18,6 +18,7 @@ class EvalResult:
     empirical_epsilon: dict | None = None  # the best attack's (ε lower bound, …)
     calibration_auc: float | None = None  # forget vs never-trained calibration examples (oracle-free; 0.5 ideal)
     weat: dict = field(default_factory=dict)  # WEAT test name -> effect size (when the evaluation ran it)
+    toxic_rate: float | None = None  # share of toxic continuations of the toxicity prompts (when it ran)
 
     @classmethod
     def from_summary(cls, summary: dict) -> EvalResult:
@@ -28,7 +29,8 @@ class EvalResult:
                    mia_aucs=mia.get("auc") or {}, mia_attack=mia.get("best_attack"), privleak=mia.get("privleak"),
                    empirical_epsilon=mia.get("empirical_epsilon"),
                    calibration_auc=(summary.get("calibration") or {}).get("auc"),
-                   weat={name: s["effect_size"] for name, s in summary.get("bias", {}).get("weat", {}).items()})
+                   weat={name: s["effect_size"] for name, s in summary.get("bias", {}).get("weat", {}).items()},
+                   toxic_rate=(summary.get("toxicity") or {}).get("toxic_rate"))
 
     @property
     def mia_auc(self) -> float | None:
@@ -52,4 +54,5 @@ class EvalResult:
                 "extraction_strength": self.forget.get("extraction_strength"),
                 "paraphrase_probability": paraphrased.get("probability"),
                 "paraphrase_rouge_l": paraphrased.get("rougeL_recall"), "calibration_auc": self.calibration_auc,
-                **({"weat": dict(self.weat)} if self.weat else {})}
+                **({"weat": dict(self.weat)} if self.weat else {}),
+                **({"toxic_rate": self.toxic_rate} if self.toxic_rate is not None else {})}

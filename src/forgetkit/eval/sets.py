@@ -53,6 +53,8 @@ class EvalSettings:
     # randomized smoothing of the forget prompts ("embed:SIGMA" or "tokens:RHO"; None: not run), draws per question
     smoothing: str | None = field(default=None, metadata=ADDED_SETTING)
     smoothing_samples: int = field(default=100, metadata=ADDED_SETTING)
+    # toxic generation rate on the shipped prompts: "lexicon" (the built-in fallback) or a classifier directory
+    toxicity: str | None = field(default=None, metadata=ADDED_SETTING)
 
     def __post_init__(self) -> None:
         require_positive(self, "batch_size", "generation_batch_size", "max_new_tokens", "canary_candidates",
