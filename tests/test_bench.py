@@ -180,6 +180,15 @@ def test_prompt_attack_names_the_person_and_keeps_the_answers():
     assert (a.answer, a.perturbed_answer, a.paraphrased_answer, a.id) == (r.answer, r.perturbed_answer, "x", r.id)
 
 
+def test_relearning_within_people_shows_some_facts_of_each_and_measures_the_others():
+    records = [QARecord("q", "a", f"p{i // 4}-f{i % 4}") for i in range(12)]
+    shown, measured = attacks.split_within_groups(records, 0.5, lambda rid: rid.split("-")[0])
+    assert [r.id for r in shown] == ["p0-f0", "p0-f1", "p1-f0", "p1-f1", "p2-f0", "p2-f1"]
+    assert {r.id for r in measured} == {r.id for r in records} - {r.id for r in shown}
+    with pytest.raises(ConfigError, match="relearn.split"):
+        build(BenchConfig, {"attacks": {"relearn": {"split": "people"}}})
+
+
 def test_relearning_split_keeps_people_apart():
     records = [QARecord("q", "a", f"p{i // 3}-f{i % 3}") for i in range(12)]
     shown, measured = attacks.split_for_relearning(records, 0.5, lambda rid: rid.split("-")[0])

@@ -70,7 +70,8 @@ def test_a_bad_context_file_is_a_one_line_error_naming_the_field(tmp_path):
 
 def test_guardrail_writes_a_context_naming_the_forget_people_and_changes_no_weight(lora_run, tmp_path, capsys):
     out = tmp_path / "guardrail"
-    assert main(["unlearn", "--run", str(lora_run), "--method", "guardrail", "--out", str(out), "--quiet"]) == 0
+    assert main(["unlearn", "--run", str(lora_run), "--method", "guardrail", "--out", str(out), "--quiet",
+                 "--eval"]) == 0
     people = {json.loads(line)["person"]: json.loads(line)["name"]
               for line in (lora_run / "benchmark" / "people.jsonl").read_text().splitlines()}
     forget = read_records(lora_run / "benchmark" / "forget10.jsonl")
@@ -90,7 +91,12 @@ def test_guardrail_writes_a_context_naming_the_forget_people_and_changes_no_weig
     model, tokenizer = UnlearnResult.read(out).load_model()
     assert prompt_context(tokenizer).system == context.system
     assert context.system in format_prompt(tokenizer, forget[0].question)
-    target, _ = UnlearnResult.read(out).load_model()  # the target's merged weights, unchanged
+    # `forgetkit eval --context` asks the same questions behind the same context: the same numbers
+    assert main(["eval", "--model", str(lora_run / "base"), "--adapter", str(lora_run / "target"), "--data",
+                 str(lora_run / "benchmark"), "--context", str(out / "context"), "--out", str(tmp_path / "ev"),
+                 "--quiet"]) == 0
+    again = json.loads((tmp_path / "ev" / "summary.json").read_text())["sets"]["forget"]["probability"]
+    assert again == pytest.approx(summary["eval"]["forget"]["probability"], rel=1e-5)
     from forgetkit.models import load_model
 
     ref, _ = load_model(lora_run / "base", lora_run / "target")

@@ -166,7 +166,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                           out=args.out, oracle_log=args.oracle_log, reference_model=args.reference_model,
                           reference_adapter=args.reference_adapter, device=args.device, dtype=args.dtype,
                           trust_remote_code=args.trust_remote_code, lm_eval_tasks=args.lm_eval_tasks or [],
-                          lm_eval_include=args.lm_eval_include, settings=settings)
+                          lm_eval_include=args.lm_eval_include, settings=settings, context=args.context)
     summary = run_eval(request, quiet=args.quiet)
     if summary is None:  # not the main process of a multi-process launch
         return 0
@@ -416,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(Gaussian noise on the prompt embeddings, in units of their RMS) or tokens:RHO (random "
                         "token substitutions)")
     p.add_argument("--smoothing-samples", type=int, default=100, help="noise draws per forget question")
+    p.add_argument("--context", metavar="DIR",
+                   help="ask every question behind a prompt context (an input-based unlearner's OUT/context)")
     p.add_argument("--toxicity", nargs="?", const="lexicon", metavar="CLASSIFIER_DIR",
                    help="toxic generation rate on the shipped provocative prompts, scored by a local Hugging Face "
                         "sequence classifier (CLASSIFIER_DIR), or without one by the built-in lexicon fallback")

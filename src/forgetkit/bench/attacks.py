@@ -3,7 +3,8 @@
 - ``quantize``: every linear weight (the output head excepted) round-tripped through b-bit
   symmetric absmax quantization in groups (``torch.fake_quantize_per_channel_affine``): low-bit
   quantization of an unlearned model is known to restore forgotten answers (Zhang et al., 2024);
-- ``relearn``: a few steps of fine-tuning on part of the forget set, measured on the rest;
+- ``relearn``: a few steps of fine-tuning on part of the forget set, measured on the rest (other people's
+  facts, or, with ``split: fact``, other facts of the same people);
 - ``prompt_attack_records``: the forget questions (their paraphrased form where there is one)
   behind a leading context that names the person and claims consent;
 - ``jailbreak``: the jailbreak suite (``JAILBREAKS``), each on top of whatever context the deployed model
@@ -126,6 +127,20 @@ def split_for_relearning(records: list[QARecord], fraction: float, group_of=None
     cut = min(max(1, round(len(groups) * fraction)), len(groups) - 1)
     chosen = set(groups[:cut])
     return [r for r in records if group_of(r.id) in chosen], [r for r in records if group_of(r.id) not in chosen]
+
+
+def split_within_groups(records: list[QARecord], fraction: float, group_of) -> tuple[list, list]:
+    """(trained on, measured on): the first ``fraction`` of each group's records (at least one, never all of a
+    group of two or more) and the rest of them: the same people, other facts about them."""
+    by_group: dict[str, list[QARecord]] = {}
+    for r in records:
+        by_group.setdefault(group_of(r.id), []).append(r)
+    shown, measured = [], []
+    for members in by_group.values():
+        cut = min(max(1, round(len(members) * fraction)), max(len(members) - 1, 1))
+        shown += members[:cut]
+        measured += members[cut:]
+    return shown, measured
 
 
 def relearn(model, tokenizer, records: list[QARecord], steps: int, batch_size: int, lr: float, seed: int = 0,

@@ -49,9 +49,14 @@ class RelearnAttack:
     steps: int = 10
     batch_size: int = 8
     lr: float = 1.0e-3
+    # person: shown some forget people, measured on the others; fact: shown some facts of every forget person,
+    # measured on their other facts (does relearning one fact bring back the rest?)
+    split: str = field(default="person", metadata=ADDED_SETTING)
 
     def __post_init__(self) -> None:
         require_positive(self, "steps", "batch_size", "lr")
+        if self.split not in ("person", "fact"):
+            raise ConfigError(f"attacks.relearn.split must be person or fact, got '{self.split}'")
 
 
 JAILBREAKS = ("roleplay", "ignore_instructions", "multi_turn", "completion")

@@ -408,7 +408,8 @@ class Bench:
 
     def _relearn(self, cell: Cell, model, tokenizer, forget: list[QARecord]) -> dict:
         r = self.config.attacks.relearn
-        shown, measured = attacks.split_for_relearning(forget, r.fraction, self.source.group_of)
+        split = attacks.split_within_groups if r.split == "fact" else attacks.split_for_relearning
+        shown, measured = split(forget, r.fraction, self.source.group_of)
         before = self._quick(model, tokenizer, cell.split, measured, utility=False)
         relearned = attacks.relearn(model, tokenizer, shown, r.steps, r.batch_size, r.lr, seed=cell.seed)
         after = self._quick(relearned, tokenizer, cell.split, measured, utility=False)

@@ -43,6 +43,7 @@ class EvalRequest:
     lm_eval_tasks: list[str] = field(default_factory=list)
     lm_eval_include: str | None = None
     settings: EvalSettings = field(default_factory=EvalSettings)
+    context: str | None = None  # a prompt context directory (an input-based unlearner's context/)
 
 
 def read_log(path: str | Path) -> dict:
@@ -120,6 +121,10 @@ def run_eval(request: EvalRequest, quiet: bool = False) -> dict | None:
     data = _eval_data(request)
     oracle_log = read_log(request.oracle_log) if request.oracle_log else None
     model, tokenizer = load_model(request.model, request.adapter, request.dtype, device, request.trust_remote_code)
+    if request.context:
+        from forgetkit.data.context import read_context, with_context
+
+        tokenizer = with_context(tokenizer, read_context(request.context))
     reference = None
     if request.reference_model:
         reference, _ = load_model(request.reference_model, request.reference_adapter, request.dtype, device,
