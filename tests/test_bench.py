@@ -397,3 +397,29 @@ def test_input_based_unlearners_are_evaluated_behind_their_context_and_face_the_
         assert rows[variant]["cost.trainable_parameters"]["mean"] == 0
         assert rows[variant]["metrics.forget_probability"]["mean"] != pytest.approx(
             rows["target"]["metrics.forget_probability"]["mean"], rel=1e-6)
+
+
+def test_robustness_verdict_takes_the_worst_attack_and_averages_by_kind(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness_verdict.py"
+    spec = importlib.util.spec_from_file_location("robustness_verdict", path)
+    verdict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verdict)
+
+    def cell(method: str, rouge: float, jailbreak: float, relearn: float) -> dict:
+        quick = {"forget_probability": 0.1, "forget_rouge_l": jailbreak}
+        return {"cell": {"method": method, "variant": method}, "status": "done",
+                "metrics": {"forget_rouge_l": rouge, "forget_probability": 0.1, "model_utility": 0.5},
+                "attacks": {"jailbreak_roleplay": quick, "prompt": {**quick, "forget_rouge_l": rouge},
+                            "relearn": {"before": quick, "after": {**quick, "forget_rouge_l": relearn}}}}
+
+    for i, (method, values) in enumerate({"guardrail": (0.1, 0.6, 0.9), "npo": (0.2, 0.3, 0.9),
+                                          "graddiff": (0.2, 0.1, 0.9)}.items()):
+        (tmp_path / "cells" / str(i)).mkdir(parents=True)
+        (tmp_path / "cells" / str(i) / "result.json").write_text(json.dumps(cell(method, *values)))
+    assert verdict.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "input-based: worst-attack forget ROUGE-L, mean over 1 methods: 0.600" in out  # relearn is not counted
+    assert "model-based: worst-attack forget ROUGE-L, mean over 2 methods: 0.250 (min 0.200, max 0.300)" in out
+    assert "| guardrail | input-based | 0.500 | 0.100 | 0.600 |" in out
