@@ -282,3 +282,10 @@ def test_report_renders_in_headless_chromium(report, chromium, tmp_path):
         colours = rgb.getcolors(maxcolors=1 << 20)
         non_white = sum(count for count, colour in colours if colour != (255, 255, 255))
     assert len(colours) > 300 and non_white > 0.05 * 1200 * 2000
+
+
+def test_every_attack_column_has_a_bar_label():
+    from forgetkit.bench.leaderboard import ATTACK_COLUMNS
+    from forgetkit.bench.plots import BAR_LABELS
+
+    assert {key for key, _ in ATTACK_COLUMNS} <= set(BAR_LABELS)

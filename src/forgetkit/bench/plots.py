@@ -35,6 +35,10 @@ BAR_LABELS = {
     "attacks.quantize_8.forget_probability": "8-bit quantized",
     "attacks.quantize_4.forget_probability": "4-bit quantized",
     "attacks.prompt.forget_probability": "prompt attack",
+    "attacks.jailbreak_roleplay.forget_probability": "role-play jailbreak",
+    "attacks.jailbreak_ignore_instructions.forget_probability": "ignore-instructions jailbreak",
+    "attacks.jailbreak_multi_turn.forget_probability": "multi-turn jailbreak",
+    "attacks.jailbreak_completion.forget_probability": "completion jailbreak (rest of answer)",
 }
 REFERENCE_STYLE = {
     "target": {"marker": "X", "color": "red", "s": 140},
