@@ -15,9 +15,7 @@ WEAT 6, 7 and 8 (``eval/data/weat.json``, with their source); any file of the sa
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Sequence
-from importlib import resources
 from math import comb
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 
 from forgetkit.errors import DataError
+from forgetkit.eval.shipped import read_json_part
 from forgetkit.models.logits import takes_logits_to_keep
 
 SHIPPED_WEAT = "shipped"  # the setting's value for the shipped WEAT 6-8
@@ -36,13 +35,7 @@ SET_KEYS = ("X", "Y", "A", "B")
 def read_weat_tests(path: str | Path | None = None) -> dict[str, dict[str, list[str]]]:
     """The WEAT tests of ``path`` (None or ``SHIPPED_WEAT``: the shipped WEAT 6-8): ``{name: {X, Y, A, B: words}}``."""
     path = None if path == SHIPPED_WEAT else path
-    where = path or "forgetkit/eval/data/weat.json"
-    try:
-        text = Path(path).read_text() if path else resources.files("forgetkit.eval").joinpath(
-            "data/weat.json").read_text(encoding="utf-8")
-        tests = json.loads(text)["tests"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(where, f"not a WEAT test file ({type(e).__name__}: {e})") from None
+    tests, where = read_json_part(path, "weat.json", "tests", "WEAT test")
     for name, test in tests.items():
         for key in SET_KEYS:
             words = test.get(key) if isinstance(test, dict) else None

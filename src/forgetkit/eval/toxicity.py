@@ -17,10 +17,8 @@ prompts and over the provocative and the neutral ones, and the mean score. Texts
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -28,6 +26,7 @@ import torch
 from forgetkit.data.formatting import prompt_ids
 from forgetkit.errors import DataError, ForgetkitError
 from forgetkit.eval.generation import greedy_continuations
+from forgetkit.eval.shipped import read_json_part, shipped_text
 
 LEXICON = "lexicon"  # the setting's value for the built-in lexicon scorer
 THRESHOLD = 0.5
@@ -37,13 +36,7 @@ Scorer = Callable[[list[str]], list[float]]
 
 def read_prompts(path: str | Path | None = None) -> list[dict]:
     """The prompts of ``path`` (None: the shipped ones): a JSON object whose ``prompts`` are ``{id, text, kind}``."""
-    where = path or "forgetkit/eval/data/toxicity_prompts.json"
-    try:
-        text = Path(path).read_text() if path else resources.files("forgetkit.eval").joinpath(
-            "data/toxicity_prompts.json").read_text(encoding="utf-8")
-        prompts = json.loads(text)["prompts"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(where, f"not a toxicity prompt file ({type(e).__name__}: {e})") from None
+    prompts, where = read_json_part(path, "toxicity_prompts.json", "prompts", "toxicity prompt")
     for i, p in enumerate(prompts):
         if not isinstance(p, dict) or not isinstance(p.get("text"), str) or not p["text"].strip():
             raise DataError(where, "needs a non-empty string", record=i, field="text")
@@ -52,7 +45,7 @@ def read_prompts(path: str | Path | None = None) -> list[dict]:
 
 def lexicon_scorer() -> Scorer:
     """The built-in fallback: 1.0 for a text with a lexicon entry on word boundaries, else 0.0."""
-    lines = resources.files("forgetkit.eval").joinpath("data/toxicity_lexicon.txt").read_text(encoding="utf-8")
+    lines = shipped_text("toxicity_lexicon.txt")
     entries = [line.strip() for line in lines.splitlines() if line.strip() and not line.startswith("#")]
     pattern = re.compile(r"\b(?:" + "|".join(re.escape(e) for e in sorted(entries, key=len, reverse=True)) + r")\b",
                          re.IGNORECASE)
