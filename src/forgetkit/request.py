@@ -336,13 +336,17 @@ class UnlearnResult:
         return model, tokenizer
 
 
-def load_record(model_dir: Path, adapter_in: Path | None, result: Path, in_place: bool, full: bool) -> dict:
+def load_record(model_dir: Path, adapter_in: Path | None, result: Path, in_place: bool, full: bool,
+                context: bool = False) -> dict:
     """How to rebuild an unlearned model: a model directory, an adapter merged into it first (the LoRA target
-    a method trained a new adapter over), then the result's adapter; a full-mode result is the model."""
+    a method trained a new adapter over), then the result's adapter; a full-mode result is the model; an
+    input-based result (``context``) is the unchanged model with ``result`` as the context its prompts carry."""
     if full:
         return {"model": str(result), "merge": None, "adapter": None}
-    return {"model": str(model_dir), "merge": None if in_place or adapter_in is None else str(adapter_in),
-            "adapter": str(result)}
+    merge = None if in_place or adapter_in is None else str(adapter_in)
+    if context:
+        return {"model": str(model_dir), "merge": merge, "adapter": None, "context": str(result)}
+    return {"model": str(model_dir), "merge": merge, "adapter": str(result)}
 
 
 def finish(request: UnlearnRequest, audit: AuditRecord, summary: dict, model=None, tokenizer=None) -> UnlearnResult:

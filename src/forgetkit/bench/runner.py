@@ -385,11 +385,12 @@ class Bench:
         for bits in [] if shard_set else a.quantize_bits:
             cached(f"quantize_{bits}", lambda bits=bits: self._quick(attacks.quantize(model, bits), tokenizer,
                                                                        cell.split, forget))
+        names = self.source.person_names(forget)
         if a.prompt:
-            prompted = attacks.prompt_attack_records(forget, self.source.person_names(forget))
+            prompted = attacks.prompt_attack_records(forget, names)
             cached("prompt", lambda: self._quick(model, tokenizer, cell.split, prompted, utility=False))
         for kind in a.jailbreaks:
-            asked, asking = attacks.jailbreak(kind, forget, tokenizer, self.source.person_names(forget))
+            asked, asking = attacks.jailbreak(kind, forget, tokenizer, names)
             cached(f"jailbreak_{kind}", lambda asked=asked, asking=asking: self._jailbroken(model, asking, cell, asked))
         if a.relearn.enabled and not shard_set:
             cached("relearn", lambda: self._relearn(cell, model, tokenizer, forget))

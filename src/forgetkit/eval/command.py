@@ -172,3 +172,14 @@ def evaluate_into(out: Path, model, tokenizer, data: EvalData, oracle_log: dict 
     write_json(out / "eval_log_aggregated.json", eval_log)
     write_json(out / "summary.json", summary)
     return EvalResult.from_summary(summary)
+
+
+def evaluate_run_into(out: Path, model, tokenizer, run: PreparedRun | None, split: str, forget: list,
+                      quiet: bool) -> EvalResult:
+    """An unlearning request's ``--eval``: with a prepared run, the split's benchmark sets against the run's oracle
+    log; else the forget records alone (no Forget Quality)."""
+    if run is not None:
+        data, oracle_log = benchmark_data(run.benchmark, split), oracle_log_of(run, split)
+    else:
+        data, oracle_log = EvalData(forget=forget), None
+    return evaluate_into(out, model, tokenizer, data, oracle_log, quiet)

@@ -20,8 +20,7 @@ from forgetkit.data.formatting import prompt_ids
 from forgetkit.data.records import group_of
 from forgetkit.device import resolve_device
 from forgetkit.errors import ForgetkitError
-from forgetkit.eval.command import evaluate_into, oracle_log_of
-from forgetkit.eval.sets import EvalData, benchmark_data
+from forgetkit.eval.command import evaluate_run_into
 from forgetkit.incontext.base import ContextInputs, build_input_unlearner
 from forgetkit.io import write_json
 from forgetkit.request import UnlearnRequest, UnlearnResult, audit_of, finish, load_record, now, resolve_inputs
@@ -60,14 +59,10 @@ def run_input(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
                "retain_examples": len(inputs.retain or []),
                "context_tokens": {"mean": sum(added) / max(len(added), 1), "max": max(added, default=0)}}
     if request.evaluate:
-        if request.run:
-            run = request.prepared_run()
-            data, oracle_log = benchmark_data(run.benchmark, request.split), oracle_log_of(run, request.split)
-        else:
-            data, oracle_log = EvalData(forget=inputs.forget), None
-        summary["eval"] = evaluate_into(out / "eval", model, guarded, data, oracle_log, quiet).to_dict()
-    load = {**load_record(inputs.model, inputs.adapter, context_dir, in_place=False, full=False),
-            "adapter": None, "context": str(context_dir)}
+        run = request.prepared_run() if request.run else None
+        summary["eval"] = evaluate_run_into(out / "eval", model, guarded, run, request.split, inputs.forget,
+                                            quiet).to_dict()
+    load = load_record(inputs.model, inputs.adapter, context_dir, in_place=False, full=False, context=True)
     audit = audit_of(config, inputs.model, inputs.forget_set(), context_dir, started,
                      retain=inputs.retain_set(), origin=inputs.origin, load=load)
     return finish(request, audit, summary, model, guarded)

@@ -23,7 +23,7 @@ from forgetkit.data.formatting import pad_id, tokenize_qa
 from forgetkit.data.records import QARecord
 from forgetkit.device import resolve_device
 from forgetkit.errors import ConfigError, ForgetkitError
-from forgetkit.eval.command import evaluate_into, oracle_log_of
+from forgetkit.eval.command import evaluate_run_into, oracle_log_of
 from forgetkit.eval.evaluate import evaluate
 from forgetkit.eval.result import EvalResult
 from forgetkit.eval.sets import EvalData, EvalSettings, benchmark_data
@@ -268,9 +268,5 @@ def _periodic_eval(request: UnlearnRequest, tokenizer):
 
 
 def _evaluate(request: UnlearnRequest, model, tokenizer, inputs: RequestInputs, out: Path, quiet: bool) -> dict:
-    if request.run:
-        run = request.prepared_run()
-        data, oracle_log = benchmark_data(run.benchmark, request.split), oracle_log_of(run, request.split)
-    else:
-        data, oracle_log = EvalData(forget=inputs.forget), None
-    return evaluate_into(out / "eval", model, tokenizer, data, oracle_log, quiet).to_dict()
+    run = request.prepared_run() if request.run else None
+    return evaluate_run_into(out / "eval", model, tokenizer, run, request.split, inputs.forget, quiet).to_dict()
