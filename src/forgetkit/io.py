@@ -57,6 +57,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def set_aside(path: str | os.PathLike, reason: str, log=None) -> Path:
+    """Move a damaged cache entry (a file or directory that does not parse) out of the way, never deleting it:
+    it is renamed to ``<name>.damaged`` (``<name>.damaged.1``, ``.2`` … when that is taken) and reported once on
+    stderr (or through ``log``). The caller then recomputes it. Returns the new path."""
+    path = Path(path)
+    target = path.with_name(path.name + ".damaged")
+    n = 0
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged.{n}")
+    os.replace(path, target)
+    message = f"warning: {path}: {reason}; set aside as {target.name} and recomputed"
+    if log is None:
+        import sys
+
+        print(message, file=sys.stderr)
+    else:
+        log(message)
+    return target
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp:
