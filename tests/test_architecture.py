@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "forgetkit"
 LAYERS: dict[str, int] = {
     "forgetkit": 0, "forgetkit.errors": 0, "forgetkit.io": 0, "forgetkit.config": 0, "forgetkit.cost": 0,
     "forgetkit.device": 0, "forgetkit.checks": 0, "forgetkit.configs": 0,
+    "forgetkit.locks": 0,
     "forgetkit.data": 1, "forgetkit.models": 1, "forgetkit.adapters": 1, "forgetkit.influence": 1,
     "forgetkit.runs": 1,
     "forgetkit.train": 2, "forgetkit.eval": 2,

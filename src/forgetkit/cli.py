@@ -1,7 +1,8 @@
 """The ``forgetkit`` command line: parse, build a config, call the library. No logic here.
 
-User errors (:class:`ForgetkitError`, and the command line's own usage errors) print one line and
-exit with code 2 (3 for a diverged training) without a traceback. Anything else is a bug: a
+User errors (:class:`ForgetkitError`, the command line's own usage errors, and environmental faults such as a
+full disk, a quota or a read-only file system) print one line and exit with code 2 (3 for a diverged training)
+without a traceback. Anything else is a bug: a
 one-line summary, then the traceback, and exit code 1.
 """
 
@@ -13,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from forgetkit.errors import ConfigError, ForgetkitError, SettingError, first_line
+from forgetkit.errors import ConfigError, ForgetkitError, SettingError, environment_fault, first_line
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -52,7 +53,7 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
     request = UnlearnRequest(out=args.out, config=config, model=args.model, adapter=args.adapter, forget=args.forget,
                              retain=args.retain, run=args.run, split=args.split, evaluate=args.eval,
                              eval_every=args.eval_every, device=args.device, edits=args.edits, ledger=args.ledger,
-                             calibration=args.calibration)
+                             calibration=args.calibration, allow_overlap=args.allow_overlap)
     result = run_unlearn(request, quiet=args.quiet)
     if result is None:  # not the main process of a multi-process launch
         return 0
@@ -267,10 +268,13 @@ def _cmd_shard_train(args: argparse.Namespace) -> int:
     return 0
 
 
+AUDIT_MISMATCH = 4  # forgetkit audit verify: the output is gone or no longer has its recorded fingerprint
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     import json
 
-    from forgetkit.audit.ledger import entries, entry, format_entry
+    from forgetkit.audit.ledger import entries, entry, format_entry, verify
     from forgetkit.request import default_ledger
 
     ledger = default_ledger(args.ledger, args.run, out=None)
@@ -282,6 +286,18 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         if not args.id:
             raise ForgetkitError("audit show: give the request id (forgetkit audit list shows them)")
         print(format_entry(entry(ledger, args.id)))
+    elif args.action == "verify":
+        if not args.id:
+            raise ForgetkitError("audit verify: give the request id (forgetkit audit list shows them)")
+        e = entry(ledger, args.id)
+        check = verify(e)
+        if check["now"] is None:
+            print(f"request {e['id']}: DOES NOT MATCH: its output {check['path']} is gone "
+                  f"(recorded {check['recorded']})")
+        else:
+            print(f"request {e['id']}: output {check['path']}: fingerprint {check['now']} "
+                  + ("matches the record" if check["matches"] else f"DOES NOT MATCH the recorded {check['recorded']}"))
+        return 0 if check["matches"] else AUDIT_MISMATCH
     elif args.action == "export":
         text = json.dumps(entries(ledger), indent=2, ensure_ascii=False) + "\n"
         if args.out:
@@ -348,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "train.epochs is the most it may train; criterion.* tunes the checks")
     p.add_argument("--calibration", help="with --until: examples like the forget set's that the model never trained "
                                          "on (default with --run: the run's calibration people)")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="accept retain records that are also in the forget set (refused by default: the method would "
+                        "train on what it is asked to forget)")
     p.add_argument("--device", default="auto")
     p.add_argument("--ledger", help="the audit ledger (SQLite) to append the request to (default: RUN/ledger.sqlite "
                                     "with --run, else ledger.sqlite beside --out)")
@@ -463,9 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_shard_train)
 
-    p = sub.add_parser("audit", help="the ledger of unlearning requests: list, show one, export as JSON")
-    p.add_argument("action", choices=("list", "show", "export"))
-    p.add_argument("id", nargs="?", help="show: a request id (or its unique suffix)")
+    p = sub.add_parser("audit", help="the ledger of unlearning requests: list, show one, export as JSON, verify "
+                                     "that a request's output still has its recorded fingerprint")
+    p.add_argument("action", choices=("list", "show", "export", "verify"))
+    p.add_argument("id", nargs="?", help="show, verify: a request id (or its unique suffix)")
     p.add_argument("--ledger", help="the ledger file (default: RUN/ledger.sqlite with --run, else ./ledger.sqlite)")
     p.add_argument("--run", help="a prepared run directory whose ledger to read")
     p.add_argument("--json", action="store_true", help="export: JSON (the only format; accepted for clarity)")
@@ -493,7 +513,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into a reader that stopped (e.g. `| head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except Exception as exc:  # a bug, not a user error: say so in one line, then the traceback
+    except Exception as exc:  # a full disk or a vanished path is the user's; anything else is a bug
+        fault = environment_fault(exc, where=getattr(args, "out", None))
+        if fault is not None:
+            print(f"error: {fault}", file=sys.stderr)
+            return fault.exit_code
         import traceback
 
         print(f"internal error (a bug in forgetkit, please report it with the traceback below): "

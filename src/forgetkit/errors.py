@@ -6,6 +6,8 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import re
+
 
 class ForgetkitError(Exception):
     """An error caused by the user's input or environment (bad file, bad config, missing model)."""
@@ -76,3 +78,48 @@ def require_positive(obj: object, *names: str, allow_zero: bool = False) -> None
         value = getattr(obj, name)
         if value is not None and (value < 0 or (value == 0 and not allow_zero)):
             raise SettingError(name, f"must be {'≥ 0' if allow_zero else 'positive'}, got {value}")
+
+
+# The causes an environment, not forgetkit, is to blame for: errno → what the user is told.
+ENVIRONMENT_ERRNOS = {
+    28: "no space left on device",  # ENOSPC
+    122: "disk quota exceeded",  # EDQUOT
+    30: "read-only file system",  # EROFS
+    13: "permission denied",  # EACCES
+    1: "operation not permitted",  # EPERM
+    2: "no such file or directory (it vanished while the command ran)",  # ENOENT
+    116: "stale file handle",  # ESTALE
+    5: "input/output error",  # EIO
+}
+VANISHED = (2, 116)
+# forgetkit.io's temporary sibling of an output being written: /.NAME.PID.RANDOM.tmp/NAME
+_TEMPORARY = re.compile(r"/\.([^/]+)\.\d+\.[^/]+\.tmp/\1(?=/|$)")
+# The same causes as libraries word them when they wrap the OS error (safetensors' Rust writer, SQLite).
+ENVIRONMENT_MESSAGES = (
+    ("no space left on device", 28), ("os error 28", 28), ("database or disk is full", 28),
+    ("disk quota exceeded", 122), ("os error 122", 122), ("read-only file system", 30), ("os error 30", 30),
+    ("attempt to write a readonly database", 30),
+)
+
+
+def environment_fault(exc: BaseException, where: object = None) -> ForgetkitError | None:
+    """The user's error an environmental fault is (a full disk, a quota, a read-only file system, a path that
+    vanished mid-run), as a one-line :class:`ForgetkitError` naming the path and the cause; None when ``exc``
+    (and what it was raised from) is not one. ``where`` names the output when the error does not name a path."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        cause, path = None, None
+        if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+            # a missing path is the environment's fault only when it names the path (it vanished mid-run)
+            if exc.errno not in VANISHED or exc.filename:
+                cause, path = ENVIRONMENT_ERRNOS[exc.errno], exc.filename
+        else:
+            text = str(exc).lower()
+            cause = next((ENVIRONMENT_ERRNOS[n].split(" (")[0] for m, n in ENVIRONMENT_MESSAGES if m in text), None)
+        if cause:
+            path = _TEMPORARY.sub(r"/\1", str(path)) if path else None  # the output, not its temporary sibling
+            return ForgetkitError(f"{path or where or 'the output'}: {cause}; nothing half-written was kept: fix it "
+                                  "(free space, make it writable) and rerun the same command to resume")
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -29,7 +29,7 @@ from forgetkit.config import (
     shipped_configs,
 )
 from forgetkit.data.edits import EDIT_KINDS
-from forgetkit.data.readers import read_records
+from forgetkit.data.readers import find_overlap, read_records, refuse_overlap
 from forgetkit.data.records import QARecord, records_hash
 from forgetkit.errors import ConfigError, ForgetkitError, SettingError, require_positive
 from forgetkit.eval.calibration import UNTIL, CriterionSettings
@@ -112,6 +112,7 @@ class UnlearnRequest:
     retain_records: list[QARecord] | None = None
     calibration: str | None = None  # never-trained examples like the forget set's (--until); with --run: the run's
     calibration_records: list[QARecord] | None = None
+    allow_overlap: bool = False  # --allow-overlap: forget records in the retain or calibration set are accepted
 
     def ledger_path(self) -> Path:
         return default_ledger(self.ledger, self.run, self.out)
@@ -188,18 +189,26 @@ def resolve_inputs(request: UnlearnRequest, starts_from_base: bool = False) -> R
         run = request.prepared_run(stages=(start,))
         ref = run.model_of(start)
         stage = run.stage(start)
-        return RequestInputs(ref.model, ref.adapter, read_records(run.forget_file(request.split)),
-                             run.forget_file(request.split), run.retain_records(request.split),
-                             run.retain_file(request.split),
-                             {"run": str(run.root), "stage": start, "stage_key": stage.get("key")})
+        inputs = RequestInputs(ref.model, ref.adapter, read_records(run.forget_file(request.split)),
+                               run.forget_file(request.split), run.retain_records(request.split),
+                               run.retain_file(request.split),
+                               {"run": str(run.root), "stage": start, "stage_key": stage.get("key")})
+        return _disjoint(inputs, request)
     if not request.model or not (request.forget or request.forget_records is not None):
         raise ForgetkitError("unlearn: give --model DIR and --forget FILE (and usually --retain FILE), or --run DIR")
     forget = request.forget_records if request.forget_records is not None else read_records(request.forget)
     retain = request.retain_records if request.retain_records is not None else (
         read_records(request.retain) if request.retain else None)
-    return RequestInputs(Path(request.model), Path(request.adapter) if request.adapter else None, forget,
-                         Path(request.forget) if request.forget_records is None else None, retain,
-                         Path(request.retain) if request.retain and request.retain_records is None else None, {})
+    return _disjoint(RequestInputs(Path(request.model), Path(request.adapter) if request.adapter else None, forget,
+                                   Path(request.forget) if request.forget_records is None else None, retain,
+                                   Path(request.retain) if request.retain and request.retain_records is None else None,
+                                   {}), request)
+
+
+def _disjoint(inputs: RequestInputs, request: UnlearnRequest) -> RequestInputs:
+    """The inputs, once their retain set is checked to hold no forget record (or ``--allow-overlap`` says so)."""
+    refuse_overlap(inputs.forget, inputs.retain, "retain", source=inputs.retain_file, allow=request.allow_overlap)
+    return inputs
 
 
 def calibration_of(request: UnlearnRequest, forget: list[QARecord],
@@ -223,12 +232,17 @@ def calibration_of(request: UnlearnRequest, forget: list[QARecord],
                              "the forget set's that the model never trained on)")
     if not records:
         raise ForgetkitError(f"{file or 'the calibration records'}: the calibration set is empty")
-    seen = {r.content_hash() for r in forget + (retain or [])}
     ids = {r.id for r in forget + (retain or [])}
     for r in records:
-        if r.content_hash() in seen or r.id in ids:
+        if r.id in ids:
             raise ForgetkitError(f"{file or 'the calibration records'}: record '{r.id}' (field id) is also in the "
                                  "forget or retain set; a calibration set must be data the model never trained on")
+    for role, trained in (("forget", forget), ("retain", retain or [])):
+        overlap = find_overlap(records, trained)
+        if overlap:
+            raise ForgetkitError(f"{file or 'the calibration records'}: {len(overlap)} record(s) of the {role} set "
+                                 f"are also in the calibration set (the first: {role} record '{trained[overlap[0]].id}'"
+                                 ", field id); a calibration set must be data the model never trained on")
     return records, file
 
 
@@ -272,8 +286,12 @@ class AuditRecord:
 
 
 def fingerprinted(path: Path | None, pattern: str | None = None) -> dict | None:
-    """An audit record's view of a directory: its path and fingerprint (None for no directory)."""
-    return {"path": str(path), "hash": dir_hash(path, pattern)} if path else None
+    """An audit record's view of a directory: its absolute path and fingerprint (None for no directory), and the
+    pattern of the files fingerprinted when not the default, so that ``forgetkit audit verify`` can recompute it."""
+    if not path:
+        return None
+    return {"path": str(Path(path).resolve()), "hash": dir_hash(path, pattern), **({"pattern": pattern} if pattern
+                                                                                  else {})}
 
 
 def audit_of(config: UnlearnConfig, model: Path, forget: dict, output: Path, started: str, **fields) -> AuditRecord:

@@ -5,8 +5,8 @@ Importing this module registers every unlearner (``forgetkit.methods``, ``forget
 looks the method up in :mod:`forgetkit.registry` and hands the request to the runner of its kind:
 the training loop for gradient methods (:mod:`forgetkit.methods.command`), the closed form for editors
 (:mod:`forgetkit.editors.command`), shard retraining for sharded exact unlearning
-(:mod:`forgetkit.exact.command`), a context for input-based unlearners (:mod:`forgetkit.incontext.command`).
-Each ends in :func:`forgetkit.request.finish`.
+(:mod:`forgetkit.exact.command`), a context for input-based unlearners (:mod:`forgetkit.incontext.command`),
+holding the output's writer lock (:mod:`forgetkit.locks`) while it runs. Each ends in :func:`forgetkit.request.finish`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from forgetkit import editors, incontext, methods  # noqa: F401  (each registers
 from forgetkit.editors.command import run_edit
 from forgetkit.exact.command import run_shard_delete
 from forgetkit.incontext.command import run_input
+from forgetkit.locks import output_lock
 from forgetkit.methods.command import run_gradient
 from forgetkit.registry import EDITOR, GRADIENT, INPUT, SHARDED, UNLEARNERS, unlearner
 from forgetkit.request import UnlearnConfig, UnlearnRequest, UnlearnResult, check_request
@@ -32,7 +33,8 @@ def run_unlearn(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult |
     other processes of a multi-process launch)."""
     entry = unlearner(request.config.method)
     check_request(request, adapter_is_shard_set=entry.kind == SHARDED)
-    return RUNNERS[entry.kind](request, quiet=quiet)
+    with output_lock(request.out, "--out"):  # one writer per output: a second request on it is refused here
+        return RUNNERS[entry.kind](request, quiet=quiet)
 
 
 def load_unlearned(out: str | Path, device: str = "cpu"):

@@ -191,6 +191,30 @@ def entry(ledger: str | Path, request_id: str) -> dict:
     return found[0]
 
 
+def verify(e: dict) -> dict:
+    """Recompute the fingerprint of a recorded request's output: ``{path, recorded, now, matches}`` (``now`` is
+    None when the output is gone). The files fingerprinted are the ones the request hashed: the pattern its
+    ``audit.json`` (beside the output) records, else the default ones (``forgetkit.io.dir_hash``)."""
+    from forgetkit.io import dir_hash
+
+    if not e.get("output_path") or not e.get("output_hash"):
+        raise ForgetkitError(f"request {e['id']}: the ledger records no output fingerprint to verify")
+    out = Path(e["output_path"])
+    result = {"path": str(out), "recorded": e["output_hash"], "now": None, "matches": False}
+    if not out.is_dir():
+        return result
+    pattern = None
+    try:
+        audit = json.loads((out.parent / "audit.json").read_text(encoding="utf-8"))
+        if (audit.get("output") or {}).get("hash") == e["output_hash"]:
+            pattern = audit["output"].get("pattern")
+    except (OSError, ValueError, AttributeError):
+        pass  # no readable audit.json beside it: the default files
+    result["now"] = dir_hash(out, pattern)
+    result["matches"] = result["now"] == e["output_hash"]
+    return result
+
+
 def format_entry(e: dict) -> str:
     """One request, in words a compliance officer can read."""
     metrics = json.loads(e["metrics_json"] or "{}")

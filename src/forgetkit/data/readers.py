@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 
 from forgetkit.data.records import RECORD_TYPES, REQUIRED_FIELDS, FieldMap, QARecord, TextRecord
-from forgetkit.errors import ConfigError, DataError, first_line
+from forgetkit.errors import ConfigError, DataError, ForgetkitError, first_line
 
 log = logging.getLogger("forgetkit")
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -262,6 +262,24 @@ def find_overlap(forget: list, retain: list) -> list[int]:
     """Indices into ``retain`` of records whose content also appears in ``forget``."""
     forget_keys = {_content_key(r) for r in forget}
     return [i for i, r in enumerate(retain) if _content_key(r) in forget_keys]
+
+
+def refuse_overlap(forget: list, other: list | None, role: str, *, source: object = None,
+                   allow: bool = False) -> int:
+    """Refuse a ``role`` set (retain, calibration, holdout) that holds forget records, by content (text,
+    case and spacing aside): one line naming the first such record's id and the count, so that a method never
+    trains on what it is asked to forget, nor measures against it. ``allow`` (``--allow-overlap``) lets a user
+    who means it go on; the overlap is then logged by count. Returns the overlap's size."""
+    overlap = find_overlap(forget, other or [])
+    if not overlap:
+        return 0
+    if not allow:
+        first = other[overlap[0]]
+        raise ForgetkitError(f"{source or f'the {role} set'}: {len(overlap)} {role} record(s) are also in the forget "
+                             f"set (the first: record '{first.id}', field id); remove them (forgetkit data check "
+                             "--dedupe), or pass --allow-overlap if you mean it")
+    log.warning("%d %s record(s) also appear in the forget set (--allow-overlap)", len(overlap), role)
+    return len(overlap)
 
 
 def remove_overlap(forget: list, retain: list, *, dedupe: bool) -> tuple[list, int]:

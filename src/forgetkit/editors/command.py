@@ -22,7 +22,7 @@ from forgetkit.config import config_hash
 from forgetkit.cost import measure
 from forgetkit.data.edits import EDIT_KINDS, EditRecord, read_edits
 from forgetkit.data.formatting import pad_id, tokenize_qa, tokenize_text
-from forgetkit.data.readers import read_records
+from forgetkit.data.readers import read_records, refuse_overlap
 from forgetkit.data.records import QARecord, group_of
 from forgetkit.device import resolve_device
 from forgetkit.editors.base import EditData, build_editor, lora_parameters
@@ -81,6 +81,8 @@ def _inputs(request: UnlearnRequest) -> dict:
         originals = request.forget_records
     else:
         originals = read_records(request_path)
+    if not request.run:  # a user's retain set holds no forget record (a prepared run's training set does)
+        refuse_overlap(originals, training, "retain", source=request.retain, allow=request.allow_overlap)
     removed = {r.content_hash() for r in originals} | {r.id for r in originals}
     kept = [r for r in training if r.id not in removed and r.content_hash() not in removed]
     return {"model": model_dir, "adapter": adapter_dir, "request_path": request_path, "edits": edits,

@@ -20,6 +20,7 @@ import torch
 from forgetkit import checks
 from forgetkit.errors import ForgetkitError, first_line
 from forgetkit.io import atomic_path, write_json
+from forgetkit.locks import output_lock
 
 GGUF_MAGIC = b"GGUF"
 PROBE = "What is the capital of France?"
@@ -67,16 +68,22 @@ def _probe_logits(model, tokenizer) -> torch.Tensor:
 
 def import_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike, tolerance: float = 1e-5) -> dict:
     """Convert ``gguf_file`` into a Hugging Face directory at ``out_dir``; return the import record."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from forgetkit.models.loading import load_model
-
     source = Path(gguf_file)
     out = Path(out_dir)
     checks.input_file(source, "GGUF")
     checks.output_path(out, "--out", [source])
     if out.is_dir() and any(out.iterdir()) and not (out / "import.json").is_file():
         raise ForgetkitError(f"{out}: --out is a non-empty directory that no import wrote; choose another")
+    with output_lock(out, "--out"):
+        return _convert(source, out, tolerance)
+
+
+def _convert(source: Path, out: Path, tolerance: float) -> dict:
+    """The import itself: read, dequantise, save, reload-check (``out`` checked and locked by the caller)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from forgetkit.models.loading import load_model
+
     architecture = gguf_architecture(source)
     known = supported_architectures()
     if architecture not in known:

@@ -8,6 +8,7 @@ Weights are written as safetensors.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from forgetkit import checks
 from forgetkit.errors import ForgetkitError, first_line
 from forgetkit.io import atomic_path
+from forgetkit.locks import output_lock
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -68,14 +70,33 @@ def save_model(model: PreTrainedModel, tokenizer, out_dir: str | os.PathLike) ->
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        canonical_adapter_config(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return out_dir
+
+
+# adapter_config.json fields that peft holds as sets and writes in hash-seed order
+SET_VALUED_ADAPTER_FIELDS = ("target_modules", "modules_to_save", "exclude_modules")
+
+
+def canonical_adapter_config(directory: Path) -> None:
+    """Rewrite a saved ``adapter_config.json`` canonically (set-valued lists sorted, keys sorted), so that two
+    identical runs write identical bytes and the output fingerprint reproduces; no-op without one."""
+    path = Path(directory) / "adapter_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in SET_VALUED_ADAPTER_FIELDS:
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def export_merged(model_dir: str | os.PathLike, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Merge the adapter (plain, sine or clipped LoRA) into the model's weights and write a plain
     Hugging Face checkpoint: the form in which any adapter, the sine kind included, reaches other tools."""
     checks.output_path(out_dir, "--out", [model_dir, adapter_dir])
-    model, tokenizer = load_model(model_dir, adapter_dir)
-    return save_model(model.merge_and_unload(), tokenizer, out_dir)
+    with output_lock(out_dir, "--out"):
+        model, tokenizer = load_model(model_dir, adapter_dir)
+        return save_model(model.merge_and_unload(), tokenizer, out_dir)
