@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from forgetkit.errors import DataError, ForgetkitError, first_line
+from forgetkit.io import set_aside
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -50,6 +51,19 @@ def json_object(path: Path) -> dict:
     if not isinstance(doc, dict):
         raise DataError(path, f"expected a JSON object, got {type(doc).__name__}")
     return doc
+
+
+def cached_object(path: Path) -> dict | None:
+    """The JSON object a cache file holds (a bench cell's ``result.json``, a run's ``summary.json`` …); None when
+    there is none, or when it is damaged (not UTF-8, not JSON, not an object): it is then set aside
+    (:func:`forgetkit.io.set_aside`), for the caller to recompute."""
+    if not path.is_file():
+        return None
+    try:
+        return json_object(path)
+    except DataError as exc:
+        set_aside(path, exc.problem)
+        return None
 
 
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:

@@ -78,6 +78,11 @@ def set_aside(path: str | os.PathLike, reason: str, log=None) -> Path:
     return target
 
 
+def _set_aside(relative: Path) -> bool:
+    """Whether a path lies in (or is) something :func:`set_aside` moved away."""
+    return any(part.endswith(".damaged") or ".damaged." in part for part in relative.parts)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp:
@@ -105,10 +110,12 @@ def fingerprint(chunks: Iterable[bytes]) -> str:
 
 def dir_hash(path: Path, pattern: str | None = None) -> str:
     """The fingerprint of a model or adapter directory: the names and bytes of its weight and config files
-    (``*.safetensors``, ``*.json`` at its top), or of the files under it that match ``pattern``."""
+    (``*.safetensors``, ``*.json`` at its top), or of the files under it that match ``pattern``; what
+    :func:`set_aside` moved away (``*.damaged``, ``*.damaged.N``) is not part of it."""
     path = Path(path)
     if pattern is None:
         files = [f for f in sorted(path.iterdir()) if f.suffix in (".safetensors", ".json") and f.is_file()]
     else:
         files = sorted(f for f in path.glob(pattern) if f.is_file())
+    files = [f for f in files if not _set_aside(f.relative_to(path))]
     return fingerprint(part for f in files for part in (f.relative_to(path).as_posix().encode(), f.read_bytes()))

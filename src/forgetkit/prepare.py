@@ -18,11 +18,15 @@ Every training records its wall time and peak memory in its ``stage.json``: the
 denominators of all later cost ratios. ``summary.json`` holds greedy exact-match accuracy
 of the target and the oracles on forget and holdout answers, the proof that memorisation
 is real and that the oracle never saw the forget set.
+
+``stage.json`` also records the fingerprint of the stage's weights (``weights_hash``, not part
+of the key). A stage whose ``stage.json`` or weights no longer parse, or whose weights no longer
+match that fingerprint, is set aside (``<stage>.damaged``, never deleted) and built again; so is
+a damaged ``summary.json``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -40,9 +44,10 @@ from forgetkit.data.readers import read_records
 from forgetkit.data.records import group_of
 from forgetkit.data.synthetic import SyntheticConfig, holdout_of, retain_of, write_benchmark
 from forgetkit.device import resolve_device
-from forgetkit.errors import ConfigError, require_positive
+from forgetkit.errors import ConfigError, DataError, require_positive
 from forgetkit.eval.generation import exact_match, greedy_answers
-from forgetkit.io import atomic_path, dir_hash, write_json, write_jsonl
+from forgetkit.io import atomic_path, dir_hash, set_aside, write_json, write_jsonl
+from forgetkit.locks import output_lock
 from forgetkit.models import build_tiny_model, load_model, save_model, train_tokenizer
 from forgetkit.runs import check_run_dir_format, write_run_record
 from forgetkit.train import TRAINER_VERSION, TrainConfig, fine_tune
@@ -51,6 +56,7 @@ log = logging.getLogger("forgetkit")
 TARGET_MODES = ("full", "lora")
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
 EDITS_VERSION = 1  # bump when benchmark_edits changes
+WEIGHTS = "**/*.safetensors"  # a stage's weights, fingerprinted in its stage.json (not in its key)
 
 
 @dataclass
@@ -111,22 +117,42 @@ class Stages:
     def run(self, name: str, settings: object, parents: list[str], build: Callable[[Path], dict]) -> dict:
         key = config_hash({"settings": settings, "parents": [self.records[p]["key"] for p in parents]})
         path = self.run_dir / name
-        record_file = path / "stage.json"
-        if record_file.is_file():
-            record = json.loads(record_file.read_text())
-            if record.get("key") == key:
-                self._say(f"[{name}] cached ({path})")
-                self.records[name] = record
-                return record
+        record = self._cached(path, key)
+        if record is not None:
+            self._say(f"[{name}] cached ({path})")
+            self.records[name] = record
+            return record
         self._say(f"[{name}] building ...")
         start = time.perf_counter()
         with atomic_path(path) as tmp:
             tmp.mkdir()
-            record = {"stage": name, "key": key, **build(tmp)}
+            record = {"stage": name, "key": key, **build(tmp), "weights_hash": dir_hash(tmp, WEIGHTS)}
             record["stage_wall_time_s"] = round(time.perf_counter() - start, 2)
             write_json(tmp / "stage.json", record)
         self._say(f"[{name}] done in {record['stage_wall_time_s']:.1f}s")
         self.records[name] = record
+        return record
+
+    @staticmethod
+    def _cached(path: Path, key: str) -> dict | None:
+        """The record of the stage built at ``path`` with ``key``, if it is intact: its ``stage.json`` and weights
+        parse, and the weights match the fingerprint it recorded (a stage built before fingerprints were
+        recorded has none to match). None when there is no such stage; a damaged one is set aside first."""
+        if not (path / "stage.json").is_file():
+            return None
+        try:
+            record = checks.json_object(path / "stage.json")
+            if record.get("key") != key:  # built with other settings: built again over it
+                return None
+            for weights in sorted(path.glob(WEIGHTS)):
+                checks.safetensors_shapes(weights)
+        except DataError as exc:
+            set_aside(path, f"{Path(exc.path).relative_to(path)}: {exc.problem}")
+            return None
+        recorded = record.get("weights_hash")
+        if recorded is not None and recorded != dir_hash(path, WEIGHTS):
+            set_aside(path, "its weights do not match the fingerprint in its stage.json")
+            return None
         return record
 
     def _say(self, text: str) -> None:
@@ -149,6 +175,12 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
     if config.base_model:
         checks.model_dir(config.base_model, "base_model")
     check_run_dir_format(run_dir)
+    with output_lock(run_dir, "run_dir"):  # one prepare per run directory at a time
+        return _build(config, run_dir, quiet)
+
+
+def _build(config: PrepareConfig, run_dir: Path, quiet: bool) -> dict:
+    """Every stage of ``config`` in ``run_dir`` (checked and locked by :func:`prepare`), then the summary."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_record(run_dir)
     device = resolve_device(config.device)
@@ -235,8 +267,8 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
                    fine_tune_on(retain_of(forget)))
 
     summary_file = run_dir / "summary.json"
-    if summary_file.is_file():  # every stage as the summary measured it: reuse (minutes of generation on a real model)
-        summary = json.loads(summary_file.read_text())
+    summary = checks.cached_object(summary_file)
+    if summary is not None:  # every stage as the summary measured it: reuse (minutes of generation on a real model)
         keys = {name: rec["key"] for name, rec in stages.records.items()}
         if summary.get("stage_keys") == keys and summary["config"].get("max_new_tokens") == config.max_new_tokens:
             return summary

@@ -10,7 +10,6 @@ starts from; :func:`finish` writes what every kind leaves behind (``audit.json``
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -317,9 +316,8 @@ class UnlearnResult:
         """A finished request's result from its directory (one-line error when it is not one)."""
         out = Path(out)
         try:
-            audit = json.loads((out / "audit.json").read_text(encoding="utf-8"))
-            summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            audit, summary = checks.json_object(out / "audit.json"), checks.json_object(out / "summary.json")
+        except ForgetkitError as exc:
             raise ForgetkitError(f"{out}: not a finished forgetkit unlearn run ({exc})") from None
         return cls(out, summary, audit)
 

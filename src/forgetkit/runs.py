@@ -91,9 +91,16 @@ class PreparedRun:
         return run_stages(self.root)
 
     def stage(self, name: str) -> dict:
-        """The stage's ``stage.json`` (its key and training statistics); empty when the stage is missing."""
+        """The stage's ``stage.json`` (its key and training statistics); empty when the stage is missing. One that
+        does not parse is a one-line error: ``forgetkit prepare`` sets the stage aside and builds it again."""
         path = self.root / name / "stage.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            return json_object(path)
+        except DataError as exc:
+            raise DataError(path, f"{exc.problem}: the stage is damaged (rerun forgetkit prepare with "
+                            f"run_dir={self.root} to build it again)", line=exc.line) from None
 
     def model_of(self, stage: str) -> ModelRef | None:
         """The stage's model: a LoRA stage is the base with the stage's adapter; None when missing."""

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import secrets
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from forgetkit.checks import cached_object
 from forgetkit.errors import ConfigError, ForgetkitError, first_line
 from forgetkit.io import write_json
 
@@ -102,7 +102,7 @@ def run_ray(bench, cells: list, address: str | None, worker: dict) -> list[dict]
         config = worker["config"]
         cell_task = ray.remote(max_calls=1, max_retries=0)(worker["cell"]).options(**options)
         shard_task = ray.remote(max_calls=1, max_retries=0)(worker["shard_set"]).options(**options)
-        results = {c.id: bench.result_of(c) for c in cells if bench.finished(c)}
+        results = {c.id: result for c in cells if (result := bench.cached_result(c)) is not None}
         pending = [c for c in cells if c.id not in results]
         with tqdm(total=len(cells), initial=len(results), desc=f"bench {bench.config.name} (ray)", unit="cell",
                   disable=bench.quiet) as bar:
@@ -164,5 +164,5 @@ def _check_visible(ray, affinity, out: Path) -> None:
 
 
 def read_crash(cell_dir: Path) -> dict | None:
-    path = cell_dir / CRASH
-    return json.loads(path.read_text()) if path.is_file() else None
+    return cached_object(cell_dir / CRASH)
+

@@ -24,22 +24,24 @@ from forgetkit import unlearn
 from forgetkit.bench import attacks, executors
 from forgetkit.bench.config import BenchConfig
 from forgetkit.bench.sources import RunSource, open_source
-from forgetkit.checks import output_path
+from forgetkit.checks import cached_object, json_object, output_path
 from forgetkit.config import build, config_hash, plain_config
 from forgetkit.data.records import QARecord
 from forgetkit.device import resolve_device
-from forgetkit.errors import ConfigError, ForgetkitError
+from forgetkit.errors import ConfigError, DataError, ForgetkitError
 from forgetkit.eval.calibration import CRITERION_VERSION
 from forgetkit.eval.result import EvalResult
 from forgetkit.exact import command as exact_command
 from forgetkit.exact.sharded import ShardConfig, load_sharded
-from forgetkit.io import write_json
+from forgetkit.io import set_aside, write_json
+from forgetkit.locks import output_lock
 from forgetkit.registry import SHARDED, unlearner
 from forgetkit.request import UnlearnConfig, UnlearnRequest, UnlearnResult, recipe_config
 from forgetkit.runs import ModelRef
 
 BENCH_VERSION = 2  # bump when what a cell computes changes: every cached cell is recomputed
 RESULT = "result.json"
+EVAL_FILES = ("eval_log_aggregated.json", "summary.json")  # an evaluation's cache, in the order it writes them
 
 
 @dataclass
@@ -158,29 +160,36 @@ class Bench:
 
     def collect(self) -> tuple[list[dict], list[str]]:
         """What the grid's cells hold now, computing nothing: the results (crashed cells as such), and the ids
-        of the cells that have neither (``--report-only``)."""
+        of the cells that have neither (``--report-only``; a damaged result is set aside: the cell has none)."""
         results, missing = [], []
         for cell in self.grid():
             cell_dir = self.out / "cells" / cell.id
-            if self.finished(cell):
-                results.append(self.result_of(cell))
+            if (result := self.cached_result(cell)) is not None:
+                results.append(result)
             elif (crash := executors.read_crash(cell_dir)) is not None:
                 results.append({**crash, "cell": cell.describe(), "cached": True})
             else:
                 missing.append(cell.id)
         return results, missing
 
-    def finished(self, cell: Cell) -> bool:
-        return (self.out / "cells" / cell.id / RESULT).is_file()
+    def cached_result(self, cell: Cell) -> dict | None:
+        """The finished cell's result; None when it has none, or when its ``result.json`` is damaged (not a JSON
+        object): that file is then set aside and the cell is not computed."""
+        path = self.out / "cells" / cell.id / RESULT
+        result = cached_object(path)
+        return None if result is None else {**result, "cached": True}
 
     def result_of(self, cell: Cell) -> dict:
         """The cell's result: read when it is finished, else computed and written (``result.json``, last)."""
+        if (cached := self.cached_result(cell)) is not None:
+            return cached
         path = self.out / "cells" / cell.id / RESULT
-        if path.is_file():
-            return {**json.loads(path.read_text()), "cached": True}
-        result = self._run_cell(cell)
-        write_json(path, result)
-        (path.parent / executors.CRASH).unlink(missing_ok=True)  # an earlier crash of this cell is superseded
+        with output_lock(path.parent, "the bench cell"):  # another bench computing it: refused in one line
+            if (cached := self.cached_result(cell)) is not None:  # finished while this one waited to look
+                return cached
+            result = self._run_cell(cell)
+            write_json(path, result)
+            (path.parent / executors.CRASH).unlink(missing_ok=True)  # an earlier crash of this cell is superseded
         return {**result, "cached": False}
 
     def cell(self, cell_id: str) -> Cell:
@@ -200,7 +209,9 @@ class Bench:
         if self.config.data is not None and self.config.data.oracle_log:
             return read_log(Path(self.config.data.oracle_log))
         log = self._oracle_eval_dir(split)
-        return read_log(log) if (log / "eval_log_aggregated.json").is_file() else None
+        if (log / EVAL_FILES[-1]).is_file() and _cached_evaluation(log) is None:  # damaged: evaluated again
+            self._evaluate(*self._load(self.source.oracle(split)), self._reference("oracle", split), log)
+        return read_log(log) if (log / EVAL_FILES[0]).is_file() else None
 
     def _oracle_eval_dir(self, split: str) -> Path:
         return self.out / "cells" / self._reference("oracle", split).id / "eval"
@@ -301,9 +312,11 @@ class Bench:
                               ledger=str(self.ledger), **(inputs or self.source.request_kwargs(cell.split)))
 
     def _finished_or_run(self, request: UnlearnRequest) -> UnlearnResult:
-        """The result of the request in ``request.out``: read when it finished, else run (or resumed)."""
-        if UnlearnResult.finished(request.out):
-            return UnlearnResult.read(request.out)
+        """The result of the request in ``request.out``: read when it finished, else run (or resumed). A finished
+        one whose ``audit.json`` or ``summary.json`` is damaged is set aside and run again."""
+        out = Path(request.out)
+        if UnlearnResult.finished(out) and _intact(out, ("audit.json", "summary.json")):
+            return UnlearnResult.read(out)
         return unlearn.run_unlearn(request, quiet=self.quiet)
 
     def _load(self, ref: ModelRef):
@@ -324,13 +337,16 @@ class Bench:
                             toxicity=None if quick else e.toxicity)
 
     def _evaluate(self, model, tokenizer, cell: Cell, out: Path) -> dict:
-        """The full evaluation's leaderboard numbers (cached in ``out``)."""
+        """The full evaluation's leaderboard numbers (cached in ``out``; a damaged cache is set aside and
+        evaluated again). Whatever evaluates into the oracle's directory evaluates the oracle (``retrain``
+        on a prepared run shares it)."""
         from forgetkit.eval.evaluate import evaluate
 
-        if not (out / "summary.json").is_file():
+        summary = _cached_evaluation(out)
+        if summary is None:
             data = self.source.eval_data(cell.split, self.config.eval.retain_limit)
             data.world_facts = self._world_facts_subset(data.world_facts)
-            oracle = cell.method == "oracle" and cell.kind == "reference"
+            oracle = out == self._oracle_eval_dir(cell.split)
             log, summary = evaluate(model, tokenizer, data, self._eval_settings(),
                                     oracle_log=None if oracle else self._oracle_log(cell.split), quiet=self.quiet)
             if oracle:  # as TOFU's retain model: its Forget Quality against its own log (KS p-value of equal samples)
@@ -343,9 +359,10 @@ class Bench:
                 from forgetkit.eval.calibration import forget_vs_calibration
 
                 summary["calibration"] = forget_vs_calibration(model, tokenizer, data.forget, calibration)
-            write_json(out / "eval_log_aggregated.json", log)
-            write_json(out / "summary.json", summary)
-        return EvalResult.from_summary(json.loads((out / "summary.json").read_text())).leaderboard()
+            write_json(out / EVAL_FILES[0], log)
+            write_json(out / EVAL_FILES[1], summary)
+            summary = json_object(out / EVAL_FILES[1])  # as a cached evaluation reads it
+        return EvalResult.from_summary(summary).leaderboard()
 
     def _world_facts_subset(self, facts: list[QARecord] | None) -> list[QARecord] | None:
         """``world_facts_limit`` of them, evenly spaced through the file (every kind of fact kept)."""
@@ -376,11 +393,11 @@ class Bench:
         forget = self.source.forget(cell.split)
         done: dict = {}
 
-        def cached(name: str, compute):
+        def cached(name: str, compute):  # a damaged attack file is set aside and the attack run again
             path = out / f"{name}.json"
-            if not path.is_file():
+            if cached_object(path) is None:
                 write_json(path, compute())
-            done[name] = json.loads(path.read_text())
+            done[name] = json_object(path)
 
         for bits in [] if shard_set else a.quantize_bits:
             cached(f"quantize_{bits}", lambda bits=bits: self._quick(attacks.quantize(model, bits), tokenizer,
@@ -484,6 +501,26 @@ def train_shard_set(config_data: dict, cell_id: str) -> str:
     """Train (or find) the shard set a ``sharded_exact`` cell deletes from."""
     bench = Bench(build(BenchConfig, config_data), quiet=True)
     return str(bench._shards(bench.cell(cell_id)))
+
+
+def _intact(directory: Path, names: tuple[str, ...]) -> bool:
+    """Whether each named file of a cached ``directory`` holds a JSON object; else the directory is set aside
+    (to be recomputed) and False."""
+    try:
+        for name in names:
+            json_object(directory / name)
+    except DataError as exc:
+        set_aside(directory, f"{Path(exc.path).name}: {exc.problem}")
+        return False
+    return True
+
+
+def _cached_evaluation(out: Path) -> dict | None:
+    """The summary of the evaluation cached in ``out``; None when there is none, or when it is damaged (the
+    directory is then set aside)."""
+    if not (out / EVAL_FILES[-1]).is_file() or not _intact(out, EVAL_FILES):
+        return None
+    return json_object(out / EVAL_FILES[-1])
 
 
 def _failure(exc: Exception) -> dict:

@@ -33,6 +33,7 @@ from forgetkit.exact.sharded import (
     shard_train,
 )
 from forgetkit.io import write_json
+from forgetkit.locks import output_lock
 from forgetkit.registry import EXACT, SHARDED, register_unlearner, unlearner
 from forgetkit.request import AuditRecord, UnlearnRequest, UnlearnResult, fingerprinted, finish, now, record_set
 from forgetkit.runs import PreparedRun
@@ -107,16 +108,17 @@ def run_shard_train(request: ShardTrainRequest, quiet: bool = False) -> dict:
     start = time.perf_counter()
     about = {"data": {"file": str(data_file.resolve()), "hash": records_hash(records), "count": len(records)},
              "shared_file": str(shared_file.resolve()) if shared_file else None, "deleted": []}
-    manifest = shard_train(base, records, out, request.config, shared, quiet=quiet, about=about)
-    summary = {"shards": len(manifest["shards"]), "records": len(records), "shared": len(shared),
-               "wall_time_s": time.perf_counter() - start,
-               "train_time_s": sum(s["wall_time_s"] for s in manifest["shards"])}
-    if request.evaluate:
-        summary["routing_accuracy"] = routing_accuracy(out, records)
-        run = PreparedRun(request.run)
-        summary["eval"] = {mode: evaluate_sharded(out, run, request.split, mode, out / "eval" / mode, quiet)
-                           for mode in request.serving}
-    write_json(out / "summary.json", summary)
+    with output_lock(out, "--out"):
+        manifest = shard_train(base, records, out, request.config, shared, quiet=quiet, about=about)
+        summary = {"shards": len(manifest["shards"]), "records": len(records), "shared": len(shared),
+                   "wall_time_s": time.perf_counter() - start,
+                   "train_time_s": sum(s["wall_time_s"] for s in manifest["shards"])}
+        if request.evaluate:
+            summary["routing_accuracy"] = routing_accuracy(out, records)
+            run = PreparedRun(request.run)
+            summary["eval"] = {mode: evaluate_sharded(out, run, request.split, mode, out / "eval" / mode, quiet)
+                               for mode in request.serving}
+        write_json(out / "summary.json", summary)
     return summary
 
 
@@ -186,7 +188,8 @@ def run_shard_delete(request: UnlearnRequest, quiet: bool = False) -> UnlearnRes
     out = Path(request.out)
     result, partial = out / "shards", out / "shards.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial, ignore=shutil.ignore_patterns("eval", "summary.json"))
+    # a shard set aside as damaged (shard_<i>.damaged) is not part of the set
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns("eval", "summary.json", "*.damaged", "*.damaged.*"))
     report = delete(partial, records, forget, shared, quiet=quiet)
     shutil.rmtree(result, ignore_errors=True)
     partial.rename(result)

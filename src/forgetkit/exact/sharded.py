@@ -28,15 +28,17 @@ from pathlib import Path
 import torch
 
 from forgetkit.adapters.lora import LoraSettings, attach_lora
+from forgetkit.checks import ADAPTER_CONFIG, json_object, safetensors_shapes
 from forgetkit.config import plain_config
 from forgetkit.data.formatting import pad_id, prompt_ids, tokenize_qa
 from forgetkit.data.records import QARecord, group_of, records_hash
-from forgetkit.errors import ConfigError, ForgetkitError, require_positive
-from forgetkit.io import dir_hash, write_json
+from forgetkit.errors import ConfigError, DataError, ForgetkitError, require_positive
+from forgetkit.io import dir_hash, set_aside, write_json
 from forgetkit.train import TrainConfig, fine_tune
 
 MANIFEST = "shards.json"
 SHARD_INFO = "shard.json"  # written last in a shard's directory: the shard is finished
+ADAPTER_WEIGHTS = "*.safetensors"  # a shard adapter's weights, fingerprinted in its shard.json (adapter_hash)
 SERVING = ("route", "average")
 GROUPINGS = ("person", "record", "cluster")
 
@@ -81,8 +83,29 @@ def train_shard(base_dir: Path, records: list[QARecord], shared: list[QARecord],
     stats = fine_tune(model, data, replace(config.train, seed=config.seed + index), pad, desc=f"shard {index}",
                       quiet=quiet)
     save_model(model, tokenizer, out)
-    return {"count": len(records), "hash": records_hash(records), "adapter_hash": dir_hash(out, "*.safetensors"),
+    return {"count": len(records), "hash": records_hash(records), "adapter_hash": dir_hash(out, ADAPTER_WEIGHTS),
             "train": stats.to_dict()}
+
+
+def _finished_shard(shard_dir: Path) -> dict:
+    """A finished shard's ``shard.json``; empty when the shard is not finished, or when it is damaged: its
+    ``shard.json``, adapter config or weights do not parse, or the weights do not match its ``adapter_hash``
+    (the shard is then set aside, to be trained again)."""
+    if not (shard_dir / SHARD_INFO).is_file():
+        return {}
+    try:
+        info = json_object(shard_dir / SHARD_INFO)
+        json_object(shard_dir / ADAPTER_CONFIG)
+        for weights in sorted(shard_dir.glob(ADAPTER_WEIGHTS)):
+            safetensors_shapes(weights)
+    except DataError as exc:
+        set_aside(shard_dir, f"{Path(exc.path).name}: {exc.problem}")
+        return {}
+    recorded = info.get("adapter_hash")
+    if recorded is not None and recorded != dir_hash(shard_dir, ADAPTER_WEIGHTS):
+        set_aside(shard_dir, "its adapter does not match the adapter_hash in its shard.json")
+        return {}
+    return info
 
 
 def _template(tokenizer) -> tuple[int, list[int]]:
@@ -166,13 +189,13 @@ def shard_train(base_dir: str | Path, records: list[QARecord], out_dir: str | Pa
     manifest["prototypes"], manifest["centre"] = _prototypes(records, emb, groups_of)
     for index in range(config.shards):
         mine = [r for r in records if assignment[groups_of[r.content_hash()]] == index]
-        done = out_dir / f"shard_{index}" / SHARD_INFO
-        info = json.loads(done.read_text()) if done.is_file() else {}
+        shard_dir = out_dir / f"shard_{index}"
+        info = _finished_shard(shard_dir)
         if info.get("hash") != records_hash(mine) or info.get("config") != plain_config(config):  # else: resumed
             start = time.perf_counter()
-            info = train_shard(base_dir, mine, shared or [], config, index, out_dir / f"shard_{index}", quiet)
+            info = train_shard(base_dir, mine, shared or [], config, index, shard_dir, quiet)
             info.update({"index": index, "wall_time_s": time.perf_counter() - start, "config": plain_config(config)})
-            write_json(done, info)
+            write_json(shard_dir / SHARD_INFO, info)
         manifest["shards"].append({k: v for k, v in info.items() if k != "config"})
     write_json(out_dir / MANIFEST, manifest)
     return manifest
