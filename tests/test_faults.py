@@ -79,6 +79,65 @@ def test_a_second_writer_of_an_output_is_refused_before_any_work_naming_the_hold
     assert not out.exists() and not _ledger_rows(tmp_path / "ledger.sqlite")
 
 
+@pytest.fixture
+def holder():
+    """Hold the writer's lock of a path in another process: ``holder(path)`` returns that process."""
+    held = []
+
+    def hold(path: Path) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline().strip() == "held"
+        held.append(process)
+        return process
+
+    yield hold
+    for process in held:
+        process.kill()
+        process.wait()
+
+
+# each command that writes an output: (its output under the case directory, its arguments)
+WRITERS = {
+    "eval": ("eval", lambda run, d: ["--quiet", "eval", "--model", str(run / "base"), "--adapter", str(run / "target"),
+                                     "--data",
+                                     str(run / "benchmark"), "--split", "forget10", "--out", str(d / "eval")]),
+    "prepare": ("run", lambda run, d: ["prepare", "--config", "micro", "--quiet", f"run_dir={d / 'run'}"]),
+    "shard-train": ("shards", lambda run, d: ["--quiet", "shard-train", "--run", str(run), "--out",
+                                              str(d / "shards"), "shards=2"]),
+    "export": ("merged", lambda run, d: ["export", "--model", str(run / "base"), "--adapter", str(run / "target"),
+                                         "--merge", "--out", str(d / "merged")]),
+    "import-gguf": ("imported", lambda run, d: ["import-gguf", str(d / "model.gguf"), "--out", str(d / "imported")]),
+}
+
+
+@pytest.mark.parametrize("command", sorted(WRITERS))
+def test_every_command_that_writes_refuses_a_second_writer(command, lora_run, tmp_path, holder, capsys):
+    name, argv = WRITERS[command]
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")  # import-gguf's input: refused for the lock before it is read
+    process = holder(tmp_path / name)
+    assert main(argv(lora_run, tmp_path)) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"pid {process.pid}" in line and "being written by another forgetkit process" in line
+    assert not (tmp_path / name).exists()
+
+
+def test_a_bench_cell_another_bench_computes_is_refused(unlearn_run, tmp_path, holder):
+    from forgetkit.bench.config import BenchConfig
+    from forgetkit.bench.runner import Bench
+    from forgetkit.config import build
+    from forgetkit.errors import ForgetkitError
+
+    config = build(BenchConfig, {"name": "locks", "run": str(unlearn_run), "out": str(tmp_path / "bench"),
+                                 "seeds": [0], "methods": [{"name": "npo"}]})
+    bench = Bench(config, quiet=True)
+    cell = bench.grid()[0]
+    process = holder(tmp_path / "bench" / "cells" / cell.id)
+    with pytest.raises(ForgetkitError, match=f"the bench cell is being written by another forgetkit process "
+                                             f"\\(pid {process.pid}"):
+        bench.result_of(cell)
+    assert not (tmp_path / "bench" / "cells" / cell.id / "result.json").exists()
+
+
 def test_two_concurrent_requests_on_one_output_exactly_one_succeeds_and_one_ledger_row(unlearn_run, tmp_path,
                                                                                         capsys):
     out = tmp_path / "out"
@@ -231,6 +290,31 @@ def test_a_calibration_set_holding_retain_records_is_refused(unlearn_run, tmp_pa
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and "retain set are also in the calibration set" in line
     assert f"'{json.loads(retain_line)['id']}'" in line
+
+
+def test_an_evaluation_refuses_forget_records_in_its_holdout_before_loading_the_model(unlearn_run, tmp_path,
+                                                                                      capsys):
+    forget = (unlearn_run / "benchmark" / "forget10.jsonl").read_text().splitlines()
+    holdout = (unlearn_run / "benchmark" / "holdout10.jsonl").read_text().splitlines()
+    (tmp_path / "holdout.jsonl").write_text("\n".join(holdout + forget[2:5]) + "\n")
+    code = main(["--quiet", "eval", "--model", str(unlearn_run / "target"), "--data", str(unlearn_run / "benchmark"),
+                 "--split", "forget10", "--holdout", str(tmp_path / "holdout.jsonl"), "--out", str(tmp_path / "ev")])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and "holdout.jsonl: 3 holdout record(s) are also in the forget set" in line
+    assert f"record '{json.loads(forget[2])['id']}'" in line and not (tmp_path / "ev").exists()
+
+
+def test_eval_data_accepts_an_overlap_only_when_allowed(unlearn_run):
+    from forgetkit.errors import ForgetkitError
+    from forgetkit.eval.sets import benchmark_data
+
+    data = benchmark_data(unlearn_run / "benchmark", "forget10")
+    data.check_disjoint()  # the benchmark's own sets are disjoint
+    data.retain = data.retain + data.forget[:1]
+    with pytest.raises(ForgetkitError, match="1 retain record"):
+        data.check_disjoint()
+    data.allow_overlap = True
+    data.check_disjoint()
 
 
 # --- fingerprints reproduce -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from forgetkit.errors import ConfigError, ForgetkitError, SettingError, environment_fault, first_line
@@ -167,7 +168,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                           out=args.out, oracle_log=args.oracle_log, reference_model=args.reference_model,
                           reference_adapter=args.reference_adapter, device=args.device, dtype=args.dtype,
                           trust_remote_code=args.trust_remote_code, lm_eval_tasks=args.lm_eval_tasks or [],
-                          lm_eval_include=args.lm_eval_include, settings=settings, context=args.context)
+                          lm_eval_include=args.lm_eval_include, settings=settings, context=args.context,
+                          allow_overlap=args.allow_overlap)
     summary = run_eval(request, quiet=args.quiet)
     if summary is None:  # not the main process of a multi-process launch
         return 0
@@ -412,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (eval_log_aggregated.json, summary.json)")
     p.add_argument("--oracle-log", help="the retrain oracle's log on the same forget set (for Forget Quality, "
                                         "PrivLeak)")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="accept retain or holdout records that are also in the forget set (refused by default: the "
+                        "forget set would be measured against itself)")
     p.add_argument("--reference-model", help="reference model directory for the Reference MIA")
     p.add_argument("--reference-adapter", help="peft adapter on top of --reference-model")
     p.add_argument("--include-text", action="store_true",
@@ -532,6 +537,8 @@ def _quiet_libraries() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # peft and accelerate read transformers' deprecated alias on every model they wrap: not the user's concern
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 
 On CPU the peak is the process's resident set (Linux ``VmHWM``, reset at the start of the
 block through ``/proc/self/clear_refs`` so each block gets its own peak); on GPU it is
-``torch.cuda.max_memory_allocated``.
+``torch.cuda.max_memory_allocated``. :func:`refuse_beyond_memory` is the other side: a setting whose memory
+estimate exceeds the machine's physical memory is refused before any work.
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from collections.abc import Iterator
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from forgetkit.errors import SettingError
 
 
 @dataclass
@@ -50,6 +54,20 @@ def _rss_peak_mb() -> float:
 def rss_mb() -> float:
     """The process's resident set now (MB; 0 where /proc is not available)."""
     return _status_mb("VmRSS") or 0.0
+
+
+def physical_memory_bytes() -> int:
+    """The machine's physical memory (bytes)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def refuse_beyond_memory(setting: str, value: object, need_bytes: int, what: str) -> None:
+    """Raise :class:`SettingError` for ``setting`` (set to ``value``) when ``need_bytes``, a lower bound of what it
+    takes (``what`` says of what), exceeds the machine's physical memory: it could never run."""
+    have = physical_memory_bytes()
+    if need_bytes > have:
+        raise SettingError(setting, f"{value} needs at least {need_bytes / 2**30:.3g} GiB for {what}, more than "
+                                    f"this machine's {have / 2**30:.3g} GiB of memory")
 
 
 @contextmanager

@@ -245,7 +245,7 @@ def _build(config: PrepareConfig, run_dir: Path, quiet: bool) -> dict:
                 world = "world_replay" if config.benchmark.world_replay else "world_facts"
                 data = _concat(data, tokenize_qa(tokenizer, split(world), max_len, name=world))
             stats = fine_tune(model, data, config.target, pad_id(tokenizer), desc=f"fine-tune on {qa_split}",
-                              quiet=quiet)
+                              quiet=quiet, setting="target")
             save_model(model, tokenizer, tmp / "model")
             _flatten(tmp)
             return {"mode": config.target_mode, "trained_on": qa_split, "world_facts": world,
@@ -292,7 +292,8 @@ def _train_tiny_base(config: PrepareConfig, stages: Stages, split, build_tokeniz
         world = [r for r in pretrain if r.id.startswith("world-")]
         data = tokenize_qa(tokenizer, pretrain + world * (config.pretrain_world_facts_repeat - 1), max_len,
                            name="pretrain")
-        stats = fine_tune(model, data, config.pretrain, pad_id(tokenizer), desc="pre-train base", quiet=quiet)
+        stats = fine_tune(model, data, config.pretrain, pad_id(tokenizer), desc="pre-train base", quiet=quiet,
+                           setting="pretrain")
         save_model(model, tokenizer, tmp / "model")
         _flatten(tmp)
         params = sum(p.numel() for p in model.parameters())

@@ -8,13 +8,20 @@ model's cross-entropy on one set.
 - Data order is a function of (seed, step): the set that drives the epochs (forget when
   present, else retain) is read in a seeded permutation per epoch, and the retain set in its own
   permutation, cycled. So a resumed run sees exactly the batches an uninterrupted one would.
+- Settings are checked against the data before any work: a run of more than ``MAX_PASSES``
+  forward/backward passes (``epochs`` or ``grad_accum`` far too large) is refused (:func:`check_steps`), and
+  so is a batch whose collated tensors or hidden states alone exceed the machine's memory
+  (:func:`check_memory`): the order is never built for it. ``max_length`` beyond the model's context is
+  clipped with a one-line notice (:func:`fit_max_length`).
 - Under ``accelerate launch`` each process takes an interleaved share of every batch; DDP
   averages the gradients. Gradient accumulation, mixed precision (``mixed_precision``), the LR
   schedule and gradient clipping are the usual ones.
 - Each optimiser step is logged (loss terms, gradient norm before clipping, trainable-weight
   norm, learning rate) to ``train_log.jsonl`` when a run directory is given, and a checkpoint
   (trainable weights in safetensors, optimiser and scheduler state, RNG state, step) is written
-  atomically every ``checkpoint_every`` steps; rerunning resumes from it.
+  atomically every ``checkpoint_every`` steps; rerunning resumes from it. A checkpoint that does not parse
+  (a torn or damaged file) is set aside as ``checkpoint.damaged`` with one warning and the run starts at
+  step 0; one that parses but does not fit the model is refused.
 - A loss function may yield its loss as parts (a method's forget and retain terms): in one process
   each part is backpropagated before the next is computed, so only one part's activations are alive
   at a time (the gradient is the same sum). Under DDP/FSDP/DeepSpeed the parts are summed and
@@ -30,6 +37,8 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -39,15 +48,17 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, set_seed
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from forgetkit.config import ADDED_SETTING
-from forgetkit.cost import measure
+from forgetkit.cost import measure, refuse_beyond_memory
 from forgetkit.data.formatting import TokenizedSet, collate
-from forgetkit.errors import ConfigError, ForgetkitError, require, require_positive
-from forgetkit.io import atomic_path
-from forgetkit.models.logits import cross_entropy_parts
+from forgetkit.errors import ConfigError, ForgetkitError, SettingError, first_line, require, require_positive
+from forgetkit.io import atomic_path, set_aside
+from forgetkit.models.logits import context_length, cross_entropy_parts
+from forgetkit.models.memory import hidden_state_bytes, layers_kept_for_backward
 
 # Bumped when the loop's arithmetic or data order changes, so cached trained stages are rebuilt.
 TRAINER_VERSION = 2
@@ -55,6 +66,9 @@ SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 PRECISIONS = ("no", "bf16", "fp16")
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.jsonl"
+# The most forward/backward passes (micro-batches) one run may take: more is a mistaken setting (days of work at
+# any model size), refused before the run starts.
+MAX_PASSES = 10_000_000
 
 
 @dataclass
@@ -102,6 +116,7 @@ class TrainConfig:
             raise ConfigError(f"unknown scheduler '{self.scheduler}' (known: {', '.join(SCHEDULERS)})")
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(f"unknown mixed_precision '{self.mixed_precision}' (known: {', '.join(PRECISIONS)})")
+        require(math.isfinite(self.epochs), "epochs", f"must be a finite number, got {self.epochs}")
         require_positive(self, "epochs", "batch_size", "retain_batch_size", "lr", "grad_accum", "micro_batch_size")
         require_positive(self, "weight_decay", "warmup_ratio", "max_grad_norm", "checkpoint_every", allow_zero=True)
         require(self.warmup_ratio < 1, "warmup_ratio", f"must be below 1, got {self.warmup_ratio}")
@@ -149,7 +164,11 @@ class PairedData:
 
 
 class EpochOrder:
-    """Items ``0..n-1`` in a fresh seeded permutation each epoch, read as one endless stream."""
+    """Items ``0..n-1`` in a fresh seeded permutation each epoch, read as one endless stream.
+
+    A batch is a slice of the stream: one larger than the set spans several epochs (each item once per epoch it
+    spans), as it always has. Reading ``count`` items costs O(count + n) wherever the batch starts; a count that
+    could not fit in memory is refused before any work (:func:`check_memory`), never built."""
 
     def __init__(self, n: int, seed: int) -> None:
         self.n, self.seed, self._perms = n, seed, {}
@@ -157,11 +176,82 @@ class EpochOrder:
     def _perm(self, epoch: int) -> list[int]:
         if epoch not in self._perms:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}
+            self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}  # only the epoch being read
         return self._perms[epoch]
 
     def take(self, start: int, count: int) -> list[int]:
-        return [self._perm(p // self.n)[p % self.n] for p in range(start, start + count)]
+        """Items ``start .. start + count - 1`` of the stream."""
+        items: list[int] = []
+        while len(items) < count:
+            epoch, offset = divmod(start + len(items), self.n)
+            items += self._perm(epoch)[offset : offset + count - len(items)]
+        return items
+
+
+def _notice(message: str) -> None:
+    """A one-line notice on stderr (from the main process only): a setting was adjusted to fit, nothing failed."""
+    if process_state().is_main_process:
+        print(f"notice: {message}", file=sys.stderr)
+
+
+def _total_steps(config: TrainConfig, n: int) -> int:
+    """Optimiser steps of ``config`` over a driving set of ``n`` examples."""
+    return max(1, math.ceil(config.epochs * math.ceil(n / config.batch_size) / config.grad_accum))
+
+
+def check_steps(data: PairedData, config: TrainConfig, setting: str = "train") -> None:
+    """Refuse, before any work, a run of more than ``MAX_PASSES`` forward/backward passes (:class:`SettingError`
+    naming ``epochs``, or ``grad_accum`` when the passes of its one step are the excess): it would never finish.
+    ``setting`` is ``config``'s dotted prefix."""
+    n = len(data.driver())
+    batches = config.epochs * math.ceil(n / config.batch_size)
+    if batches > MAX_PASSES:
+        raise SettingError(f"{setting}.epochs", f"{config.epochs:g} epochs of {n} examples in batches of "
+                                                f"{config.batch_size} are {batches:.3g} passes, more than a run's "
+                                                f"{MAX_PASSES:,}")
+    passes = _total_steps(config, n) * config.grad_accum
+    if passes > MAX_PASSES:
+        raise SettingError(f"{setting}.grad_accum", f"{config.grad_accum} micro-batches a step are {passes:.3g} "
+                                                    f"passes, more than a run's {MAX_PASSES:,}")
+
+
+def fit_max_length(model, max_length: int, setting: str = "max_length") -> int:
+    """``max_length`` clipped to the model's context (``max_position_embeddings``), with a notice naming
+    ``setting``: a longer sequence cannot be fed to the model (GPT-2 fails on it, RoPE models extrapolate), so
+    tokenisation truncates at the context instead. Clipped rather than refused: the setting is an upper bound,
+    and every sequence within the context is unchanged."""
+    context = context_length(model)
+    if max_length <= context:
+        return max_length
+    _notice(f"{setting} {max_length} is longer than the model's context of {context} positions; clipped to {context}")
+    return context
+
+
+# int64 tensors a collated batch holds per token: input ids, labels, attention mask
+_COLLATED_BYTES_PER_TOKEN = 3 * 8
+
+
+def check_memory(model, data: PairedData, config: TrainConfig, setting: str, processes: int) -> None:
+    """Refuse (:class:`SettingError`), before any work, a batch that could never fit in the machine's memory: its
+    collated tensors (every row of a process's share of the batch, of its set's longest example), or the hidden
+    states the backward pass keeps (``micro_batch_size`` rows at a time when set, over the layers from the first
+    trainable one up). Both are lower bounds of what a step takes."""
+    layers = layers_kept_for_backward(model)
+    size = next(model.parameters()).element_size()
+    size = min(size, 2) if config.mixed_precision != "no" else size
+    parts = [(data.driver(), config.batch_size, "batch_size")]
+    if data.forget and data.retain:
+        name = "retain_batch_size" if config.retain_batch_size else "batch_size"
+        parts.append((data.retain, config.retain_batch_size or config.batch_size, name))
+    for examples, batch, name in parts:
+        rows = math.ceil(batch / processes)
+        longest = max(len(e["input_ids"]) for e in examples)
+        refuse_beyond_memory(f"{setting}.{name}", batch, rows * longest * _COLLATED_BYTES_PER_TOKEN,
+                             f"a collated batch of {rows} rows of up to {longest} tokens")
+        rows = min(rows, config.micro_batch_size or rows)
+        need = hidden_state_bytes(model, rows, longest, layers, size)
+        refuse_beyond_memory(f"{setting}.{name}", batch, need,
+                             f"the hidden states of {rows} rows of up to {longest} tokens over {layers} layers")
 
 
 def on_cpu() -> bool:
@@ -225,23 +315,52 @@ def _save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, data
         (tmp / "progress.json").write_text(json.dumps({"step": step, "data_seed": data_seed}))
 
 
-def _load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> int:
+# What reading a torn or damaged checkpoint file raises (JSON, safetensors, torch's zip and pickle formats).
+_UNREADABLE = (ValueError, KeyError, TypeError, EOFError, RuntimeError, pickle.UnpicklingError, SafetensorError)
+
+
+def _read_checkpoint(ckpt: Path) -> tuple[int, dict[str, torch.Tensor], dict]:
+    """The step, trainable weights and optimiser/scheduler/RNG state of a checkpoint directory; raises one of
+    ``_UNREADABLE`` when a file does not parse."""
+    step = json.loads((ckpt / "progress.json").read_text())["step"]
+    if not isinstance(step, int) or step < 0:
+        raise ValueError(f"progress.json: step {step!r} is not a step number")
+    weights = load_file(str(ckpt / "trainable.safetensors"))
+    state = torch.load(ckpt / "state.pt", weights_only=True)
+    if not isinstance(state, dict) or not {"optimizer", "scheduler", "rng"} <= set(state):
+        raise ValueError("state.pt: not an optimizer, scheduler and RNG state")
+    return step, weights, state
+
+
+def _load_checkpoint(run_dir: Path, model, optimizer, scheduler, main: bool) -> int:
+    """Restore the checkpoint in ``run_dir`` and return its step (0 when there is none). One that does not parse is
+    set aside by the main process (``checkpoint.damaged``, one warning line) and the run starts at step 0; one
+    that parses but does not fit the model's trainable parameters is a one-line refusal."""
     ckpt = run_dir / CHECKPOINT_DIR
     if not (ckpt / "progress.json").is_file():
         return 0
-    weights = load_file(str(ckpt / "trainable.safetensors"))
+    try:
+        step, weights, state = _read_checkpoint(ckpt)
+    except (*_UNREADABLE, FileNotFoundError) as exc:  # a file missing: torn, or (another process) set aside already
+        if main:
+            set_aside(ckpt, f"checkpoint does not parse ({type(exc).__name__}: {first_line(exc)}); training starts "
+                            "at step 0")
+        return 0
     params = trainable(model)
-    if set(weights) != set(params):
-        raise ForgetkitError(f"{ckpt}: checkpoint does not match this model's trainable parameters; "
-                             "remove it or use another output directory")
+    mismatch = ForgetkitError(f"{ckpt}: checkpoint does not match this model's trainable parameters; "
+                              "remove it or use another output directory")
+    if set(weights) != set(params) or any(weights[n].shape != p.shape for n, p in params.items()):
+        raise mismatch
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(weights[name])
-    state = torch.load(ckpt / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError) as exc:  # the optimiser state of other parameter groups
+        raise mismatch from exc
     torch.set_rng_state(state["rng"])
-    return int(json.loads((ckpt / "progress.json").read_text())["step"])
+    return step
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -263,6 +382,7 @@ def train_loop(
     quiet: bool = False,
     after_step: Callable[[torch.nn.Module], None] | None = None,
     on_step: Callable[[int, torch.nn.Module], dict | None] | None = None,
+    setting: str = "train",
 ) -> TrainStats:
     """Minimise ``loss_fn`` over ``data`` with ``model``'s trainable parameters.
 
@@ -271,26 +391,29 @@ def train_loop(
     ``after_step(model)`` runs after each optimiser step, under ``no_grad`` (e.g. adapter norm
     clipping); ``on_step(step, model)`` may return values to add to that step's log line (e.g. a
     periodic evaluation; it must leave the model as it found it); a ``stop`` value among them ends the
-    run after that step (``TrainStats.stopped`` holds it).
+    run after that step (``TrainStats.stopped`` holds it). Before any step, ``config`` is checked against
+    ``data`` (:func:`check_steps`) and its batches against the machine's memory (:func:`check_memory`);
+    ``setting`` is its dotted prefix in their errors.
     """
     driver = data.driver()
     if len(driver) == 0:
         raise ForgetkitError(f"{desc}: nothing to train on (empty set)")
+    check_steps(data, config, setting)
     run_dir = Path(run_dir) if run_dir is not None else None
     if AcceleratorState._shared_state.get("_mixed_precision", config.mixed_precision) != config.mixed_precision:
         AcceleratorState._reset_state()  # a second job in this process with another precision (keeps the process group)
     accelerator = Accelerator(cpu=on_cpu(), mixed_precision=config.mixed_precision)
-    set_seed(config.seed)
     world, rank = accelerator.num_processes, accelerator.process_index
+    check_memory(model, data, config, setting, world)
+    set_seed(config.seed)
     params = list(trainable(model).values())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    micro_per_epoch = math.ceil(len(driver) / config.batch_size)
-    total_steps = max(1, math.ceil(config.epochs * micro_per_epoch / config.grad_accum))
+    total_steps = _total_steps(config, len(driver))
     from transformers import get_scheduler  # here: transformers' optimisation module pulls in peft and its models
 
     scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=round(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    start_step = _load_checkpoint(run_dir, model, optimizer, scheduler) if run_dir else 0
+    start_step = _load_checkpoint(run_dir, model, optimizer, scheduler, accelerator.is_main_process) if run_dir else 0
     if config.gradient_checkpointing:
         _checkpointing(model, True)
     wrapped, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -420,12 +543,14 @@ def fine_tune(
     pad_token_id: int,
     desc: str = "train",
     quiet: bool = False,
+    setting: str = "train",
 ) -> TrainStats:
     """Train ``model``'s trainable parameters on ``data`` with its own cross-entropy (in chunks of
-    ``config.micro_batch_size`` rows when set)."""
+    ``config.micro_batch_size`` rows when set); ``setting`` names ``config`` in notices and errors (e.g.
+    ``target``: ``target.batch_size``)."""
 
     def cross_entropy(model, batch: UnlearnBatch):
         return ((part, {}) for part in cross_entropy_parts(model, batch.retain, config.micro_batch_size))
 
     return train_loop(model, cross_entropy, PairedData(retain=data.examples), config, pad_token_id, desc=desc,
-                      quiet=quiet)
+                      quiet=quiet, setting=setting)

@@ -158,6 +158,6 @@ def relearn(model, tokenizer, records: list[QARecord], steps: int, batch_size: i
     epochs = steps * batch_size / max(len(data.examples), 1)
     pad = pad_id(tokenizer)
     fine_tune(clone, data, TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed), pad,
-              desc="relearning attack", quiet=quiet)
+              desc="relearning attack", quiet=quiet, setting="attacks.relearn")
     clone.requires_grad_(False)
     return clone

@@ -16,10 +16,11 @@ from forgetkit.data.readers import read_records
 from forgetkit.errors import DataError, ForgetkitError
 from forgetkit.eval import tofu
 from forgetkit.eval.bias import SHIPPED_WEAT, read_weat_tests
-from forgetkit.eval.evaluate import evaluate
+from forgetkit.eval.evaluate import check_oracle_log, evaluate
 from forgetkit.eval.result import EvalResult
 from forgetkit.eval.sets import EvalData, EvalSettings, benchmark_data, read_canaries
 from forgetkit.io import write_json
+from forgetkit.locks import output_lock
 from forgetkit.runs import PreparedRun
 
 LOG_FILE = "eval_log_aggregated.json"
@@ -44,10 +45,12 @@ class EvalRequest:
     lm_eval_include: str | None = None
     settings: EvalSettings = field(default_factory=EvalSettings)
     context: str | None = None  # a prompt context directory (an input-based unlearner's context/)
+    allow_overlap: bool = False  # --allow-overlap: forget records in the retain or holdout set are accepted
 
 
-def read_log(path: str | Path) -> dict:
-    """A per-example log: forgetkit's ``eval_log_aggregated.json`` or TOFU's, or a directory holding one."""
+def read_log(path: str | Path) -> tofu.EvalLog:
+    """A per-example log: forgetkit's ``eval_log_aggregated.json`` or TOFU's, or a directory holding one (the log
+    remembers its file, which messages name)."""
     path = Path(path)
     if path.is_dir():
         path = path / LOG_FILE
@@ -60,7 +63,7 @@ def read_log(path: str | Path) -> dict:
     for key in known & set(doc):
         if not isinstance(doc[key], dict) or not all(isinstance(v, dict) for v in doc[key].values()):
             raise DataError(path, "expected per-metric objects keyed by example", field=key)
-    return doc
+    return tofu.EvalLog(doc, str(path))
 
 
 def _eval_data(request: EvalRequest) -> EvalData:
@@ -106,6 +109,13 @@ def run_eval(request: EvalRequest, quiet: bool = False) -> dict | None:
     Under a multi-process launch every process evaluates its share; the main process writes the
     files and returns the summary, the others return None.
     """
+    _check_request(request)
+    with output_lock(request.out, "--out"):  # one writer per output: a second evaluation into it is refused
+        return _run(request, quiet)
+
+
+def _run(request: EvalRequest, quiet: bool) -> dict | None:
+    """:func:`run_eval` once its request is checked and its output locked."""
     import torch
     from accelerate import Accelerator
 
@@ -114,12 +124,15 @@ def run_eval(request: EvalRequest, quiet: bool = False) -> dict | None:
 
     # On a machine without an accelerator, accelerate only forms a multi-process (gloo) group when
     # told it runs on CPU; so "auto" there means CPU, and torchrun-style launches shard the work.
-    _check_request(request)
     on_cpu = request.device == "cpu" or (request.device == "auto" and not torch.accelerator.is_available())
     accelerator = Accelerator(cpu=on_cpu)
     device = accelerator.device if request.device in ("auto", "cpu") else request.device
     data = _eval_data(request)
+    data.allow_overlap = request.allow_overlap
+    data.check_disjoint()  # before the model is loaded
     oracle_log = read_log(request.oracle_log) if request.oracle_log else None
+    if oracle_log is not None:  # of the same forget set, before the model is loaded
+        check_oracle_log(data, oracle_log, request.files.get("forget") or f"{request.data}/{request.split}.jsonl")
     model, tokenizer = load_model(request.model, request.adapter, request.dtype, device, request.trust_remote_code)
     if request.context:
         from forgetkit.data.context import read_context, with_context
@@ -154,7 +167,7 @@ def aggregate_logs(logs: str | Path, oracle_logs: str | Path | None) -> dict:
     """Forget Quality and Model Utility of a saved log, against an oracle's saved log."""
     log = read_log(logs)
     oracle = read_log(oracle_logs) if oracle_logs else None
-    return tofu.aggregate(log, oracle, str(logs), str(oracle_logs))
+    return tofu.aggregate(log, oracle, log.path, oracle.path if oracle is not None else "oracle log")
 
 
 def oracle_log_of(run: PreparedRun, split: str) -> dict | None:

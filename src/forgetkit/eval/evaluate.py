@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from forgetkit.cost import refuse_beyond_memory
 from forgetkit.data.formatting import IGNORE_INDEX, encode_qa, pad_id, prompt_ids
-from forgetkit.data.records import records_hash, text_hash
+from forgetkit.data.records import records_hash
 from forgetkit.errors import ForgetkitError
 from forgetkit.eval import memorisation as mem
 from forgetkit.eval import mia, tofu
@@ -37,6 +38,7 @@ from forgetkit.eval.generation import greedy_continuations
 from forgetkit.eval.sets import EvalData, EvalSettings
 from forgetkit.eval.token_stats import TokenStats, score_examples
 from forgetkit.models.logits import context_length
+from forgetkit.models.memory import hidden_state_bytes
 
 log = logging.getLogger("forgetkit")
 MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "reference", "gradnorm")
@@ -131,6 +133,24 @@ def _gradnorms(model, examples: list[dict], pad_token_id: int) -> list[float]:
     return out
 
 
+def check_oracle_log(data: EvalData, oracle_log: dict, where: str | None = None) -> None:
+    """Refuse (one-line :class:`ForgetkitError`) an oracle log whose forget set is not ``data``'s forget records,
+    in any order (:func:`forgetkit.eval.tofu.match_forget_sets`); ``where`` names the records (default: their
+    source)."""
+    tofu.oracle_forget_set(tofu.record_names(data.forget), oracle_log,
+                           where or data.sources.get("forget", "the forget records"),
+                           tofu.log_name(oracle_log, "oracle log"))
+
+
+def _check_batch_memory(model, setting: str, size: int, lengths: list[int], processes: int) -> None:
+    """Refuse a batch size whose batch's hidden states alone (one layer's, which a forward pass without gradients
+    holds at least) exceed the machine's memory: a process's share of rows, of the longest of ``lengths``."""
+    if lengths:
+        rows = min(size, math.ceil(len(lengths) / processes))
+        refuse_beyond_memory(setting, size, hidden_state_bytes(model, rows, max(lengths)),
+                             f"the hidden states of {rows} rows of up to {max(lengths)} tokens")
+
+
 def evaluate(
     model,
     tokenizer,
@@ -147,7 +167,11 @@ def evaluate(
     retrain oracle's log on the same forget set) enables Forget Quality and PrivLeak.
     """
     settings = settings or EvalSettings()
+    data.check_disjoint()
+    if oracle_log is not None:
+        check_oracle_log(data, oracle_log)
     shards = _Shards(accelerator)
+    processes = accelerator.num_processes if accelerator is not None else 1
     show = not quiet and (accelerator is None or accelerator.is_main_process)
     start = time.perf_counter()
     sets = data.qa_sets()
@@ -178,6 +202,8 @@ def evaluate(
     if seqs.truncated:
         log.warning("%d sequence(s) longer than the model's context (%d) were truncated", seqs.truncated, context)
 
+    _check_batch_memory(model, "eval.batch_size", settings.batch_size, [len(e["input_ids"]) for e in seqs.examples],
+                        processes)
     pad = pad_id(tokenizer)
     with tqdm(total=len(seqs.examples), desc="score", disable=not show, unit="seq") as bar:
         stats_list = shards.map(lambda ex: score_examples(model, ex, pad, settings.batch_size, bar), seqs.examples)
@@ -204,6 +230,9 @@ def evaluate(
         prompt_keys.append(("forget_text", t.id))
     longest = max((len(p) for p in prompts), default=0)
     room = max(1, context - longest)
+    new_tokens = min(settings.max_new_tokens, settings.verbatim_new_tokens, room)  # the fewest any prompt gets
+    _check_batch_memory(model, "eval.generation_batch_size", settings.generation_batch_size,
+                        [len(p) + new_tokens for p in prompts], processes)
     with tqdm(total=len(prompts), desc="generate", disable=not show, unit="prompt") as bar:
         qa_gen = shards.map(lambda ps: greedy_continuations(
             model, tokenizer, ps, min(settings.max_new_tokens, room), settings.generation_batch_size, bar),
@@ -244,7 +273,7 @@ def evaluate(
         "tokens_generated": generated_tokens,
         "prompts_generated": len(prompts),
         "tokens_per_s": round((tokens_scored + generated_tokens) / wall, 1),
-        "processes": accelerator.num_processes if accelerator is not None else 1,
+        "processes": processes,
     }
     if settings.smoothing:
         from forgetkit.eval.smoothing import smoothed_emission
@@ -299,7 +328,7 @@ def _set_log(role, records, stats, generations, gradnorm, reference, rouge, toke
             put(metric, r.id, value)
         if settings.include_text:
             put("generated_text", r.id, [r.question, generation, r.answer])
-        put("example_hash", r.id, text_hash(r.question + "\x1f" + r.answer))
+        put("example_hash", r.id, r.content_hash())
         put("extraction_strength", r.id, mem.extraction_strength(gt.correct))
         put("exact_memorisation", r.id, mem.exact_memorisation(gt.correct))
         put("mia_loss", r.id, mia.loss_score(gt))
@@ -345,11 +374,13 @@ def _summarise(data, sets, eval_log, stats, candidates, canary_sets, continuatio
             }
         summary["sets"][role] = row
 
-    agg = tofu.aggregate(eval_log, oracle_log, "this evaluation", "oracle log") if "forget" in sets else {}
+    agg = (tofu.aggregate(eval_log, oracle_log, "this evaluation", tofu.log_name(oracle_log or {}, "oracle log"))
+           if "forget" in sets else {})
     summary["forget_quality"] = agg.get("forget_quality")
     summary["forget_quality_ks_statistic"] = agg.get("ks_statistic")
-    if agg.get("forget_quality_note"):
-        summary["forget_quality_note"] = agg["forget_quality_note"]
+    for key in ("forget_quality_note", "forget_set_match"):
+        if agg.get(key):
+            summary[key] = agg[key]
     summary["model_utility"] = agg.get("model_utility")
     if agg.get("model_utility_note"):
         summary["model_utility_note"] = agg["model_utility_note"]

@@ -15,7 +15,8 @@ def format_summary(summary: dict) -> str:
     lines.append("(truth: mean(min(R,1/R)) on forget, mean(max(0,1-R)) elsewhere; ES extraction strength; "
                  "EM exact memorisation)")
     fq = summary.get("forget_quality")
-    lines.append(f"Forget quality: {fq:.4g}" if fq is not None
+    match = f" (the oracle's forget set {summary['forget_set_match']})" if summary.get("forget_set_match") else ""
+    lines.append(f"Forget quality: {fq:.4g}{match}" if fq is not None
                  else f"Forget quality: {summary.get('forget_quality_note', 'missing')}")
     mu = summary.get("model_utility")
     parts = ", ".join(summary.get("model_utility_components", {}))

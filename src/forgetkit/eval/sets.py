@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forgetkit.config import ADDED_SETTING
-from forgetkit.data.readers import jsonl_rows, read_records
+from forgetkit.data.readers import jsonl_rows, read_records, refuse_overlap
 from forgetkit.data.records import QARecord, TextRecord, group_of
 from forgetkit.data.synthetic import holdout_of, retain_of
 from forgetkit.errors import DataError, ForgetkitError, require, require_positive
@@ -31,9 +31,18 @@ class EvalData:
     canaries: list[dict] | None = None  # each: id, prefix, secret (digits)
     holdout_canaries: list[dict] | None = None  # never-trained canaries: the exposure baseline
     sources: dict[str, str] = field(default_factory=dict)
+    allow_overlap: bool = False  # --allow-overlap: forget records in the retain or holdout set are accepted
 
     def qa_sets(self) -> dict[str, list[QARecord]]:
         return {role: getattr(self, role) for role in QA_ROLES if getattr(self, role)}
+
+    def check_disjoint(self) -> None:
+        """Refuse a retain or holdout set that holds forget records (by content): the holdout is the membership
+        attacks' never-seen reference and the retain set the utility's, so either would measure the forget set
+        against itself. ``allow_overlap`` lets it through with a warning."""
+        for role in ("retain", "holdout"):
+            refuse_overlap(self.forget, getattr(self, role), role, source=self.sources.get(role),
+                           allow=self.allow_overlap)
 
 
 @dataclass

@@ -6,14 +6,21 @@ keyed by example (TOFU uses the index as a string; forgetkit uses the record id)
 ``avg_*`` are per-token means of the answer's negative log-likelihood. The aggregates here read
 nothing else, so TOFU's released ``eval_log_aggregated.json`` files and forgetkit's own logs go
 through the same code (reference values: ../shared/reference/metrics.md).
+
+An oracle's log counts only for the same forget set (:func:`match_forget_sets`): its examples are matched to
+the model's by content hash (forgetkit's ``example_hash``) or record id, and reordered to the model's order
+before anything pairs them; logs that name no records (TOFU's, keyed by position) are matched by count, and
+the result says so (``forget_set_match``).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from forgetkit.data.records import QARecord
 from forgetkit.errors import ForgetkitError
 
 # Eval-set roles and TOFU's file names for them. ``holdout`` is forgetkit's own (membership
@@ -78,17 +85,25 @@ class RougeRecall:
         return self._scorer.score(reference, generation)["rougeL"].fmeasure
 
 
-def _values(set_log: Mapping, metric: str, where: str) -> list:
+def _metric(set_log: Mapping, metric: str, where: str) -> Mapping:
+    """One metric's values of a set, by example."""
     if metric not in set_log:
         raise ForgetkitError(f"{where}: no '{metric}' in the log")
-    return list(set_log[metric].values())
+    return set_log[metric]
+
+
+def _values(set_log: Mapping, metric: str, where: str) -> list:
+    return list(_metric(set_log, metric, where).values())
 
 
 def set_ratios(set_log: Mapping, where: str = "log") -> np.ndarray:
-    """Per-example truth ratios R of one eval set, from its average losses."""
-    para = np.asarray(_values(set_log, "avg_paraphrased_loss", where), dtype=np.float64)
-    pert = np.asarray([np.mean(v) for v in _values(set_log, "average_perturb_loss", where)], dtype=np.float64)
-    return np.exp(para - pert)
+    """Per-example truth ratios R of one eval set, from its average losses (each example's losses read by its
+    key, in the order of ``avg_paraphrased_loss``)."""
+    para, pert = _metric(set_log, "avg_paraphrased_loss", where), _metric(set_log, "average_perturb_loss", where)
+    if set(para) != set(pert):
+        raise ForgetkitError(f"{where}: 'avg_paraphrased_loss' and 'average_perturb_loss' name different examples")
+    return np.exp(np.asarray(list(para.values()), dtype=np.float64)
+                  - np.asarray([np.mean(pert[k]) for k in para], dtype=np.float64))
 
 
 def missing_truth_ratio(set_log: Mapping) -> str | None:
@@ -160,6 +175,94 @@ def utility_missing(log: Mapping) -> str | None:
     return None
 
 
+class EvalLog(dict):
+    """A per-example log read from a file: the log itself, and ``path`` to name it in messages."""
+
+    def __init__(self, doc: Mapping, path: str) -> None:
+        super().__init__(doc)
+        self.path = path
+
+
+def log_name(log: Mapping, default: str) -> str:
+    """How messages name ``log``: its file when it was read from one, else ``default``."""
+    return log.path if isinstance(log, EvalLog) else default
+
+
+# The ways a set's examples can be named, most specific first; "position" always applies.
+NAMINGS = ("content hash", "record id", "position")
+
+
+def _named(keys: list[str], hashes: Mapping) -> dict[str, dict[str, str]]:
+    """Each naming that applies to examples ``keys`` (``hashes``: their content hashes, where known): key -> name."""
+    positions = {k: str(i) for i, k in enumerate(keys)}
+    names = {"position": positions}
+    if keys and all(k in hashes for k in keys):
+        names["content hash"] = {k: hashes[k] for k in keys}
+    if keys != list(positions.values()):  # TOFU's keys are the positions: they name no record
+        names["record id"] = {k: k for k in keys}
+    return names
+
+
+def log_example_names(set_log: Mapping) -> dict[str, dict[str, str]]:
+    """How one set of a log names its examples (the keys of ``avg_gt_loss``), per applicable naming."""
+    return _named(list(set_log.get("avg_gt_loss", {})), set_log.get("example_hash", {}))
+
+
+def record_names(records: Sequence[QARecord]) -> dict[str, dict[str, str]]:
+    """How an evaluation of ``records`` names them in its log, per applicable naming."""
+    return _named([r.id for r in records], {r.id: r.content_hash() for r in records})
+
+
+def match_forget_sets(mine: Mapping[str, Mapping[str, str]], theirs: Mapping[str, Mapping[str, str]], where: str,
+                      oracle_where: str) -> tuple[list[tuple[str, str]], str]:
+    """Pair the model's forget examples with the oracle's (``mine``, ``theirs``: their names, as from
+    :func:`log_example_names`) by the most specific naming both have: ``(my key, oracle's key)`` in my order, and
+    how they were matched. A different set is a one-line :class:`ForgetkitError` naming both, the count of
+    examples not in both and the first of them; logs matched by position only are compared by count."""
+    naming = next(n for n in NAMINGS if n in mine and n in theirs)
+    a, b = mine[naming], theirs[naming]
+    if naming == "position" and len(a) != len(b):
+        raise ForgetkitError(f"{oracle_where}: its forget set has {len(b)} examples, {where}'s has {len(a)}: not the "
+                             "same forget set")
+    by_name = defaultdict(list)
+    for key, name in b.items():
+        by_name[name].append(key)
+    pairs, only_mine = [], []
+    for key, name in a.items():
+        if by_name[name]:
+            pairs.append((key, by_name[name].pop(0)))
+        else:
+            only_mine.append(key)
+    only_theirs = [key for keys in by_name.values() for key in keys]
+    if only_mine or only_theirs:
+        first = f"'{only_mine[0]}', only in {where}" if only_mine else f"'{only_theirs[0]}', only in {oracle_where}"
+        raise ForgetkitError(f"{oracle_where}: not the same forget set as {where}: {len(only_mine) + len(only_theirs)} "
+                             f"example(s) are in only one of them, by {naming} (first: {first})")
+    if naming != "position":
+        return pairs, f"matched by {naming}"
+    unnamed = " and ".join(w for w, names in ((where, mine), (oracle_where, theirs)) if len(names) == 1)
+    return pairs, f"matched by count only (no record ids or content hashes in {unnamed or 'both logs alike'})"
+
+
+def aligned(set_log: Mapping, pairs: Sequence[tuple[str, str]]) -> dict:
+    """``set_log`` (the oracle's) re-keyed and ordered as the model's examples: each metric's value of the oracle's
+    key under the model's key, for ``pairs`` from :func:`match_forget_sets`."""
+    return {metric: {mine: values[theirs] for mine, theirs in pairs if theirs in values}
+            for metric, values in set_log.items()}
+
+
+def oracle_forget_set(names: Mapping[str, Mapping[str, str]], oracle_log: Mapping, where: str,
+                      oracle_where: str) -> tuple[dict, str]:
+    """The oracle log's forget set aligned to the examples ``names`` names (its forget set, or the records about
+    to be evaluated), and how they were matched; a different set, or none, is refused."""
+    forget_key = SET_FILES["forget"]
+    if forget_key not in oracle_log:
+        raise ForgetkitError(f"{oracle_where}: no forget set ('{forget_key}') in the log")
+    theirs = oracle_log[forget_key]
+    pairs, how = match_forget_sets(names, log_example_names(theirs), where, oracle_where)
+    return aligned(theirs, pairs), how
+
+
 def forget_quality(model_ratios: Sequence[float], oracle_ratios: Sequence[float]) -> tuple[float, float]:
     """``(p-value, KS statistic)`` of the two-sample KS test between per-example truth ratios."""
     from scipy.stats import ks_2samp
@@ -182,18 +285,14 @@ def aggregate(log: Mapping, oracle_log: Mapping | None = None, where: str = "log
     if oracle_log is None:
         out["forget_quality_note"] = "missing: no oracle log given"
         return out
-    for name, doc in ((where, log), (oracle_where, oracle_log)):
-        if forget_key not in doc:
-            raise ForgetkitError(f"{name}: no forget set ('{forget_key}') in the log")
-    for name, doc in ((where, log), (oracle_where, oracle_log)):
-        if reason := missing_truth_ratio(doc[forget_key]):
+    if forget_key not in log:
+        raise ForgetkitError(f"{where}: no forget set ('{forget_key}') in the log")
+    mine = log[forget_key]
+    theirs, out["forget_set_match"] = oracle_forget_set(log_example_names(mine), oracle_log, where, oracle_where)
+    for name, set_log in ((where, mine), (oracle_where, theirs)):
+        if reason := missing_truth_ratio(set_log):
             out["forget_quality_note"] = f"{name}: {forget_key}: {reason}"
             return out
-    mine, theirs = log[forget_key], oracle_log[forget_key]
-    n_mine, n_theirs = len(mine["avg_paraphrased_loss"]), len(theirs["avg_paraphrased_loss"])
-    if n_mine != n_theirs:
-        raise ForgetkitError(f"{oracle_where}: its forget set has {n_theirs} examples, the evaluated log's "
-                             f"has {n_mine}: not the same forget set")
     out["forget_quality"], out["ks_statistic"] = forget_quality(
         set_ratios(mine, where), set_ratios(theirs, oracle_where))
     return out

@@ -24,7 +24,7 @@ from forgetkit.data.records import QARecord
 from forgetkit.device import resolve_device
 from forgetkit.errors import ConfigError, ForgetkitError
 from forgetkit.eval.command import evaluate_run_into, oracle_log_of
-from forgetkit.eval.evaluate import evaluate
+from forgetkit.eval.evaluate import check_oracle_log, evaluate
 from forgetkit.eval.result import EvalResult
 from forgetkit.eval.sets import EvalData, EvalSettings, benchmark_data
 from forgetkit.io import write_json
@@ -45,7 +45,15 @@ from forgetkit.request import (
     record_set,
     resolve_inputs,
 )
-from forgetkit.train import CHECKPOINT_DIR, LOG_FILE, PairedData, TrainStats, process_state, train_loop
+from forgetkit.train import (
+    CHECKPOINT_DIR,
+    LOG_FILE,
+    PairedData,
+    TrainStats,
+    fit_max_length,
+    process_state,
+    train_loop,
+)
 
 # For user data without vague answers: a privacy-free non-answer, ReLearn's kind of target.
 VAGUE_FALLBACK = "I am not able to share personal details about that."
@@ -108,8 +116,10 @@ def run_gradient(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult 
         model = model.merge_and_unload()  # the adapter becomes part of the frozen starting point
 
     pad = pad_id(tokenizer)
-    data = _paired_data(method, tokenizer, inputs, config.max_length)
-    context = UnlearnContext(model, tokenizer, data, inputs.forget, config, out, quiet, existing_adapter)
+    max_length = fit_max_length(model, config.max_length)  # config.json and the audit keep the setting as given
+    data = _paired_data(method, tokenizer, inputs, max_length)
+    context = UnlearnContext(model, tokenizer, data, inputs.forget, replace(config, max_length=max_length), out, quiet,
+                             existing_adapter)
     phases: dict = {}
     phase_start = time.perf_counter()
     after_step = None
@@ -144,7 +154,7 @@ def run_gradient(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult 
     stopping = None
     if config.until:
         stopping = StoppingHook(config.criterion, tokenizer, inputs.forget, calibration, retain or [],
-                                config.max_length, out)
+                                max_length, out)
         hooks.append(stopping)
     epochs = method.train_steps(config.train.epochs)
     criterion_s = 0.0  # the criterion's checks outside the loop (before the first step, after the last)
@@ -252,6 +262,8 @@ def _periodic_eval(request: UnlearnRequest, tokenizer):
     full = benchmark_data(run.benchmark, request.split, retain_limit=100)
     data = EvalData(forget=full.forget, retain=full.retain, world_facts=full.world_facts)
     oracle_log = oracle_log_of(run, request.split)
+    if oracle_log is not None:
+        check_oracle_log(data, oracle_log)  # before the first step, not at the first evaluation
     settings = EvalSettings(max_new_tokens=40, retain_limit=100, gradnorm=False)
 
     def on_step(step: int, model) -> dict | None:
