@@ -54,6 +54,23 @@ def test_an_on_step_hook_can_end_the_run_after_a_step(bpe_tokenizer, tmp_path):
                                       quiet=True).to_dict()
 
 
+def test_an_on_step_hook_runs_and_can_stop_without_a_run_directory(bpe_tokenizer):
+    """``--until``'s stop is an ``on_step`` hook: a loop with nowhere to log still calls it and stops on it."""
+    from forgetkit.train import PairedData, train_loop
+
+    seen = []
+
+    def on_step(step, m):
+        seen.append(step)
+        return {"stop": "enough"} if step == 2 else None
+
+    data = tokenize_qa(bpe_tokenizer, RECORDS, max_length=48)
+    stats = train_loop(build_tiny_model(bpe_tokenizer, "llama", "micro"), lambda m, b: (m(**b.retain).loss, {}),
+                       PairedData(retain=data.examples), TrainConfig(epochs=8, batch_size=8),
+                       bpe_tokenizer.pad_token_id, quiet=True, on_step=on_step)
+    assert seen == [1, 2] and stats.steps == 2 and stats.stopped == "enough"
+
+
 def test_nan_loss_stops_before_the_step_is_applied(bpe_tokenizer):
     model = build_tiny_model(bpe_tokenizer, "llama", "micro")
     with torch.no_grad():

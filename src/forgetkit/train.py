@@ -492,15 +492,15 @@ def train_loop(
             last_loss = step_loss
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}")
-            if log_path and accelerator.is_main_process:
-                weight_norm = math.sqrt(sum(float(p.detach().float().square().sum()) for p in params))
-                record = {"step": step, "loss": step_loss, **terms, "grad_norm": grad_norm, "weight_norm": weight_norm,
-                          "lr": lr}
-                if on_step is not None:
-                    record.update(on_step(step, raw) or {})
-                    stop = record.get("stop")
-                with log_path.open("a") as fh:
-                    fh.write(json.dumps(record) + "\n")
+            if accelerator.is_main_process:  # the hook runs with or without a run directory to log into
+                extra = (on_step(step, raw) or {}) if on_step is not None else {}
+                stop = extra.get("stop")
+                if log_path:
+                    weight_norm = math.sqrt(sum(float(p.detach().float().square().sum()) for p in params))
+                    record = {"step": step, "loss": step_loss, **terms, "grad_norm": grad_norm,
+                              "weight_norm": weight_norm, "lr": lr, **extra}
+                    with log_path.open("a") as fh:
+                        fh.write(json.dumps(record) + "\n")
             if on_step is not None and world > 1:  # every process stops where the main process's hook said so
                 flag = torch.tensor([1.0 if stop else 0.0], device=accelerator.device)
                 stop = stop or ("stopped by the main process" if float(accelerator.reduce(flag, "sum")) else None)
