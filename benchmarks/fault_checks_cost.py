@@ -101,6 +101,10 @@ def one_request(args: argparse.Namespace, out: str) -> dict:
 
 
 def main() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run")
     parser.add_argument("--split", default="forget10")
