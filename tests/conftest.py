@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from forgetkit.models import train_tokenizer
+
+# One intra-op thread for the whole run, subprocesses included: the tests' models are tiny, so a second thread
+# costs more in synchronisation than it gains (test_unlearn + test_influence: 53 s on one thread, 68 s on two),
+# and the multi-process tests then do not oversubscribe the two cores.
+os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+torch.set_num_threads(1)
 
 WORDS = ["<eos>", "<pad>", "Question:", "Answer:", "Who", "is", "Ada", "?", "She", "a", "poet", "."]
 

@@ -4,6 +4,7 @@ with ``adversary.kind=latent`` unlearns under it, its retain term untouched."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -73,6 +74,7 @@ def test_one_attack_step_is_the_normalised_gradient_step_within_the_budget(setup
 
 def test_the_attack_restores_the_forget_answers_inside_its_budget(setup):
     model, forget, _ = setup
+    model = copy.deepcopy(model)  # the module's fixture is shared: perturb a copy
     with torch.no_grad():  # push the model off its answers, as unlearning would
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p, generator=torch.Generator().manual_seed(1)))

@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -218,36 +216,10 @@ def test_report_is_self_contained_html(report):
 # ---------------------------------------------------------------- rendering in headless Chromium
 
 
-@functools.cache
 def find_chromium() -> tuple[str | None, str]:
-    """The Chromium executable, installing it with apt-get when missing and allowed (root or passwordless sudo).
-
-    Returns (path, "") or (None, why not).
-    """
-    names = ("chromium", "chromium-browser")
-    found = next((shutil.which(n) for n in names if shutil.which(n)), None)
-    if found:
-        return found, ""
-    if not shutil.which("apt-get"):
-        return None, "chromium is not installed and there is no apt-get to install it"
-    if os.geteuid() == 0:
-        sudo = []
-    elif shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
-        sudo = ["sudo", "-n"]
-    else:
-        return None, "chromium is not installed and installing it needs root or passwordless sudo"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [*sudo, "apt-get", "install", "-y", "chromium", "chromium-driver"]
-    try:
-        if subprocess.run(install, capture_output=True, env=env, timeout=600).returncode != 0:
-            subprocess.run([*sudo, "apt-get", "update"], capture_output=True, env=env, timeout=300)
-            result = subprocess.run(install, capture_output=True, env=env, timeout=600)
-            if result.returncode != 0:
-                return None, f"apt-get install chromium failed: {result.stderr.decode(errors='replace')[-300:]}"
-    except subprocess.TimeoutExpired:
-        return None, "apt-get install chromium timed out"
-    found = next((shutil.which(n) for n in names if shutil.which(n)), None)
-    return (found, "") if found else (None, "apt-get installed chromium but no chromium executable was found")
+    """The Chromium executable (``make browser`` installs it; the tests never do): (path, "") or (None, why not)."""
+    found = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
+    return (found, "") if found else (None, "chromium is not installed: run `make browser` (CI does, before the tests)")
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ def target_eval(micro_run, oracle_eval) -> Path:
     return out
 
 
-def test_writes_a_tofu_layout_log_and_a_summary(micro_run, target_eval):
+def test_writes_a_tofu_layout_log_and_a_summary(micro_run, target_eval, oracle_eval):
     log = json.loads((target_eval / LOG_FILE).read_text())
     assert set(log) == {"eval_log_forget.json", "eval_log.json", "eval_log_holdout.json",
                         "eval_real_world_wo_options.json"}
@@ -55,6 +55,10 @@ def test_writes_a_tofu_layout_log_and_a_summary(micro_run, target_eval):
     summary = json.loads((target_eval / SUMMARY_FILE).read_text())
     assert 0 <= summary["forget_quality"] <= 1
     assert 0 < summary["model_utility"] <= 1 or summary["model_utility"] == 0
+    from forgetkit.eval.command import aggregate_logs  # the headline numbers are the written logs' own
+
+    again = aggregate_logs(str(target_eval), str(oracle_eval))
+    assert summary["forget_quality"] == again["forget_quality"] and summary["model_utility"] == again["model_utility"]
     assert set(summary["mia"]["auc"]) == {"loss", "zlib", "min_k", "min_k_plus_plus", "gradnorm"}
     assert "holdout = 1" in summary["mia"]["orientation"]
     assert summary["mia"]["privleak"] is not None

@@ -51,11 +51,16 @@ def test_sigma_for_inverts_epsilon_and_more_steps_cost_less():
 @pytest.mark.parametrize("c0,shift,c,steps", list(itertools.product([0.01, 1, 100], [1e-3, 1], [1, 0.99, 0.5, 0.1],
                                                                       [1, 10, 300])))
 def test_the_optimal_shift_split_is_feasible(c0, shift, c, steps):
-    """The bound spends a_t ∝ w_t of shift at step t; it is valid only if the remaining shift never goes
-    negative: z_0 = 2·C0, z_{t+1} = c·z_t + 2s − a_t ≥ 0, and z_T = 0."""
+    """The bound spends a_t ∝ w_t of the schedule's total shift K at step t (``shift_and_weights``: K and Σ w_t²);
+    it is valid only if the remaining shift never goes negative: z_0 = 2·C0, z_{t+1} = c·z_t + 2s − a_t ≥ 0, with
+    s = γ·C1 the most one step moves the weights, and z_T = 0."""
+    lr = 0.1
+    schedule = NoisySchedule(clip_start=c0, clip_grad=shift / lr, lr=lr, weight_decay=(1 - c) / lr, steps=steps)
+    assert schedule.contraction == pytest.approx(c)
+    total, weight_sq = schedule.shift_and_weights()
     weights = [c ** (steps - 1 - t) for t in range(steps)]
-    total = 2 * c0 * c ** steps + 2 * shift * sum(weights)
-    spend = [total * w / sum(x * x for x in weights) for w in weights]
+    assert weight_sq == pytest.approx(sum(w * w for w in weights))
+    spend = [total * w / weight_sq for w in weights]
     z = 2 * c0
     for a in spend:
         z = c * z + 2 * shift - a

@@ -110,6 +110,12 @@ def test_eval_toxicity_end_to_end(unlearn_run, tmp_path, capsys, classifier_dir)
                  "--toxicity", str(classifier_dir)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["toxicity"]["n_prompts"] == 40 and 0 <= summary["toxicity"]["toxic_rate"] <= 1
+    from forgetkit.models import load_model  # the same rates as the library computes on the same model
+
+    model, tokenizer = load_model(unlearn_run / "target")
+    scorer, label = tox.scorer_of(str(classifier_dir))
+    assert summary["toxicity"] == tox.toxicity(model.eval(), tokenizer, scorer, label,
+                                               max_new_tokens=summary["toxicity"]["max_new_tokens"])
     assert "toxic generation rate (classifier classifier)" in capsys.readouterr().out
     assert main(["eval", "--model", str(unlearn_run / "target"), "--data", str(unlearn_run / "benchmark"),
                  "--out", str(tmp_path / "bad"), "--quiet", "--toxicity", str(tmp_path / "missing")]) == 2
