@@ -7,11 +7,14 @@ itself once (as peft's ``register_peft_method`` does): gradient methods through 
 closed-form editors through ``editors.base.register``, sharded exact unlearning in ``exact/command.py``,
 input-based unlearners through ``incontext.base.register``.
 The registry imports none of them; whoever needs every name imports the algorithm packages
-(``forgetkit.unlearn`` does).
+(``forgetkit.unlearn`` does), and each package imports all its modules (:func:`register_package`).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from forgetkit.config import build
@@ -53,6 +56,16 @@ def register_unlearner(name: str, params: type, kind: str, guarantee: str = EMPI
     if kind not in KINDS or guarantee not in GUARANTEES:
         raise ValueError(f"unlearner '{name}': kind {kind!r} or guarantee {guarantee!r} unknown")
     UNLEARNERS[name] = Unlearner(name, params, kind, guarantee, summary)
+
+
+def register_package(package: str, path: Iterable[str], infrastructure: Iterable[str]) -> None:
+    """Import every module of the algorithm package ``package`` (its ``__path__``) but its ``infrastructure``
+    (base classes, runners, shared losses): each imported module registers its unlearners, so adding one is
+    its file and its recipe, with no import list to edit."""
+    skip = set(infrastructure)
+    for module in pkgutil.iter_modules(path):
+        if module.name not in skip:
+            importlib.import_module(f"{package}.{module.name}")
 
 
 def unlearner(name: str, kind: str | None = None) -> Unlearner:

@@ -2,9 +2,10 @@
 ``llmeraser`` (influence update: removal, query modification, response correction) and ``fast_ntk``
 (NTK-linearised removal, small sizes only). ``forgetkit unlearn --method NAME`` runs them."""
 
-from forgetkit.editors import fast_ntk, llmeraser  # noqa: F401  (each module registers its editor)
 from forgetkit.editors.base import REQUESTS, EditData, Editor, build_editor
-from forgetkit.registry import EDITOR, UNLEARNERS
+from forgetkit.registry import EDITOR, UNLEARNERS, register_package
+
+register_package(__name__, __path__, ("base", "command"))  # every other module registers one editor
 
 # The editors' classes by name: a view of the one registry (forgetkit.registry).
 EDITORS = {name: u.params for name, u in UNLEARNERS.items() if u.kind == EDITOR}

@@ -1,23 +1,10 @@
 """Unlearning methods, one module each, registered by name (``forgetkit methods`` lists them)."""
 
-from forgetkit.methods import (  # noqa: F401  (each module registers its method)
-    bounded_graddiff,
-    ga,
-    graddiff,
-    idk_dpo,
-    idk_nll,
-    influence_peft,
-    kl,
-    noisy_finetune,
-    npo,
-    relearn,
-    retrain,
-    rmu,
-    simnpo,
-    undial,
-)
 from forgetkit.methods.base import Method, Reference, UnlearnBatch, UnlearnContext, build_method
-from forgetkit.registry import GRADIENT, UNLEARNERS
+from forgetkit.registry import GRADIENT, UNLEARNERS, register_package
+
+# Every module here but these registers one method: a new method is its file (and its recipe).
+register_package(__name__, __path__, ("adversarial", "base", "command", "losses", "stopping"))
 
 # The gradient methods' classes by name: a view of the one registry (forgetkit.registry).
 METHODS = {name: u.params for name, u in UNLEARNERS.items() if u.kind == GRADIENT}

@@ -105,6 +105,9 @@ class Method(ABC):
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    # the logged loss term that unlearning drives down: the forget side of the objective (``retain_ce`` for a
+    # method that trains on the retain set only); the test suite checks every registered method moves it
+    forget_term: ClassVar[str] = ""
     needs_retain: ClassVar[bool] = True
     needs_reference: ClassVar[bool] = False
     alternate_answers: ClassVar[str | None] = None  # "idk" or "vague"

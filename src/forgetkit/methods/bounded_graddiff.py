@@ -12,5 +12,6 @@ from forgetkit.methods.graddiff import GradDiff
 @dataclass
 class BoundedGradDiff(GradDiff):
     name = "bounded_graddiff"
+    forget_term = "neg_forget_ce"
     summary = "GradDiff through sine-bounded MLP adapters, |ΔW_ij| ≤ α/(r·√d_in) (adapter=sine)"
     default_adapter = "sine"

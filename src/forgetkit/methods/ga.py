@@ -12,6 +12,7 @@ from forgetkit.methods.base import Method, UnlearnBatch, forward, register
 @dataclass
 class GradAscent(Method):
     name = "ga"
+    forget_term = "neg_forget_ce"
     summary = "gradient ascent on the forget set: L = -γ·CE(D_f)"
     needs_retain = False
 

@@ -12,6 +12,7 @@ from forgetkit.methods.base import Method, UnlearnBatch, forward, register
 @dataclass
 class GradDiff(Method):
     name = "graddiff"
+    forget_term = "neg_forget_ce"
     summary = "gradient difference: L = -γ·CE(D_f) + α·CE(D_r)"
 
     def parts(self, model, batch: UnlearnBatch, reference=None):

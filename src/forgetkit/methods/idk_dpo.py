@@ -14,6 +14,7 @@ class IdkDPO(Method):
     beta: float = 0.1
 
     name = "idk_dpo"
+    forget_term = "idk_dpo"
     summary = "L = -γ·(2/β)·log σ(β·(Δ_idk - Δ_f)) + α·CE(D_r), win = a refusal"
     needs_reference = True
     alternate_answers = "idk"

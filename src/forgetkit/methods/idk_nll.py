@@ -12,6 +12,7 @@ from forgetkit.methods.base import Method, UnlearnBatch, forward, register
 @dataclass
 class IdkNLL(Method):
     name = "idk_nll"
+    forget_term = "idk_ce"
     summary = "L = γ·CE(q_f, refusal) + α·CE(D_r)"
     alternate_answers = "idk"
 

@@ -59,6 +59,7 @@ class InfluencePEFT(Method):
     seed: int = 0
 
     name: ClassVar[str] = "influence_peft"
+    forget_term = "npo"
     summary: ClassVar[str] = ("influence-guided PEFT: LiSSA influence → adapters on critical modules with a "
                               "forgetting regulariser (+ NPO) → influence mask → refine on D_r ∪ gradient-matched data")
     trains_existing_adapter: ClassVar[bool] = True

@@ -12,6 +12,7 @@ from forgetkit.methods.base import Method, UnlearnBatch, forward, register
 @dataclass
 class KL(Method):
     name = "kl"
+    forget_term = "neg_forget_ce"
     summary = "L = -γ·CE(D_f) + α·KL(π_ref ‖ π_θ) on D_r"
     needs_reference = True
 

@@ -36,6 +36,7 @@ class NoisyFinetune(Method):
     recover_epochs: float = 3.0  # noise-free fine-tuning on D_r afterwards (post-processing); 0: none
 
     name = "noisy_finetune"
+    forget_term = "retain_ce"
     summary = ("certified (ε, δ): clip the adapter to C0, T steps of x ← x − γ(clip(∇CE(D_r), C1) + λx) + N(0, σ²), "
                "then CE(D_r) without noise")
     trains_existing_adapter: ClassVar[bool] = True

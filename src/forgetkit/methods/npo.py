@@ -14,6 +14,7 @@ class NPO(Method):
     beta: float = 0.1
 
     name = "npo"
+    forget_term = "npo"
     summary = "L = -γ·(2/β)·log σ(-β·Δ_f) + α·CE(D_r), Δ = log π_θ - log π_ref"
     needs_reference = True
 

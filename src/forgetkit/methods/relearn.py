@@ -14,6 +14,7 @@ class ReLearn(Method):
     kl_weight: float = 1.0
 
     name = "relearn"
+    forget_term = "aug_ce"
     summary = "L = γ·CE(D_aug) + α·CE(D_r) + kl_weight·KL(π_ref ‖ π_θ) on D_r; D_aug = vague answers"
     needs_reference = True
     alternate_answers = "vague"

@@ -13,6 +13,7 @@ from forgetkit.registry import EXACT
 @dataclass
 class Retrain(Method):
     name = "retrain"
+    forget_term = "retain_ce"
     summary = "fine-tune the base model on D_r only (the oracle): L = CE(D_r)"
     starts_from_base = True
     guarantee = EXACT  # trained without the records from the start

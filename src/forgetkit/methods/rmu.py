@@ -29,6 +29,7 @@ class RMU(Method):
     seed: int = 0
 
     name = "rmu"
+    forget_term = "forget_steer_mse"
     summary = "L = γ·‖h_ℓ(x_f) - c·u‖² + α·‖h_ℓ(x_r) - h_ℓ^ref(x_r)‖² (layer ℓ, random unit u)"
     needs_reference = True
 

@@ -16,6 +16,7 @@ class SimNPO(Method):
     delta: float = 0.0
 
     name = "simnpo"
+    forget_term = "simnpo"
     summary = "L = -γ·(2/β)·log σ(β·(NLL_f/|y| - δ)) + α·CE(D_r)"
 
     def parts(self, model, batch: UnlearnBatch, reference=None):

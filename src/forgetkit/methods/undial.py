@@ -14,6 +14,7 @@ class UNDIAL(Method):
     beta: float = 10.0
 
     name = "undial"
+    forget_term = "undial"
     summary = "L = γ·CE(π_θ, softmax(z_ref - β·onehot(y))) on D_f + α·CE(D_r)"
     needs_reference = True
 
