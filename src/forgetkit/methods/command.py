@@ -13,7 +13,8 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -77,137 +78,204 @@ def alternate_records(forget: list[QARecord], kind: str) -> list[QARecord]:
 
 def run_gradient(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult | None:
     """Unlearn with the request's gradient method, write everything into ``request.out``; the result (None in
-    the other processes of a multi-process launch: the main process writes and evaluates)."""
-    import torch
+    the other processes of a multi-process launch: the main process writes and evaluates). Three steps, as a
+    recipe: :func:`setup` (inputs, model, adapter, reference), :func:`train` (the loop and its hooks),
+    :func:`write` (the result, summary, audit and ledger row)."""
+    job = setup(request, quiet)
+    stats, criterion = train(job, quiet)
+    if not job.main:  # the main process evaluates and writes the results
+        return None
+    return write(job, stats, criterion, quiet)
 
-    from forgetkit.models import load_model, save_model
 
+@dataclass
+class GradientJob:
+    """A gradient request set up: what the loop trains and what the result is written from."""
+
+    request: UnlearnRequest
+    config: UnlearnConfig  # resolved: the adapter kind filled in (config.json and the audit record)
+    method: Method
+    inputs: RequestInputs
+    out: Path
+    main: bool  # the main process (it writes; the others only train their share)
+    started: str
+    model: object  # the model being trained: with its adapter attached in LoRA mode
+    tokenizer: object
+    data: PairedData
+    context: UnlearnContext
+    existing_adapter: bool  # the LoRA target trains its own adapter (not merged into the starting point)
+    max_length: int  # config.max_length fitted to the model's context
+    calibration: list[QARecord] | None = None  # --until's never-trained reference, and its file
+    calibration_file: Path | None = None
+    reference: Reference | None = None
+    adversary: LatentAdversary | None = None
+    after_step: Callable | None = None  # clipped adapters: the norm clip after each step
+    phases: dict = field(default_factory=dict)  # what the method's phases around training recorded
+    before_training_s: float = 0.0
+
+    def loss(self, wrapped, batch):
+        """The method's loss parts on ``batch`` (its forget passes under the latent adversary, when armed)."""
+        if self.adversary is not None:
+            return self.adversary.parts(self.method, wrapped, batch, self.reference)
+        return self.method.parts(wrapped, batch, self.reference)
+
+
+def _resolved(request: UnlearnRequest) -> tuple[Method, UnlearnConfig]:
+    """The request's method, and its config with the adapter kind filled in (the request's is unchanged);
+    the flags that do not fit a gradient method refused."""
     if request.edits:
         raise ForgetkitError(f"--edits is for the closed-form editors, not '{request.config.method}'")
     method = build_method(request.config.method, request.config.params)
-    # the resolved config (config.json, the audit record): the adapter kind filled in; the request's is unchanged
     config = replace(request.config, adapter=request.config.adapter
                      or (method.default_adapter if request.config.mode == "lora" else "lora"))
-    adapter_kind = config.adapter
-    if config.mode == "full" and adapter_kind != "lora":
-        raise ConfigError(f"adapter={adapter_kind} needs mode=lora (full mode trains every weight, no adapter)")
+    if config.mode == "full" and config.adapter != "lora":
+        raise ConfigError(f"adapter={config.adapter} needs mode=lora (full mode trains every weight, no adapter)")
     if request.eval_every and not request.run:
         raise ForgetkitError("unlearn: --eval-every needs --run (the benchmark's oracle log gives Forget Quality)")
+    return method, config
+
+
+def _calibration(request: UnlearnRequest, method: Method, config: UnlearnConfig,
+                 inputs: RequestInputs) -> tuple[list[QARecord] | None, Path | None]:
+    """``--until``'s calibration set and its file (None without ``--until``)."""
+    if not config.until:
+        return None, None
+    if method.starts_from_base:
+        raise ForgetkitError(f"--until: '{config.method}' trains from the base without the forget set; there is "
+                             "nothing to stop")
+    return calibration_of(request, inputs.forget, inputs.retain)
+
+
+def setup(request: UnlearnRequest, quiet: bool = False) -> GradientJob:
+    """Step 1: check the request, resolve its inputs, load the model (a LoRA target merged into the starting
+    point, unless the method trains it), tokenise, place the adapter, run the method's ``start`` phase, build
+    π_ref and the adversary; the main process writes ``config.json``."""
+    import torch
+
+    from forgetkit.models import load_model
+
+    method, config = _resolved(request)
     out = Path(request.out)
     main = process_state().is_main_process
     if main:
         _check_output(out, config)
     inputs = resolve_inputs(request, method.starts_from_base)
-    retain = inputs.retain
-    if (method.needs_retain or method.starts_from_base) and not retain:
+    if (method.needs_retain or method.starts_from_base) and not inputs.retain:
         raise ForgetkitError(f"method '{config.method}' needs a retain set (--retain FILE)")
-    if config.until:
-        if method.starts_from_base:
-            raise ForgetkitError(f"--until: '{config.method}' trains from the base without the forget set; there is "
-                                 "nothing to stop")
-        calibration, calibration_file = calibration_of(request, inputs.forget, retain)
-
+    calibration, calibration_file = _calibration(request, method, config, inputs)
     started = now()
-    device = resolve_device(request.device)
     torch.manual_seed(config.train.seed)
-    model, tokenizer = load_model(inputs.model, inputs.adapter, device=device)
+    model, tokenizer = load_model(inputs.model, inputs.adapter, device=resolve_device(request.device))
     existing_adapter = inputs.adapter is not None and method.trains_existing_adapter and config.mode == "lora"
     if inputs.adapter is not None and not existing_adapter:
         model = model.merge_and_unload()  # the adapter becomes part of the frozen starting point
-
-    pad = pad_id(tokenizer)
     max_length = fit_max_length(model, config.max_length)  # config.json and the audit keep the setting as given
     data = _paired_data(method, tokenizer, inputs, max_length)
     context = UnlearnContext(model, tokenizer, data, inputs.forget, replace(config, max_length=max_length), out, quiet,
                              existing_adapter)
-    phases: dict = {}
+    job = GradientJob(request, config, method, inputs, out, main, started, model, tokenizer, data, context,
+                      existing_adapter, max_length, calibration, calibration_file)
     phase_start = time.perf_counter()
-    after_step = None
-    if existing_adapter:  # the adapter that holds the knowledge is trained itself
-        for name, param in model.named_parameters():
-            param.requires_grad_("lora_" in name)
-    elif config.mode == "lora":
-        lora, phases = method.place_adapter(context, config.lora)
-        model = context.model = attach_lora(model, lora, kind=adapter_kind)
-        if adapter_kind == "clipped":
-            layers = bounded_layers(model, config.lora.bounded_modules)
-
-            def after_step(_model) -> None:
-                clip_adapters(layers, config.lora.clip_norm)
-    else:
-        model.requires_grad_(True)
-    phases.update(method.start(context))
-    before_training_s = time.perf_counter() - phase_start
-
-    reference = Reference(model, frozen_copy=existing_adapter) if method.needs_reference else None
-    adversary = LatentAdversary(model, config.adversary) if config.adversary.kind == "latent" else None
-
-    def loss_fn(wrapped, batch):
-        if adversary is not None:
-            return adversary.parts(method, wrapped, batch, reference)
-        return method.parts(wrapped, batch, reference)
-
+    _place_adapter(job)
+    job.phases.update(method.start(context))
+    job.before_training_s = time.perf_counter() - phase_start
+    job.reference = Reference(job.model, frozen_copy=existing_adapter) if method.needs_reference else None
+    job.adversary = LatentAdversary(job.model, config.adversary) if config.adversary.kind == "latent" else None
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {"unlearn": asdict(config), "config_hash": config_hash(config)})
-    hooks = [_periodic_eval(request, tokenizer)] if request.eval_every else []
+    return job
+
+
+def _place_adapter(job: GradientJob) -> None:
+    """What trains: the LoRA target's own adapter, a new adapter where the method places it (a clipped one with
+    its norm clip after each step), or, in full mode, every weight."""
+    config = job.config
+    if job.existing_adapter:  # the adapter that holds the knowledge is trained itself
+        for name, param in job.model.named_parameters():
+            param.requires_grad_("lora_" in name)
+    elif config.mode == "lora":
+        lora, job.phases = job.method.place_adapter(job.context, config.lora)
+        job.model = job.context.model = attach_lora(job.model, lora, kind=config.adapter)
+        if config.adapter == "clipped":
+            layers = bounded_layers(job.model, config.lora.bounded_modules)
+
+            def after_step(_model) -> None:
+                clip_adapters(layers, config.lora.clip_norm)
+
+            job.after_step = after_step
+    else:
+        job.model.requires_grad_(True)
+
+
+def train(job: GradientJob, quiet: bool = False) -> tuple[TrainStats, dict | None]:
+    """Step 2: the loop over the method's loss, with its hooks (``--eval-every``, ``--until``'s stop and
+    rollback), then the method's ``finish`` phase; the statistics, and the criterion's record with ``--until``.
+    The time of the checks outside the loop and of the phases counts in the method's time."""
+    config, model = job.config, job.model
+    hooks = [_periodic_eval(job.request, job.tokenizer)] if job.request.eval_every else []
     stopping = None
     if config.until:
-        stopping = StoppingHook(config.criterion, tokenizer, inputs.forget, calibration, retain or [],
-                                max_length, out)
+        stopping = StoppingHook(config.criterion, job.tokenizer, job.inputs.forget, job.calibration,
+                                job.inputs.retain or [], job.max_length, job.out)
         hooks.append(stopping)
-    epochs = method.train_steps(config.train.epochs)
+    epochs = job.method.train_steps(config.train.epochs)
     criterion_s = 0.0  # the criterion's checks outside the loop (before the first step, after the last)
     if epochs > 0:
-        if stopping is not None and main:
+        if stopping is not None and job.main:
             t0 = time.perf_counter()
             stopping.start(model)
             criterion_s = time.perf_counter() - t0
-        stats = train_loop(model, loss_fn, data, replace(config.train, epochs=epochs), pad, run_dir=out,
-                           desc=f"unlearn ({config.method})", quiet=quiet, after_step=after_step,
-                           on_step=_all_of(hooks) if hooks else None)
+        stats = train_loop(model, job.loss, job.data, replace(config.train, epochs=epochs), pad_id(job.tokenizer),
+                           run_dir=job.out, desc=f"unlearn ({config.method})", quiet=quiet,
+                           after_step=job.after_step, on_step=_all_of(hooks) if hooks else None)
     else:
         stats = TrainStats(0, 0, 0, float("nan"), float("nan"), 0.0, 0.0, "none",
                            sum(p.numel() for p in model.parameters() if p.requires_grad))
-    if adversary is not None:
-        adversary.remove()
+    if job.adversary is not None:
+        job.adversary.remove()
     criterion = None
-    if stopping is not None and main:
+    if stopping is not None and job.main:
         t0 = time.perf_counter()
         criterion = stopping.finish(model, stats.resumed_from_step + stats.steps)
         criterion_s += time.perf_counter() - t0
         stats.wall_time_s += criterion_s  # the checks count in the method's time, as its phases do
     phase_start = time.perf_counter()
-    phases.update(method.finish(context))
+    job.phases.update(job.method.finish(job.context))
     after_training_s = time.perf_counter() - phase_start
-    if phases:  # a method with phases around training: they count in its time
-        stats.wall_time_s += before_training_s + after_training_s
-        phases.update({"before_training_s": before_training_s, "after_training_s": after_training_s})
+    if job.phases:  # a method with phases around training: they count in its time
+        stats.wall_time_s += job.before_training_s + after_training_s
+        job.phases.update({"before_training_s": job.before_training_s, "after_training_s": after_training_s})
+    return stats, criterion
 
-    if not main:  # the main process evaluates and writes the results
-        return None
+
+def write(job: GradientJob, stats: TrainStats, criterion: dict | None, quiet: bool = False) -> UnlearnResult:
+    """Step 3 (main process): the adapter (or model), the summary (with ``--eval``, the evaluation), the audit
+    record and its ledger row (:func:`forgetkit.request.finish`); the checkpoints are removed."""
+    from forgetkit.models import save_model
+
+    config, inputs, out = job.config, job.inputs, job.out
     result_dir = out / ("adapter" if config.mode == "lora" else "model")
-    save_model(model, tokenizer, result_dir)
+    save_model(job.model, job.tokenizer, result_dir)
     summary = {"method": config.method, "mode": config.mode, **stats.to_dict(),
-               "forget_examples": len(inputs.forget), "retain_examples": len(retain or [])}
-    if phases:
-        summary["phases"] = phases
-    if criterion:
-        criterion["calibration"] = record_set(calibration_file, calibration)
-        summary["criterion"] = criterion
-    if request.evaluate:
-        summary["eval"] = _evaluate(request, model, tokenizer, inputs, out, quiet)
+               "forget_examples": len(inputs.forget), "retain_examples": len(inputs.retain or [])}
     details = {"resumed_from_step": stats.resumed_from_step}
+    if job.phases:
+        summary["phases"] = job.phases
     if criterion:
-        details["criterion"] = criterion
-    if "certificate" in phases:  # a method with a formal (ε, δ) guarantee
-        details["certificate"] = phases["certificate"]
-    audit = audit_of(config, inputs.model, inputs.forget_set(), result_dir, started, guarantee=method.guarantee,
-                     adapter_in=fingerprinted(inputs.adapter), retain=inputs.retain_set(), origin=inputs.origin,
-                     load=load_record(inputs.model, inputs.adapter, result_dir, in_place=existing_adapter,
+        criterion["calibration"] = record_set(job.calibration_file, job.calibration)
+        summary["criterion"] = details["criterion"] = criterion
+    if job.request.evaluate:
+        summary["eval"] = _evaluate(job.request, job.model, job.tokenizer, inputs, out, quiet)
+    if "certificate" in job.phases:  # a method with a formal (ε, δ) guarantee
+        details["certificate"] = job.phases["certificate"]
+    audit = audit_of(config, inputs.model, inputs.forget_set(), result_dir, job.started,
+                     guarantee=job.method.guarantee, adapter_in=fingerprinted(inputs.adapter),
+                     retain=inputs.retain_set(), origin=inputs.origin,
+                     load=load_record(inputs.model, inputs.adapter, result_dir, in_place=job.existing_adapter,
                                       full=config.mode == "full"),
                      details=details)
-    result = finish(request, audit, summary, model, tokenizer)
+    result = finish(job.request, audit, summary, job.model, job.tokenizer)
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     shutil.rmtree(out / "refine" / CHECKPOINT_DIR, ignore_errors=True)
     return result
