@@ -1,4 +1,7 @@
-"""LoRA adapters (peft) with sensible target modules for each model family, in three kinds.
+"""LoRA adapters (peft) with sensible target modules for any architecture, in three kinds.
+
+Target modules: forgetkit's measured list for the families it names, else every linear projection of the model's
+decoder layers, found in the model; the MLP projections (the bounded ones) likewise.
 
 - ``lora``: plain LoRA on the family's attention and MLP projections;
 - ``sine``: the bounded modules (default: the MLP projections) use the sine-bounded form
@@ -57,19 +60,63 @@ class LoraSettings:
         require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
 
 
-def _family(model, table: dict[str, list[str]], what: str) -> list[str]:
-    model_type = getattr(model.config, "model_type", "")
-    if model_type not in table:
-        raise ConfigError(f"no default {what} for model type '{model_type}': set it explicitly")
-    return list(table[model_type])
+# The names of the child module that holds a decoder layer's MLP, across the families transformers implements.
+MLP_CHILDREN = ("mlp", "feed_forward", "ffn")
+
+
+def _projections(model) -> list[tuple[str, str]]:
+    """``(path inside a decoder layer, leaf name)`` of every linear projection of the first decoder layer
+    (``nn.Linear``, GPT-2's ``Conv1D``, or a peft layer already wrapping one, whose own parts are not counted),
+    in the layer's order; empty when no layer stack is found."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from transformers.pytorch_utils import Conv1D
+
+    from forgetkit.models.latent import decoder_layers
+
+    try:
+        layer = decoder_layers(model)[0]
+    except (ValueError, IndexError):  # no layer stack (NoLayerStack is one), or an empty one
+        return []
+    found: list[tuple[str, str]] = []
+    for path, m in layer.named_modules():
+        if path and not any(path.startswith(f"{p}.") for p, _ in found) and \
+                isinstance(m, (torch.nn.Linear, Conv1D, BaseTunerLayer)):
+            found.append((path, path.rsplit(".", 1)[-1]))
+    return found
+
+
+def _model_type(model) -> str:
+    return getattr(model.config, "model_type", "") or type(model).__name__
 
 
 def default_target_modules(model) -> list[str]:
-    return _family(model, FAMILY_TARGET_MODULES, "LoRA target modules (lora.target_modules)")
+    """LoRA's targets: forgetkit's measured list for the families it names (``FAMILY_TARGET_MODULES``), else
+    every linear projection of the decoder layers (attention and MLP), found in the model itself, so that any
+    architecture transformers and peft load (Gemma 3, Qwen 2 …) is unlearned without ``lora.target_modules``.
+    peft's own per-architecture defaults are not used: they target the query and value projections only, a
+    smaller adapter than every recipe here was measured with."""
+    model_type = _model_type(model)
+    if model_type in FAMILY_TARGET_MODULES:
+        return list(FAMILY_TARGET_MODULES[model_type])
+    leaves = list(dict.fromkeys(leaf for _, leaf in _projections(model)))
+    if not leaves:
+        raise ConfigError(f"no LoRA target modules found for model type '{model_type}' (no decoder layer stack "
+                          "with linear projections): set lora.target_modules")
+    return leaves
 
 
 def default_bounded_modules(model) -> list[str]:
-    return _family(model, FAMILY_MLP_MODULES, "bounded modules (lora.bounded_modules)")
+    """The MLP projections (what ``sine`` and ``clipped`` bound by default): the family's list, else the linear
+    projections inside each decoder layer's MLP child (``mlp``, ``feed_forward``, ``ffn``), named with it
+    (``mlp.down_proj``) so that an attention projection of the same leaf name is never taken for one."""
+    model_type = _model_type(model)
+    if model_type in FAMILY_MLP_MODULES:
+        return list(FAMILY_MLP_MODULES[model_type])
+    found = [path for path, _ in _projections(model) if path.split(".")[0] in MLP_CHILDREN]
+    if not found:
+        raise ConfigError(f"no MLP projections found for model type '{model_type}' (no mlp, feed_forward or ffn "
+                          "in its decoder layers): set lora.bounded_modules")
+    return found
 
 
 def attach_lora(model, settings: LoraSettings, kind: str = "lora"):

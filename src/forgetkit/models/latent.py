@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from forgetkit.errors import SettingError, require_positive
+from forgetkit.errors import ConfigError, SettingError, require_positive
 
 
 @dataclass
@@ -35,13 +35,18 @@ class AdversarySettings:
         require_positive(self, "epsilon", "steps", "step_size")
 
 
+class NoLayerStack(ConfigError, ValueError):
+    """A model whose decoder layers forgetkit cannot find: a one-line user error (and a ValueError)."""
+
+
 def decoder_layers(model) -> torch.nn.ModuleList:
     """The model's stack of decoder layers (Llama-style ``layers``, GPT-2's ``h``): the longest ModuleList
     of that name."""
     stacks = [m for name, m in model.named_modules()
               if isinstance(m, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layers", "h")]
     if not stacks:
-        raise ValueError(f"{type(model).__name__}: no decoder layer stack (layers or h) found")
+        raise NoLayerStack(f"{type(model).__name__}: no decoder layer stack (a ModuleList named layers or h) found: "
+                           "the latent adversary and the generic LoRA targets need one")
     return max(stacks, key=len)
 
 
