@@ -99,12 +99,27 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from forgetkit.models import export_merged
+    if args.merge == args.gguf:
+        raise ForgetkitError("export: give --merge (the adapter is merged into a plain Hugging Face checkpoint) or "
+                             "--gguf (the model, with the adapter merged when given, as one GGUF file)")
+    if args.gguf_type is not None and not args.gguf:
+        raise ForgetkitError("export: --gguf-type goes with --gguf")
+    if args.merge:
+        from forgetkit.models import export_merged
 
-    if not args.merge:
-        raise ForgetkitError("export: give --merge (the adapter is merged into a plain Hugging Face checkpoint)")
-    out = export_merged(args.model, args.adapter, args.out)
-    print(f"Wrote {out}: a plain Hugging Face checkpoint (safetensors) with the adapter merged in")
+        if args.adapter is None:
+            raise ForgetkitError("export --merge: give --adapter (the adapter directory to merge into --model)")
+        out = export_merged(args.model, args.adapter, args.out)
+        print(f"Wrote {out}: a plain Hugging Face checkpoint (safetensors) with the adapter merged in")
+        return 0
+    from forgetkit.models.gguf_export import DEFAULT_GGUF_TYPE, export_gguf
+
+    record = export_gguf(args.model, args.out, args.adapter, args.gguf_type or DEFAULT_GGUF_TYPE)
+    types = ", ".join(f"{n} {kind}" for kind, n in sorted(record["tensor_types"].items()))
+    print(f"Wrote {record['out']}: {record['architecture']} GGUF, {record['gguf_type']} ({types} tensors), "
+          f"{record['parameters']:,} parameters{', adapter merged' if record['adapter_merged'] else ''}, "
+          f"tokenizer ({record['tokenizer_pre']}){' with chat template' if record['chat_template'] else ''}; "
+          f"{record['bytes'] / 2**20:.1f} MiB in {record['seconds']:.1f}s")
     return 0
 
 
@@ -375,11 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_unlearn)
 
-    p = sub.add_parser("export", help="merge an adapter (lora, sine, clipped) into its model: a plain HF checkpoint")
+    p = sub.add_parser("export", help="merge an adapter (lora, sine, clipped) into its model: a plain HF checkpoint "
+                                       "(--merge) or one GGUF file for llama.cpp and Ollama (--gguf)")
     p.add_argument("--model", required=True, help="the base model directory")
-    p.add_argument("--adapter", required=True, help="the adapter directory (e.g. OUT/adapter of forgetkit unlearn)")
-    p.add_argument("--merge", action="store_true", help="merge the adapter into the weights (required)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--adapter", help="the adapter directory (e.g. OUT/adapter of forgetkit unlearn); required with "
+                                     "--merge, optional with --gguf")
+    p.add_argument("--merge", action="store_true", help="merge the adapter into the weights: a Hugging Face directory")
+    p.add_argument("--gguf", action="store_true", help="write one GGUF file (llama, qwen2): weights (adapter merged), "
+                                                      "tokenizer, special tokens, chat template")
+    p.add_argument("--gguf-type", choices=("f32", "f16", "q8_0"),
+                   help="the weight matrices' type in the GGUF file (default f16, llama.cpp's default; f32 is exact; "
+                        "norms stay f32)")
+    p.add_argument("--out", required=True, help="output directory (--merge) or new .gguf file (--gguf)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("import-gguf", help="convert a GGUF file (llama.cpp, Ollama) into a Hugging Face model "
