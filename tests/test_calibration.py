@@ -100,8 +100,8 @@ def test_until_indistinguishable_on_a_run_traces_stops_and_records(unlearn_run, 
     """GA at a high learning rate overshoots within a few steps: the run stops, rolls back to the check nearest
     0.5, and the saved model scores as that check did."""
     out = tmp_path / "ga"
-    assert _unlearn(unlearn_run, out, "--method", "ga", "--until", "indistinguishable", "train.epochs=20",
-                    "train.lr=5e-3", "train.batch_size=8", "criterion.every=2") == 0
+    code = _unlearn(unlearn_run, out, "--method", "ga", "--until", "indistinguishable", "train.epochs=20",
+                    "train.lr=5e-3", "train.batch_size=8", "criterion.every=2")
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     checks = [r["criterion"] for r in rows if "criterion" in r]
     assert checks[0]["step"] == 0 and checks[0]["auc"] > 0.5  # the target knows its forget people
@@ -113,6 +113,9 @@ def test_until_indistinguishable_on_a_run_traces_stops_and_records(unlearn_run, 
     assert crit["calibration"]["count"] == len(read_records(unlearn_run / "benchmark" / "calibration.jsonl"))
     chosen = crit["chosen"]
     assert abs(chosen["auc"] - 0.5) == min(abs(c["auc"] - 0.5) for c in checks if c["verdict"] != UTILITY)
+    # exit 0 only when the kept check is within the tolerance; else 5, and the summary says it is not a deletion
+    assert crit["reached"] == (abs(chosen["auc"] - 0.5) <= crit["tolerance"]) and code == (0 if crit["reached"] else 5)
+    assert crit["verdict"].startswith("indistinguishable at step" if crit["reached"] else "not indistinguishable")
     if crit["stopped"] != REACHED:
         assert summary["steps"] >= chosen["step"]
     audit = json.loads((out / "audit.json").read_text())
@@ -136,14 +139,23 @@ def test_until_indistinguishable_on_a_run_traces_stops_and_records(unlearn_run, 
     assert mia.auc(losses(forget), losses(calibration)) == pytest.approx(chosen["auc"], abs=1e-6)
 
 
-def test_the_utility_guard_in_a_run(unlearn_run, tmp_path):
+def test_the_utility_guard_in_a_run(unlearn_run, tmp_path, capsys):
     out = tmp_path / "guard"
-    assert _unlearn(unlearn_run, out, "--method", "ga", "--until", "indistinguishable", "train.epochs=10",
-                    "train.lr=1e-2", "train.batch_size=8", "criterion.every=1",
-                    "criterion.utility_tolerance=1e-6") == 0
+    code = _unlearn(unlearn_run, out, "--method", "ga", "--until", "indistinguishable", "train.epochs=10",
+                    "train.lr=1e-2", "train.batch_size=8", "criterion.every=1", "criterion.utility_tolerance=1e-6")
     crit = json.loads((out / "summary.json").read_text())["criterion"]
     assert crit["stopped"] == UTILITY and crit["chosen"]["step"] == 0 and crit["rolled_back"]
     assert crit["checks"] == 2  # step 0, then the first step's check stopped it
+    # rolled back to the start, which the target's forget set is far from: written, recorded, but not a deletion
+    assert code == 5 and not crit["reached"] and crit["verdict"].startswith("not indistinguishable: best AUC")
+    err = capsys.readouterr().err
+    assert "the request is NOT a finished deletion (exit 5)" in err and "Traceback" not in err
+    from forgetkit.audit.ledger import entries
+
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["criterion"]["reached"] is False
+    row = entries(unlearn_run / "ledger.sqlite")[-1]
+    assert json.loads(row["metrics_json"])["until_indistinguishable"] is False
 
 
 def _one_line_error(capsys, code: int, fragment: str) -> None:
@@ -168,10 +180,11 @@ def test_one_line_errors(unlearn_run, tmp_path, capsys):
 
 def test_llmeraser_searches_its_damping_for_the_ratio_nearest_indistinguishable(lora_run, tmp_path, capsys):
     out = tmp_path / "erase"
-    assert _unlearn(lora_run, out, "--method", "llmeraser", "--until", "indistinguishable",
-                    "criterion.dampings=[100.0,10.0,1.0]") == 0
+    code = _unlearn(lora_run, out, "--method", "llmeraser", "--until", "indistinguishable",
+                    "criterion.dampings=[100.0,10.0,1.0]")
     summary = json.loads((out / "summary.json").read_text())
     crit = summary["criterion"]
+    assert code == (0 if crit["reached"] else 5)
     trace = crit["trace"]
     assert trace[0]["step"] == 0 and trace[0]["damping_ratio"] is None  # the unedited adapter first
     assert [t["damping_ratio"] for t in trace[1:]] == [100.0, 10.0, 1.0][: len(trace) - 1]

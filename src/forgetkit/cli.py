@@ -17,6 +17,10 @@ from pathlib import Path
 
 from forgetkit.errors import ConfigError, ForgetkitError, SettingError, environment_fault, first_line
 
+AUDIT_MISMATCH = 4  # forgetkit audit verify: the output is gone or no longer has its recorded fingerprint
+# --until ended without the forget set indistinguishable from never-seen data: written and recorded, not a deletion
+NOT_INDISTINGUISHABLE = 5
+
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from forgetkit.prepare import format_summary, load_prepare_config, prepare
@@ -74,13 +78,16 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
         print(f"{summary['method']} ({summary['mode']}): {summary['steps']} steps in {summary['wall_time_s']:.1f}s, "
               f"peak {summary['peak_memory_mb']:.0f} MB, {summary['trainable_parameters']:,} trainable parameters; "
               f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}")
+    not_reached = "criterion" in summary and not summary["criterion"].get("reached", True)
     if "criterion" in summary:
         c = summary["criterion"]
         chosen = c["chosen"] or {}
         print(f"until indistinguishable: {c['stopped']} after {c['checks']} checks; kept step {chosen.get('step')} "
               f"(forget vs calibration AUC {chosen.get('auc', float('nan')):.3f}, tolerance ±{c['tolerance']:.3f} "
               f"for {c['forget_examples']} vs {c['calibration_examples']} examples"
-              f"{'; rolled back' if c['rolled_back'] else ''})")
+              f"{'; rolled back' if c.get('rolled_back') else ''})")
+        if "verdict" in c:
+            print(f"verdict: {c['verdict']}")
     if "eval" in summary:
         ev = summary["eval"]
         fq = ev["forget_quality"]
@@ -95,6 +102,10 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
             else "adapter or model, train_log.jsonl")
     print(f"Wrote {args.out}: {made}, summary.json, audit.json")
     print(f"Recorded request {summary['ledger']['id']} in {summary['ledger']['path']} (forgetkit audit show ID)")
+    if not_reached:
+        print(f"error: {summary['criterion']['verdict']}: the request is NOT a finished deletion (exit "
+              f"{NOT_INDISTINGUISHABLE}); its output and audit record say so", file=sys.stderr)
+        return NOT_INDISTINGUISHABLE
     return 0
 
 
@@ -283,9 +294,6 @@ def _cmd_shard_train(args: argparse.Namespace) -> int:
     print(f"Wrote {args.out}: shard_N/ adapters, shards.json, summary.json; delete records with "
           f"forgetkit unlearn --method sharded_exact --adapter {args.out} ...")
     return 0
-
-
-AUDIT_MISMATCH = 4  # forgetkit audit verify: the output is gone or no longer has its recorded fingerprint
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:

@@ -126,19 +126,25 @@ def row_from_audit(audit: dict) -> dict:
         "forget_hash": removed.get("hash"), "forget_count": removed.get("count"),
         "kept_hash": kept.get("hash"), "kept_count": kept.get("count"), "config_hash": audit.get("config_hash"),
         "config_json": json.dumps(audit.get("config"), sort_keys=True),
-        "metrics_json": json.dumps(_headline(metrics), sort_keys=True), "empirical_epsilon": empirical,
+        "metrics_json": json.dumps(_headline(metrics, audit.get("criterion")), sort_keys=True),
+        "empirical_epsilon": empirical,
         "started": audit.get("started"), "ended": audit.get("ended"),
         "output_path": (audit.get("output") or {}).get("path"),
     }
 
 
-def _headline(metrics: dict) -> dict:
-    """The evaluation numbers a compliance reader needs (aggregates only)."""
+def _headline(metrics: dict, criterion: dict | None = None) -> dict:
+    """The evaluation numbers a compliance reader needs (aggregates only), and with ``--until`` whether the forget
+    set ended indistinguishable from never-seen data (False: not a finished deletion)."""
     forget = metrics.get("forget") or {}
     auc = metrics.get("mia_auc")
-    return {"forget_quality": metrics.get("forget_quality"), "model_utility": metrics.get("model_utility"),
-            "forget_probability": forget.get("probability"), "forget_rouge_l": forget.get("rougeL_recall"),
-            "mia_auc": auc, "success": metrics.get("success"), "certified_removal": metrics.get("certified_removal")}
+    headline = {"forget_quality": metrics.get("forget_quality"), "model_utility": metrics.get("model_utility"),
+                "forget_probability": forget.get("probability"), "forget_rouge_l": forget.get("rougeL_recall"),
+                "mia_auc": auc, "success": metrics.get("success"),
+                "certified_removal": metrics.get("certified_removal")}
+    if criterion and "reached" in criterion:
+        headline["until_indistinguishable"] = criterion["reached"]
+    return headline
 
 
 def record(ledger: str | Path, audit: dict) -> str:

@@ -121,10 +121,18 @@ class Criterion:
 
     def summary(self, final_verdict: str) -> dict:
         """What the unlearning summary and the audit record keep: the criterion, the chosen check, the trace's
-        length and why the run stopped."""
+        length, why the run stopped, and whether the kept check is within the tolerance (``reached``, with the
+        ``verdict`` in words: a run that ends short of it is never presented as a finished deletion)."""
         best = self.best
         start = self.checks[0] if self.checks else None
-        return {"criterion": "indistinguishable", "stopped": final_verdict, "tolerance": self.tolerance,
+        reached = best is not None and best.distance <= self.tolerance
+        verdict = (f"indistinguishable at step {best.step} (AUC {best.auc:.3f}, tolerance ±{self.tolerance:.3f})"
+                   if reached else
+                   f"not indistinguishable: best AUC {best.auc:.3f} at step {best.step} (tolerance "
+                   f"±{self.tolerance:.3f}); the forget set can still be told from never-seen data"
+                   if best is not None else "not indistinguishable: no check was kept")
+        return {"criterion": "indistinguishable", "stopped": final_verdict, "reached": reached, "verdict": verdict,
+                "tolerance": self.tolerance,
                 "utility_bound": self.utility_bound(start.retain_loss, start.calibration_loss) if start else None,
                 "z": self.settings.z, "forget_examples": self.n_forget, "calibration_examples": self.n_calibration,
                 "checks": len(self.checks), "chosen": best.to_dict() if best else None,
