@@ -395,127 +395,161 @@ def train_loop(
     ``data`` (:func:`check_steps`) and its batches against the machine's memory (:func:`check_memory`);
     ``setting`` is its dotted prefix in their errors.
     """
-    driver = data.driver()
-    if len(driver) == 0:
+    if len(data.driver()) == 0:
         raise ForgetkitError(f"{desc}: nothing to train on (empty set)")
     check_steps(data, config, setting)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    if AcceleratorState._shared_state.get("_mixed_precision", config.mixed_precision) != config.mixed_precision:
-        AcceleratorState._reset_state()  # a second job in this process with another precision (keeps the process group)
-    accelerator = Accelerator(cpu=on_cpu(), mixed_precision=config.mixed_precision)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    check_memory(model, data, config, setting, world)
-    set_seed(config.seed)
-    params = list(trainable(model).values())
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    total_steps = _total_steps(config, len(driver))
-    from transformers import get_scheduler  # here: transformers' optimisation module pulls in peft and its models
-
-    scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=round(config.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
-    start_step = _load_checkpoint(run_dir, model, optimizer, scheduler, accelerator.is_main_process) if run_dir else 0
-    if config.gradient_checkpointing:
-        _checkpointing(model, True)
-    wrapped, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    raw = accelerator.unwrap_model(wrapped)
-    separate_parts = accelerator.distributed_type == DistributedType.NO
-    wrapped.train()
-
-    driver_order = EpochOrder(len(driver), config.seed)
-    retain_bs = config.retain_batch_size or config.batch_size
-    retain_order = EpochOrder(len(data.retain), config.seed + 1) if data.forget and data.retain else None
-
-    def part(examples: Sequence[dict], indices: list[int]) -> dict[str, torch.Tensor]:
-        mine = indices[rank::world] or indices[:1]
-        return {k: v.to(accelerator.device) for k, v in collate([examples[i] for i in mine], pad_token_id).items()}
-
-    def micro_batch(m: int) -> UnlearnBatch:
-        idx = driver_order.take(m * config.batch_size, config.batch_size)
-        if not data.forget:  # plain fine-tuning: the retain set drives
-            return UnlearnBatch(forget=None, retain=part(data.retain, idx))
-        batch = UnlearnBatch(forget=part(data.forget, idx))
-        if data.alternate:
-            batch.alternate = part(data.alternate, idx)
-        if retain_order is not None:
-            batch.retain = part(data.retain, retain_order.take(m * retain_bs, retain_bs))
-        return batch
-
-    log_path = run_dir / LOG_FILE if run_dir else None
-    if log_path and accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _truncate_log(log_path, start_step)
-    show = not quiet and accelerator.is_local_main_process
-    bar = tqdm(total=total_steps, initial=start_step, desc=desc, disable=not show, leave=False)
-    tokens = examples = 0
+    job = _Job(model, data, config, pad_token_id, Path(run_dir) if run_dir is not None else None, desc, setting)
+    show = not quiet and job.accelerator.is_local_main_process
+    bar = tqdm(total=job.total_steps, initial=job.start_step, desc=desc, disable=not show, leave=False)
+    counts = {"tokens": 0, "examples": 0}
     first_loss = last_loss = float("nan")
-    step = start_step
-    stop = None  # an on_step hook's reason to end the run early (e.g. --until's criterion)
-    with measure(accelerator.device) as cost:
-        while step < total_steps:
-            step_loss, terms = 0.0, {}
-            for k in range(config.grad_accum):
-                batch = micro_batch(step * config.grad_accum + k)
-                sync = k == config.grad_accum - 1
-                with accelerator.autocast(), (accelerator.no_sync(wrapped) if not sync else nullcontext()):
-                    for loss, micro_terms in _loss_parts(loss_fn(wrapped, batch), separate_parts):
-                        if not torch.isfinite(loss):
-                            _stop(run_dir, step, raw, optimizer, scheduler, config, accelerator,
-                                  f"{desc}: loss became {loss.item()} at step {step}")
-                        accelerator.backward(loss / config.grad_accum)
-                        # Logged values are means over processes (each saw its share of the batch).
-                        names = list(micro_terms)
-                        values = torch.tensor([loss.item(), *(micro_terms[n] for n in names)],
-                                              device=accelerator.device)
-                        values = accelerator.reduce(values, "mean").tolist() if world > 1 else values.tolist()
-                        step_loss += values[0] / config.grad_accum
-                        for name, value in zip(names, values[1:], strict=True):
-                            terms[name] = terms.get(name, 0.0) + value / config.grad_accum
-                for p in (batch.forget, batch.retain, batch.alternate):
-                    if p is not None:
-                        tokens += int(p["attention_mask"].sum())
-                        examples += int(p["input_ids"].shape[0])
-            clip = config.max_grad_norm if config.max_grad_norm else float("inf")
-            grad_norm = float(accelerator.clip_grad_norm_(params, clip))
-            if not math.isfinite(grad_norm) or (config.abort_grad_norm and grad_norm > config.abort_grad_norm):
-                _stop(run_dir, step, raw, optimizer, scheduler, config, accelerator,
-                      f"{desc}: gradient norm {grad_norm:.4g} at step {step} (bound {config.abort_grad_norm})")
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+    step, stop = job.start_step, None  # stop: an on_step hook's reason to end the run early (--until)
+    with measure(job.accelerator.device) as cost:
+        while step < job.total_steps:
+            step_loss, terms = job.accumulate(step, loss_fn, counts)
+            grad_norm, lr = job.optimise(step)
             if after_step is not None:
                 with torch.no_grad():
-                    after_step(raw)
+                    after_step(job.raw)
             step += 1
-            if step == start_step + 1:
-                first_loss = step_loss
+            first_loss = step_loss if step == job.start_step + 1 else first_loss
             last_loss = step_loss
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}")
-            if accelerator.is_main_process:  # the hook runs with or without a run directory to log into
-                extra = (on_step(step, raw) or {}) if on_step is not None else {}
-                stop = extra.get("stop")
-                if log_path:
-                    weight_norm = math.sqrt(sum(float(p.detach().float().square().sum()) for p in params))
-                    record = {"step": step, "loss": step_loss, **terms, "grad_norm": grad_norm,
-                              "weight_norm": weight_norm, "lr": lr, **extra}
-                    with log_path.open("a") as fh:
-                        fh.write(json.dumps(record) + "\n")
-            if on_step is not None and world > 1:  # every process stops where the main process's hook said so
-                flag = torch.tensor([1.0 if stop else 0.0], device=accelerator.device)
-                stop = stop or ("stopped by the main process" if float(accelerator.reduce(flag, "sum")) else None)
+            stop = job.report(step, on_step, {"loss": step_loss, **terms}, grad_norm, lr)
             if stop:
                 break
-            if run_dir and config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
-                _checkpoint(run_dir, step, raw, optimizer, scheduler, config, accelerator)
+            if job.run_dir and config.checkpoint_every and step % config.checkpoint_every == 0 \
+                    and step < job.total_steps:
+                _checkpoint(job.run_dir, step, job.raw, job.optimizer, job.scheduler, config, job.accelerator)
     bar.close()
-    raw.eval()
+    job.raw.eval()
     if config.gradient_checkpointing:
-        _checkpointing(raw, False)
-    return TrainStats(steps=step - start_step, examples=examples, tokens=tokens, first_loss=first_loss,
-                      final_loss=last_loss, wall_time_s=cost.wall_time_s, peak_memory_mb=cost.peak_memory_mb,
-                      memory_kind=cost.memory_kind, trainable_parameters=sum(p.numel() for p in params),
-                      resumed_from_step=start_step, stopped=stop)
+        _checkpointing(job.raw, False)
+    return TrainStats(steps=step - job.start_step, examples=counts["examples"], tokens=counts["tokens"],
+                      first_loss=first_loss, final_loss=last_loss, wall_time_s=cost.wall_time_s,
+                      peak_memory_mb=cost.peak_memory_mb, memory_kind=cost.memory_kind,
+                      trainable_parameters=sum(p.numel() for p in job.params), resumed_from_step=job.start_step,
+                      stopped=stop)
+
+
+class _Job:
+    """One :func:`train_loop` run set up: accelerate's model, optimiser and schedule (resumed from the run's
+    checkpoint), the seeded data order, and the step's parts: :meth:`accumulate` (forward and backward over the
+    step's micro-batches), :meth:`optimise` (clip, guard, apply) and :meth:`report` (hook and log line)."""
+
+    def __init__(self, model, data: PairedData, config: TrainConfig, pad_token_id: int, run_dir: Path | None,
+                 desc: str, setting: str) -> None:
+        self.data, self.config, self.pad, self.run_dir, self.desc = data, config, pad_token_id, run_dir, desc
+        if AcceleratorState._shared_state.get("_mixed_precision", config.mixed_precision) != config.mixed_precision:
+            AcceleratorState._reset_state()  # a second job in this process with another precision (keeps the group)
+        self.accelerator = accelerator = Accelerator(cpu=on_cpu(), mixed_precision=config.mixed_precision)
+        self.world, self.rank = accelerator.num_processes, accelerator.process_index
+        check_memory(model, data, config, setting, self.world)
+        set_seed(config.seed)
+        self.params = list(trainable(model).values())
+        optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.total_steps = _total_steps(config, len(data.driver()))
+        from transformers import get_scheduler  # here: transformers' optimisation module pulls in peft and its models
+
+        scheduler = get_scheduler(config.scheduler, optimizer, num_training_steps=self.total_steps,
+                                  num_warmup_steps=round(config.warmup_ratio * self.total_steps))
+        self.start_step = (_load_checkpoint(run_dir, model, optimizer, scheduler, accelerator.is_main_process)
+                           if run_dir else 0)
+        if config.gradient_checkpointing:
+            _checkpointing(model, True)
+        self.wrapped, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
+        self.raw = accelerator.unwrap_model(self.wrapped)
+        self.separate_parts = accelerator.distributed_type == DistributedType.NO
+        self.wrapped.train()
+        self.driver_order = EpochOrder(len(data.driver()), config.seed)
+        self.retain_bs = config.retain_batch_size or config.batch_size
+        self.retain_order = EpochOrder(len(data.retain), config.seed + 1) if data.forget and data.retain else None
+        self.log_path = run_dir / LOG_FILE if run_dir else None
+        if self.log_path and accelerator.is_main_process:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _truncate_log(self.log_path, self.start_step)
+
+    def _part(self, examples: Sequence[dict], indices: list[int]) -> dict[str, torch.Tensor]:
+        mine = indices[self.rank::self.world] or indices[:1]
+        return {k: v.to(self.accelerator.device) for k, v in collate([examples[i] for i in mine], self.pad).items()}
+
+    def micro_batch(self, m: int) -> UnlearnBatch:
+        """Micro-batch ``m`` of the seeded order (this process's share of it)."""
+        data, size = self.data, self.config.batch_size
+        idx = self.driver_order.take(m * size, size)
+        if not data.forget:  # plain fine-tuning: the retain set drives
+            return UnlearnBatch(forget=None, retain=self._part(data.retain, idx))
+        batch = UnlearnBatch(forget=self._part(data.forget, idx))
+        if data.alternate:
+            batch.alternate = self._part(data.alternate, idx)
+        if self.retain_order is not None:
+            batch.retain = self._part(data.retain, self.retain_order.take(m * self.retain_bs, self.retain_bs))
+        return batch
+
+    def accumulate(self, step: int, loss_fn: LossFn, counts: dict) -> tuple[float, dict[str, float]]:
+        """Forward and backward over step ``step``'s micro-batches, each loss part backpropagated as it comes
+        (a NaN/inf loss stops the run before it is applied); the step's mean loss and terms over processes."""
+        config, accelerator = self.config, self.accelerator
+        step_loss, terms = 0.0, {}
+        for k in range(config.grad_accum):
+            batch = self.micro_batch(step * config.grad_accum + k)
+            sync = k == config.grad_accum - 1
+            with accelerator.autocast(), (accelerator.no_sync(self.wrapped) if not sync else nullcontext()):
+                for loss, micro_terms in _loss_parts(loss_fn(self.wrapped, batch), self.separate_parts):
+                    if not torch.isfinite(loss):
+                        self.stop(step, f"{self.desc}: loss became {loss.item()} at step {step}")
+                    accelerator.backward(loss / config.grad_accum)
+                    # Logged values are means over processes (each saw its share of the batch).
+                    names = list(micro_terms)
+                    values = torch.tensor([loss.item(), *(micro_terms[n] for n in names)], device=accelerator.device)
+                    values = accelerator.reduce(values, "mean").tolist() if self.world > 1 else values.tolist()
+                    step_loss += values[0] / config.grad_accum
+                    for name, value in zip(names, values[1:], strict=True):
+                        terms[name] = terms.get(name, 0.0) + value / config.grad_accum
+            for p in (batch.forget, batch.retain, batch.alternate):
+                if p is not None:
+                    counts["tokens"] += int(p["attention_mask"].sum())
+                    counts["examples"] += int(p["input_ids"].shape[0])
+        return step_loss, terms
+
+    def optimise(self, step: int) -> tuple[float, float]:
+        """Clip the gradient, stop on a non-finite (or ``abort_grad_norm``-exceeding) norm, apply the step; the
+        norm before clipping and the learning rate the step used."""
+        config = self.config
+        clip = config.max_grad_norm if config.max_grad_norm else float("inf")
+        grad_norm = float(self.accelerator.clip_grad_norm_(self.params, clip))
+        if not math.isfinite(grad_norm) or (config.abort_grad_norm and grad_norm > config.abort_grad_norm):
+            self.stop(step, f"{self.desc}: gradient norm {grad_norm:.4g} at step {step} "
+                            f"(bound {config.abort_grad_norm})")
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+        return grad_norm, lr
+
+    def report(self, step: int, on_step, losses: dict[str, float], grad_norm: float, lr: float) -> str | None:
+        """After step ``step``: the main process runs the ``on_step`` hook (with or without a run directory) and
+        logs the step's line (``losses``: the loss and its terms); every process then agrees on the hook's
+        ``stop``, which is returned."""
+        stop = None
+        if self.accelerator.is_main_process:
+            extra = (on_step(step, self.raw) or {}) if on_step is not None else {}
+            stop = extra.get("stop")
+            if self.log_path:
+                weight_norm = math.sqrt(sum(float(p.detach().float().square().sum()) for p in self.params))
+                record = {"step": step, **losses, "grad_norm": grad_norm, "weight_norm": weight_norm, "lr": lr,
+                          **extra}
+                with self.log_path.open("a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+        if on_step is not None and self.world > 1:  # every process stops where the main process's hook said so
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.accelerator.device)
+            stop = stop or ("stopped by the main process" if float(self.accelerator.reduce(flag, "sum")) else None)
+        return stop
+
+    def stop(self, step: int, reason: str):
+        """Keep the state before this step (the last good one) and raise :class:`DivergenceError`."""
+        _stop(self.run_dir, step, self.raw, self.optimizer, self.scheduler, self.config, self.accelerator, reason)
 
 
 def _checkpoint(run_dir, step, raw, optimizer, scheduler, config, accelerator) -> None:
