@@ -354,19 +354,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_add_prepare, _add_configs, _add_methods, _add_unlearn, _add_export, _add_import_gguf,
+                _add_data, _add_eval, _add_aggregate, _add_bench, _add_shard_train, _add_audit):
+        add(sub)
+    return parser
 
+
+def _add_prepare(sub) -> None:
+    """``forgetkit prepare``'s flags."""
     p = sub.add_parser("prepare", help="build the benchmark, tokenizer, base, target and oracle models (cached)")
     p.add_argument("--config", default="small", help="shipped config name (micro, small) or a YAML path")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. target_mode=lora")
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_prepare)
 
+
+def _add_configs(sub) -> None:
+    """``forgetkit configs``'s flags."""
     p = sub.add_parser("configs", help="list the shipped configs")
     p.set_defaults(func=_cmd_configs)
 
+
+def _add_methods(sub) -> None:
+    """``forgetkit methods``'s flags."""
     p = sub.add_parser("methods", help="list the unlearning methods")
     p.set_defaults(func=_cmd_methods)
 
+
+def _add_unlearn(sub) -> None:
+    """``forgetkit unlearn``'s flags."""
     p = sub.add_parser("unlearn", help="make a model forget a set: train an adapter with a method")
     p.add_argument("--method", help="method name (forgetkit methods); its shipped recipe is the default config")
     p.add_argument("--config", help="unlearn recipe: a shipped name (forgetkit configs) or a YAML path")
@@ -398,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_unlearn)
 
+
+def _add_export(sub) -> None:
+    """``forgetkit export``'s flags."""
     p = sub.add_parser("export", help="merge an adapter (lora, sine, clipped) into its model: a plain HF checkpoint "
                                        "(--merge) or one GGUF file for llama.cpp and Ollama (--gguf)")
     p.add_argument("--model", required=True, help="the base model directory")
@@ -412,12 +431,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (--merge) or new .gguf file (--gguf)")
     p.set_defaults(func=_cmd_export)
 
+
+def _add_import_gguf(sub) -> None:
+    """``forgetkit import-gguf``'s flags."""
     p = sub.add_parser("import-gguf", help="convert a GGUF file (llama.cpp, Ollama) into a Hugging Face model "
                                             "directory (float safetensors, tokenizer, chat template)")
     p.add_argument("file", help="the .gguf file")
     p.add_argument("--out", required=True, help="the model directory to write")
     p.set_defaults(func=_cmd_import_gguf)
 
+
+def _add_data(sub) -> None:
+    """``forgetkit data``'s flags."""
     p = sub.add_parser("data", help="data utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     c = data_sub.add_parser("check", help="validate data files and report forget/retain overlap")
@@ -432,6 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="with --dedupe: write the deduplicated retain set here (JSONL)")
     c.set_defaults(func=_cmd_data_check)
 
+
+def _add_eval(sub) -> None:
+    """``forgetkit eval``'s flags."""
     p = sub.add_parser("eval", help="evaluate a model on a forget set: TOFU metrics, MIA, memorisation, utility")
     p.add_argument("--model", required=True, help="model directory (local)")
     p.add_argument("--adapter", help="peft adapter directory on top of --model")
@@ -478,12 +506,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_eval)
 
+
+def _add_aggregate(sub) -> None:
+    """``forgetkit aggregate``'s flags."""
     p = sub.add_parser("aggregate", help="Forget Quality and Model Utility from saved logs (forgetkit's or TOFU's)")
     p.add_argument("--logs", required=True, help="the evaluated model's log (file or eval output directory)")
     p.add_argument("--oracle-logs", help="the retrain oracle's log on the same forget set")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_aggregate)
 
+
+def _add_bench(sub) -> None:
+    """``forgetkit bench``'s flags."""
     p = sub.add_parser("bench", help="run a grid of methods x forget splits x seeds with attacks; leaderboard, "
                                      "plots and an HTML report (cells cached: a rerun computes only what is missing)")
     p.add_argument("--config", default="demo", help="bench config: a shipped name (demo, full, tofu_llama) or a "
@@ -502,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_bench)
 
+
+def _add_shard_train(sub) -> None:
+    """``forgetkit shard-train``'s flags."""
     p = sub.add_parser("shard-train", help="exact unlearning: train one LoRA adapter per shard of the data "
                                             "(delete with unlearn --method sharded_exact)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -517,6 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_shard_train)
 
+
+def _add_audit(sub) -> None:
+    """``forgetkit audit``'s flags."""
     p = sub.add_parser("audit", help="the ledger of unlearning requests: list, show one, export as JSON, verify "
                                      "that a request's output still has its recorded fingerprint")
     p.add_argument("action", choices=("list", "show", "export", "verify"))
@@ -526,7 +566,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="export: JSON (the only format; accepted for clarity)")
     p.add_argument("--out", help="export: write to this file (atomically) instead of stdout")
     p.set_defaults(func=_cmd_audit)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

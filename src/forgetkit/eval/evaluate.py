@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -170,15 +170,67 @@ def evaluate(
     data.check_disjoint()
     if oracle_log is not None:
         check_oracle_log(data, oracle_log)
-    shards = _Shards(accelerator)
-    processes = accelerator.num_processes if accelerator is not None else 1
-    show = not quiet and (accelerator is None or accelerator.is_main_process)
+    run = _Run(model, tokenizer, settings, accelerator, quiet)
     start = time.perf_counter()
     sets = data.qa_sets()
     if "retain" in sets:
         sets["retain"] = sets["retain"][: settings.retain_limit]
-    context = context_length(model)
-    seqs = _Sequences(tokenizer, context)
+    seqs, candidates, canary_sets = _sequences(run, sets, data)
+    _check_batch_memory(model, "eval.batch_size", settings.batch_size, [len(e["input_ids"]) for e in seqs.examples],
+                        run.processes)
+    with tqdm(total=len(seqs.examples), desc="score", disable=not run.show, unit="seq") as bar:
+        stats_list = run.shards.map(lambda ex: score_examples(model, ex, run.pad, settings.batch_size, bar),
+                                    seqs.examples)
+    stats: dict[tuple, TokenStats] = dict(zip(seqs.keys, stats_list, strict=True))
+    generations, continuations, prompts = _generations(run, sets, data)
+    gradnorm, reference = _extra_passes(run, reference_model, sets, seqs)
+    rouge = tofu.RougeRecall()
+    eval_log = {tofu.SET_FILES[role]: _set_log(role, records, stats, generations, gradnorm, reference, rouge,
+                                               tokenizer, settings)
+                for role, records in sets.items()}
+    summary = _summarise(data, sets, eval_log, stats, candidates, canary_sets, continuations, generations, rouge,
+                         oracle_log, settings)
+    wall = time.perf_counter() - start
+    tokens_scored = sum(s.n_tokens for s in stats_list)
+    generated_tokens = sum(len(tokenizer(g, add_special_tokens=False)["input_ids"]) for g in generations.values())
+    summary["cost"] = {
+        "wall_time_s": round(wall, 3),
+        "tokens_scored": tokens_scored,
+        "sequences_scored": len(seqs.examples),
+        "tokens_generated": generated_tokens,
+        "prompts_generated": prompts,
+        "tokens_per_s": round((tokens_scored + generated_tokens) / wall, 1),
+        "processes": run.processes,
+    }
+    summary.update(_optional_measures(run, data))
+    summary["settings"] = asdict(settings)
+    return eval_log, summary
+
+
+@dataclass
+class _Run:
+    """What every part of one :func:`evaluate` call shares: the model, tokenizer and settings, the processes'
+    shards, whether bars show, the model's context and the padding id."""
+
+    model: object
+    tokenizer: object
+    settings: EvalSettings
+    accelerator: object
+    quiet: bool
+
+    def __post_init__(self) -> None:
+        self.shards = _Shards(self.accelerator)
+        self.processes = self.accelerator.num_processes if self.accelerator is not None else 1
+        self.show = not self.quiet and (self.accelerator is None or self.accelerator.is_main_process)
+        self.context = context_length(self.model)
+        self.pad = pad_id(self.tokenizer)
+
+
+def _sequences(run: _Run, sets: dict[str, list], data: EvalData) -> tuple[_Sequences, dict, dict]:
+    """Every text the evaluation scores, once: each QA set's answer, base answer, perturbed answers (and the
+    forget set's paraphrased questions), the held-out texts, and each canary with its candidate secrets; with
+    the candidates and the canary sets."""
+    seqs = _Sequences(run.tokenizer, run.context)
     for role, records in sets.items():
         for r in records:
             seqs.add_qa((role, r.id, "gt"), r.question, r.answer)
@@ -196,21 +248,19 @@ def evaluate(
     for canaries in canary_sets.values():
         for c in canaries:
             seqs.add_text(("canary", c["id"], "true"), c["prefix"] + c["secret"] + ".")
-            candidates[c["id"]] = mem.digit_candidates(c["secret"], settings.canary_candidates, settings.seed)
+            candidates[c["id"]] = mem.digit_candidates(c["secret"], run.settings.canary_candidates, run.settings.seed)
             for j, cand in enumerate(candidates[c["id"]]):
                 seqs.add_text(("canary", c["id"], "cand", j), c["prefix"] + cand + ".")
     if seqs.truncated:
-        log.warning("%d sequence(s) longer than the model's context (%d) were truncated", seqs.truncated, context)
+        log.warning("%d sequence(s) longer than the model's context (%d) were truncated", seqs.truncated, run.context)
+    return seqs, candidates, canary_sets
 
-    _check_batch_memory(model, "eval.batch_size", settings.batch_size, [len(e["input_ids"]) for e in seqs.examples],
-                        processes)
-    pad = pad_id(tokenizer)
-    with tqdm(total=len(seqs.examples), desc="score", disable=not show, unit="seq") as bar:
-        stats_list = shards.map(lambda ex: score_examples(model, ex, pad, settings.batch_size, bar), seqs.examples)
-    stats: dict[tuple, TokenStats] = dict(zip(seqs.keys, stats_list, strict=True))
-    tokens_scored = sum(s.n_tokens for s in stats_list)
 
-    # Generation: answers to every question, to paraphrased forget questions, and forget-text continuations.
+def _generations(run: _Run, sets: dict[str, list], data: EvalData) -> tuple[dict, dict, int]:
+    """Greedy answers to every question (and to the forget set's paraphrased questions), and continuations of
+    the first half of each forget text: the generations by key, each forget text's (prompt ids, true rest), and
+    the number of prompts."""
+    tokenizer, settings = run.tokenizer, run.settings
     prompts: list[list[int]] = []
     prompt_keys: list[tuple] = []
     for role, records in sets.items():
@@ -229,71 +279,62 @@ def evaluate(
         prompts.append(ids[:cut])
         prompt_keys.append(("forget_text", t.id))
     longest = max((len(p) for p in prompts), default=0)
-    room = max(1, context - longest)
+    room = max(1, run.context - longest)
     new_tokens = min(settings.max_new_tokens, settings.verbatim_new_tokens, room)  # the fewest any prompt gets
-    _check_batch_memory(model, "eval.generation_batch_size", settings.generation_batch_size,
-                        [len(p) + new_tokens for p in prompts], processes)
-    with tqdm(total=len(prompts), desc="generate", disable=not show, unit="prompt") as bar:
-        qa_gen = shards.map(lambda ps: greedy_continuations(
-            model, tokenizer, ps, min(settings.max_new_tokens, room), settings.generation_batch_size, bar),
+    _check_batch_memory(run.model, "eval.generation_batch_size", settings.generation_batch_size,
+                        [len(p) + new_tokens for p in prompts], run.processes)
+    with tqdm(total=len(prompts), desc="generate", disable=not run.show, unit="prompt") as bar:
+        qa_gen = run.shards.map(lambda ps: greedy_continuations(
+            run.model, tokenizer, ps, min(settings.max_new_tokens, room), settings.generation_batch_size, bar),
             prompts[:qa_prompts])
-        text_gen = shards.map(lambda ps: greedy_continuations(
-            model, tokenizer, ps, min(settings.verbatim_new_tokens, room), settings.generation_batch_size, bar),
+        text_gen = run.shards.map(lambda ps: greedy_continuations(
+            run.model, tokenizer, ps, min(settings.verbatim_new_tokens, room), settings.generation_batch_size, bar),
             prompts[qa_prompts:])
     generations = dict(zip(prompt_keys, [g.strip() for g in qa_gen] + text_gen, strict=True))
-    generated_tokens = sum(len(tokenizer(g, add_special_tokens=False)["input_ids"]) for g in generations.values())
+    return generations, continuations, len(prompts)
 
-    # Extra passes: per-example gradient norms, and the reference model's losses.
+
+def _extra_passes(run: _Run, reference_model, sets: dict[str, list], seqs: _Sequences) -> tuple[dict, dict]:
+    """The membership attacks' extra passes over the forget and holdout answers: per-example gradient norms
+    (``gradnorm``), and the reference model's token statistics (when one is given)."""
     mia_sets = {role: sets[role] for role in ("forget", "holdout") if role in sets}
+    keys = [(role, r.id, "gt") for role, recs in mia_sets.items() for r in recs]
+    index = {k: i for i, k in enumerate(seqs.keys)}
+    examples = [seqs.examples[index[k]] for k in keys]
     gradnorm: dict[tuple, float] = {}
-    if settings.gradnorm and mia_sets:
-        keys = [(role, r.id, "gt") for role, recs in mia_sets.items() for r in recs]
-        index = {k: i for i, k in enumerate(seqs.keys)}
-        norms = shards.map(lambda ex: _gradnorms(model, ex, pad), [seqs.examples[index[k]] for k in keys])
-        gradnorm = dict(zip(keys, norms, strict=True))
+    if run.settings.gradnorm and mia_sets:
+        gradnorm = dict(zip(keys, run.shards.map(lambda ex: _gradnorms(run.model, ex, run.pad), examples),
+                            strict=True))
     reference: dict[tuple, TokenStats] = {}
     if reference_model is not None and mia_sets:
-        keys = [(role, r.id, "gt") for role, recs in mia_sets.items() for r in recs]
-        index = {k: i for i, k in enumerate(seqs.keys)}
-        ref_stats = shards.map(lambda ex: score_examples(reference_model, ex, pad, settings.batch_size),
-                               [seqs.examples[index[k]] for k in keys])
+        ref_stats = run.shards.map(lambda ex: score_examples(reference_model, ex, run.pad, run.settings.batch_size),
+                                   examples)
         reference = dict(zip(keys, ref_stats, strict=True))
+    return gradnorm, reference
 
-    rouge = tofu.RougeRecall()
-    eval_log = {tofu.SET_FILES[role]: _set_log(role, records, stats, generations, gradnorm, reference, rouge,
-                                               tokenizer, settings)
-                for role, records in sets.items()}
-    summary = _summarise(data, sets, eval_log, stats, candidates, canary_sets, continuations, generations, rouge,
-                         oracle_log, settings)
-    wall = time.perf_counter() - start
-    summary["cost"] = {
-        "wall_time_s": round(wall, 3),
-        "tokens_scored": tokens_scored,
-        "sequences_scored": len(seqs.examples),
-        "tokens_generated": generated_tokens,
-        "prompts_generated": len(prompts),
-        "tokens_per_s": round((tokens_scored + generated_tokens) / wall, 1),
-        "processes": processes,
-    }
+
+def _optional_measures(run: _Run, data: EvalData) -> dict:
+    """The summary's optional parts, as ``settings`` asks: randomized smoothing, WEAT bias, toxicity."""
+    model, tokenizer, settings = run.model, run.tokenizer, run.settings
+    extra: dict = {}
     if settings.smoothing:
         from forgetkit.eval.smoothing import smoothed_emission
 
-        with tqdm(total=len(data.forget or []), desc="smoothing", disable=not show, unit="question") as bar:
-            summary["smoothing"] = smoothed_emission(model, tokenizer, data.forget or [], settings.smoothing,
-                                                     settings.smoothing_samples, batch_size=settings.batch_size,
-                                                     seed=settings.seed, progress=bar)
+        with tqdm(total=len(data.forget or []), desc="smoothing", disable=not run.show, unit="question") as bar:
+            extra["smoothing"] = smoothed_emission(model, tokenizer, data.forget or [], settings.smoothing,
+                                                   settings.smoothing_samples, batch_size=settings.batch_size,
+                                                   seed=settings.seed, progress=bar)
     if settings.weat:
         from forgetkit.eval.bias import read_weat_tests, weat_scores
 
-        summary["bias"] = {"weat": weat_scores(model, tokenizer, read_weat_tests(settings.weat))}
+        extra["bias"] = {"weat": weat_scores(model, tokenizer, read_weat_tests(settings.weat))}
     if settings.toxicity:
         from forgetkit.eval.toxicity import scorer_of, toxicity
 
         scorer, label = scorer_of(settings.toxicity, next(model.parameters()).device)
-        summary["toxicity"] = toxicity(model, tokenizer, scorer, label, max_new_tokens=min(settings.max_new_tokens, 32),
-                                       batch_size=settings.generation_batch_size)
-    summary["settings"] = asdict(settings)
-    return eval_log, summary
+        extra["toxicity"] = toxicity(model, tokenizer, scorer, label, max_new_tokens=min(settings.max_new_tokens, 32),
+                                     batch_size=settings.generation_batch_size)
+    return extra
 
 
 def _mean_nll(stats: Sequence[TokenStats]) -> list[float]:
