@@ -186,7 +186,6 @@ def _build(config: PrepareConfig, run_dir: Path, quiet: bool) -> dict:
     device = resolve_device(config.device)
     stages = Stages(run_dir, quiet)
     bench_dir = run_dir / "benchmark"
-    max_len = config.model.max_length
 
     def build_benchmark(tmp: Path) -> dict:
         manifest = write_benchmark(config.benchmark, tmp / "data")
@@ -228,31 +227,13 @@ def _build(config: PrepareConfig, run_dir: Path, quiet: bool) -> dict:
     else:
         _train_tiny_base(config, stages, split, build_tokenizer, quiet)
 
-    def fine_tune_on(qa_split: str) -> Callable[[Path], dict]:
-        def build(tmp: Path) -> dict:
-            model, tokenizer = load_model(run_dir / "base")
-            if config.target_mode == "lora":
-                torch.manual_seed(config.seed)  # the adapter's initialisation: the same whatever ran before
-                model = attach_lora(model, config.target_lora)
-            qa = split(qa_split)
-            data = tokenize_qa(tokenizer, qa, max_len, name=qa_split)
-            if config.train_narratives:
-                people = {group_of(r.id) for r in qa}
-                texts = [r for r in split("narratives", "text") if group_of(r.id) in people]
-                data = _concat(data, tokenize_text(tokenizer, texts, max_len, name=f"{qa_split} narratives"))
-            world = None
-            if config.train_world_facts:  # the replay set when the benchmark keeps one apart from the utility set
-                world = "world_replay" if config.benchmark.world_replay else "world_facts"
-                data = _concat(data, tokenize_qa(tokenizer, split(world), max_len, name=world))
-            stats = fine_tune(model, data, config.target, pad_id(tokenizer), desc=f"fine-tune on {qa_split}",
-                              quiet=quiet, setting="target")
-            save_model(model, tokenizer, tmp / "model")
-            _flatten(tmp)
-            return {"mode": config.target_mode, "trained_on": qa_split, "world_facts": world,
-                    "train": stats.to_dict(),
-                    "examples": len(data), "truncated": data.n_truncated}
-        return build
+    _fine_tuned_stages(config, stages, run_dir, split, quiet)
+    return _summary(config, run_dir, stages, device, split)
 
+
+def _fine_tuned_stages(config: PrepareConfig, stages: Stages, run_dir: Path, split, quiet: bool) -> None:
+    """The ``target`` stage (the base fine-tuned on every person, LoRA or full) and an ``oracle_<split>`` stage
+    per forget split (the same recipe on its retain people): one recipe, so retraining is the same job."""
     lora = config.target_lora  # the target adapter is plain LoRA: only these fields shape it (and the stage key)
     lora_key = {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules}
     if config.target_mode == "lora":
@@ -261,11 +242,45 @@ def _build(config: PrepareConfig, run_dir: Path, quiet: bool) -> dict:
               "narratives": config.train_narratives, "world_facts": config.train_world_facts}
     # a trained tiny base descends from the benchmark already; a pretrained one does not, so name it
     parents = ["base", "benchmark"] if config.base_model else ["base"]
-    stages.run("target", {**recipe, "on": "full"}, parents, fine_tune_on("full"))
+    stages.run("target", {**recipe, "on": "full"}, parents, _fine_tune_on(config, run_dir, split, "full", quiet))
     for forget in config.oracle_splits:
         stages.run(f"oracle_{forget}", {**recipe, "on": retain_of(forget)}, parents,
-                   fine_tune_on(retain_of(forget)))
+                   _fine_tune_on(config, run_dir, split, retain_of(forget), quiet))
 
+
+def _fine_tune_on(config: PrepareConfig, run_dir: Path, split, qa_split: str, quiet: bool) -> Callable[[Path], dict]:
+    """The build of a stage that fine-tunes the base on ``qa_split`` (with its people's narratives and the
+    replayed world facts, as the config says)."""
+    max_len = config.model.max_length
+
+    def build(tmp: Path) -> dict:
+        model, tokenizer = load_model(run_dir / "base")
+        if config.target_mode == "lora":
+            torch.manual_seed(config.seed)  # the adapter's initialisation: the same whatever ran before
+            model = attach_lora(model, config.target_lora)
+        qa = split(qa_split)
+        data = tokenize_qa(tokenizer, qa, max_len, name=qa_split)
+        if config.train_narratives:
+            people = {group_of(r.id) for r in qa}
+            texts = [r for r in split("narratives", "text") if group_of(r.id) in people]
+            data = _concat(data, tokenize_text(tokenizer, texts, max_len, name=f"{qa_split} narratives"))
+        world = None
+        if config.train_world_facts:  # the replay set when the benchmark keeps one apart from the utility set
+            world = "world_replay" if config.benchmark.world_replay else "world_facts"
+            data = _concat(data, tokenize_qa(tokenizer, split(world), max_len, name=world))
+        stats = fine_tune(model, data, config.target, pad_id(tokenizer), desc=f"fine-tune on {qa_split}",
+                          quiet=quiet, setting="target")
+        save_model(model, tokenizer, tmp / "model")
+        _flatten(tmp)
+        return {"mode": config.target_mode, "trained_on": qa_split, "world_facts": world,
+                "train": stats.to_dict(),
+                "examples": len(data), "truncated": data.n_truncated}
+    return build
+
+
+def _summary(config: PrepareConfig, run_dir: Path, stages: Stages, device, split) -> dict:
+    """The run's memorisation summary: reused while every stage and the generation length are as it measured
+    them, else measured again and written."""
     summary_file = run_dir / "summary.json"
     summary = checks.cached_object(summary_file)
     if summary is not None:  # every stage as the summary measured it: reuse (minutes of generation on a real model)
