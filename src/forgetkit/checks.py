@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from forgetkit.errors import DataError, ForgetkitError, first_line
-from forgetkit.io import set_aside
+from forgetkit.io import dir_hash, set_aside
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -64,6 +64,24 @@ def cached_object(path: Path) -> dict | None:
     except DataError as exc:
         set_aside(path, exc.problem)
         return None
+
+
+def damage(directory: Path, json_files: Iterable[str] = (), weights: str | None = None,
+           recorded: str | None = None, record: str = "record") -> str | None:
+    """Why a cached directory (a prepared stage, a shard, an evaluation) is damaged, or None when it is intact:
+    each of ``json_files`` holds a JSON object, the safetensors headers of the ``weights`` files (a pattern) open,
+    and those weights match the fingerprint ``recorded`` for them (when there is one; ``record`` names the file
+    that recorded it). The caller sets a damaged directory aside (:func:`forgetkit.io.set_aside`)."""
+    try:
+        for name in json_files:
+            json_object(directory / name)
+        for path in sorted(directory.glob(weights)) if weights else ():
+            safetensors_shapes(path)
+    except DataError as exc:
+        return f"{Path(exc.path).relative_to(directory)}: {exc.problem}"
+    if weights and recorded is not None and recorded != dir_hash(directory, weights):
+        return f"its weights do not match the fingerprint in its {record}"
+    return None
 
 
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:

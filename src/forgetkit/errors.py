@@ -6,6 +6,7 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import re
 
 
@@ -82,25 +83,25 @@ def require_positive(obj: object, *names: str, allow_zero: bool = False) -> None
 
 # The causes an environment, not forgetkit, is to blame for: errno → what the user is told.
 ENVIRONMENT_ERRNOS = {
-    28: "no space left on device",  # ENOSPC
-    122: "disk quota exceeded",  # EDQUOT
-    30: "read-only file system",  # EROFS
-    13: "permission denied",  # EACCES
-    1: "operation not permitted",  # EPERM
-    2: "no such file or directory (it vanished while the command ran)",  # ENOENT
-    116: "stale file handle",  # ESTALE
-    5: "input/output error",  # EIO
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOENT: "no such file or directory (it vanished while the command ran)",
+    errno.ESTALE: "stale file handle",
+    errno.EIO: "input/output error",
 }
-VANISHED = (2, 116)
+VANISHED = (errno.ENOENT, errno.ESTALE)
 # forgetkit.io's temporary sibling of an output being written: /.NAME.PID.RANDOM.tmp/NAME
 _TEMPORARY = re.compile(r"/\.([^/]+)\.\d+\.[^/]+\.tmp/\1(?=/|$)")
 # The same causes as libraries word them when they wrap the OS error (safetensors' Rust writer, SQLite).
 ENVIRONMENT_MESSAGES = (
-    ("no space left on device", 28), ("os error 28", 28), ("database or disk is full", 28),
-    ("disk quota exceeded", 122), ("os error 122", 122), ("read-only file system", 30), ("os error 30", 30),
-    ("attempt to write a readonly database", 30),
+    ("no space left on device", errno.ENOSPC), (f"os error {errno.ENOSPC}", errno.ENOSPC),
+    ("database or disk is full", errno.ENOSPC), ("disk quota exceeded", errno.EDQUOT),
+    (f"os error {errno.EDQUOT}", errno.EDQUOT), ("read-only file system", errno.EROFS),
+    (f"os error {errno.EROFS}", errno.EROFS), ("attempt to write a readonly database", errno.EROFS),
 )
-
 
 def environment_fault(exc: BaseException, where: object = None) -> ForgetkitError | None:
     """The user's error an environmental fault is (a full disk, a quota, a read-only file system, a path that

@@ -44,7 +44,7 @@ from forgetkit.data.readers import read_records
 from forgetkit.data.records import group_of
 from forgetkit.data.synthetic import SyntheticConfig, holdout_of, retain_of, write_benchmark
 from forgetkit.device import resolve_device
-from forgetkit.errors import ConfigError, DataError, require_positive
+from forgetkit.errors import ConfigError, require_positive
 from forgetkit.eval.generation import exact_match, greedy_answers
 from forgetkit.io import atomic_path, dir_hash, set_aside, write_json, write_jsonl
 from forgetkit.locks import output_lock
@@ -140,18 +140,14 @@ class Stages:
         recorded has none to match). None when there is no such stage; a damaged one is set aside first."""
         if not (path / "stage.json").is_file():
             return None
-        try:
-            record = checks.json_object(path / "stage.json")
-            if record.get("key") != key:  # built with other settings: built again over it
-                return None
-            for weights in sorted(path.glob(WEIGHTS)):
-                checks.safetensors_shapes(weights)
-        except DataError as exc:
-            set_aside(path, f"{Path(exc.path).relative_to(path)}: {exc.problem}")
+        reason = checks.damage(path, ("stage.json",))
+        record = {} if reason else checks.json_object(path / "stage.json")
+        if not reason and record.get("key") != key:  # built with other settings: built again over it
             return None
-        recorded = record.get("weights_hash")
-        if recorded is not None and recorded != dir_hash(path, WEIGHTS):
-            set_aside(path, "its weights do not match the fingerprint in its stage.json")
+        reason = reason or checks.damage(path, weights=WEIGHTS, recorded=record.get("weights_hash"),
+                                         record="stage.json")
+        if reason:
+            set_aside(path, reason)
             return None
         return record
 

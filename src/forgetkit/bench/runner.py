@@ -24,11 +24,11 @@ from forgetkit import unlearn
 from forgetkit.bench import attacks, executors
 from forgetkit.bench.config import BenchConfig
 from forgetkit.bench.sources import RunSource, open_source
-from forgetkit.checks import cached_object, json_object, output_path
+from forgetkit.checks import cached_object, damage, json_object, output_path
 from forgetkit.config import build, config_hash, plain_config
 from forgetkit.data.records import QARecord
 from forgetkit.device import resolve_device
-from forgetkit.errors import ConfigError, DataError, ForgetkitError
+from forgetkit.errors import ConfigError, ForgetkitError
 from forgetkit.eval.calibration import CRITERION_VERSION
 from forgetkit.eval.result import EvalResult
 from forgetkit.exact import command as exact_command
@@ -506,13 +506,10 @@ def train_shard_set(config_data: dict, cell_id: str) -> str:
 def _intact(directory: Path, names: tuple[str, ...]) -> bool:
     """Whether each named file of a cached ``directory`` holds a JSON object; else the directory is set aside
     (to be recomputed) and False."""
-    try:
-        for name in names:
-            json_object(directory / name)
-    except DataError as exc:
-        set_aside(directory, f"{Path(exc.path).name}: {exc.problem}")
-        return False
-    return True
+    reason = damage(directory, names)
+    if reason:
+        set_aside(directory, reason)
+    return reason is None
 
 
 def _cached_evaluation(out: Path) -> dict | None:

@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 from forgetkit.adapters.lora import LoraSettings, attach_lora
-from forgetkit.checks import ADAPTER_CONFIG, json_object, safetensors_shapes
+from forgetkit.checks import ADAPTER_CONFIG, damage, json_object
 from forgetkit.config import plain_config
 from forgetkit.data.formatting import pad_id, prompt_ids, tokenize_qa
 from forgetkit.data.records import QARecord, group_of, records_hash
-from forgetkit.errors import ConfigError, DataError, ForgetkitError, require_positive
+from forgetkit.errors import ConfigError, ForgetkitError, require_positive
 from forgetkit.io import dir_hash, set_aside, write_json
 from forgetkit.train import TrainConfig, fine_tune
 
@@ -93,17 +93,12 @@ def _finished_shard(shard_dir: Path) -> dict:
     (the shard is then set aside, to be trained again)."""
     if not (shard_dir / SHARD_INFO).is_file():
         return {}
-    try:
-        info = json_object(shard_dir / SHARD_INFO)
-        json_object(shard_dir / ADAPTER_CONFIG)
-        for weights in sorted(shard_dir.glob(ADAPTER_WEIGHTS)):
-            safetensors_shapes(weights)
-    except DataError as exc:
-        set_aside(shard_dir, f"{Path(exc.path).name}: {exc.problem}")
-        return {}
-    recorded = info.get("adapter_hash")
-    if recorded is not None and recorded != dir_hash(shard_dir, ADAPTER_WEIGHTS):
-        set_aside(shard_dir, "its adapter does not match the adapter_hash in its shard.json")
+    reason = damage(shard_dir, (SHARD_INFO, ADAPTER_CONFIG))
+    info = {} if reason else json_object(shard_dir / SHARD_INFO)
+    reason = reason or damage(shard_dir, weights=ADAPTER_WEIGHTS, recorded=info.get("adapter_hash"),
+                              record=SHARD_INFO)
+    if reason:
+        set_aside(shard_dir, reason)
         return {}
     return info
 

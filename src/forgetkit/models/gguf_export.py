@@ -152,11 +152,9 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, adapter_di
     with output_lock(out, "--out"):
         if out.exists():  # written by another writer between the check and the lock
             raise ForgetkitError(f"{out}: --out exists; export writes a new file and never replaces one")
-        from forgetkit.models.loading import load_model
+        from forgetkit.models.loading import load_merged
 
-        model, tokenizer = load_model(model_dir, adapter_dir)
-        if adapter_dir is not None:
-            model = model.merge_and_unload()
+        model, tokenizer = load_merged(model_dir, adapter_dir)
         with atomic_path(out) as tmp:
             record = _write(model, tokenizer, model_dir, tmp, architecture, pre, gguf_type)
     record.update(out=str(out), adapter_merged=adapter_dir is not None, bytes=out.stat().st_size,

@@ -98,5 +98,11 @@ def export_merged(model_dir: str | os.PathLike, adapter_dir: str | os.PathLike, 
     Hugging Face checkpoint: the form in which any adapter, the sine kind included, reaches other tools."""
     checks.output_path(out_dir, "--out", [model_dir, adapter_dir])
     with output_lock(out_dir, "--out"):
-        model, tokenizer = load_model(model_dir, adapter_dir)
-        return save_model(model.merge_and_unload(), tokenizer, out_dir)
+        return save_model(*load_merged(model_dir, adapter_dir), out_dir)
+
+
+def load_merged(model_dir: str | os.PathLike, adapter_dir: str | os.PathLike | None = None):
+    """``(model, tokenizer)``: the model with the adapter (plain, sine or clipped LoRA), when given, merged into its
+    weights: what ``export`` writes, as a Hugging Face checkpoint or as GGUF."""
+    model, tokenizer = load_model(model_dir, adapter_dir)
+    return (model.merge_and_unload() if adapter_dir is not None else model), tokenizer
