@@ -9,6 +9,7 @@ one-line summary, then the traceback, and exit code 1.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -25,7 +26,9 @@ NOT_INDISTINGUISHABLE = 5
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from forgetkit.prepare import format_summary, load_prepare_config, prepare
 
-    config = load_prepare_config(args.config, args.overrides)
+    given = [f"data.path={json.dumps(args.data)}"] if args.data else []
+    given += [f"data.group={json.dumps(args.group)}"] if args.group else []
+    config = load_prepare_config(args.config or ("user_data" if args.data else "small"), given + args.overrides)
     summary = prepare(config, quiet=args.quiet)
     print(format_summary(summary))
     print(f"\nRun directory: {config.run_dir} (summary.json, stage.json per stage)")
@@ -363,7 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_prepare(sub) -> None:
     """``forgetkit prepare``'s flags."""
     p = sub.add_parser("prepare", help="build the benchmark, tokenizer, base, target and oracle models (cached)")
-    p.add_argument("--config", default="small", help="shipped config name (micro, small) or a YAML path")
+    p.add_argument("--config", help="shipped config name (micro, small, smollm2, tofu_smollm2 …) or a YAML path "
+                   "(default: small; with --data, user_data)")
+    p.add_argument("--data", help="a QA dataset of your own (JSONL/JSON/CSV/Parquet, a datasets directory, or a "
+                   "directory in TOFU's layout) instead of the built-in benchmark: data.path")
+    p.add_argument("--group", help="the field that groups --data's records (author, person, subject): data.group")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. target_mode=lora")
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_prepare)

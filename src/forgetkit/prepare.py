@@ -43,6 +43,7 @@ from forgetkit.data.formatting import TokenizedSet, has_chat_template, pad_id, t
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import group_of
 from forgetkit.data.synthetic import SyntheticConfig, holdout_of, retain_of, write_benchmark
+from forgetkit.data.user_splits import FORGET_NAME, DatasetSettings, UserSplits, split_user_data, write_user_benchmark
 from forgetkit.device import resolve_device
 from forgetkit.errors import ConfigError, require_positive
 from forgetkit.eval.generation import exact_match, greedy_answers
@@ -78,6 +79,11 @@ class PrepareConfig:
     # A local pretrained model directory to fine-tune instead of the tiny base trained here
     # (model and pretrain are then unused; a relative path is taken from the working directory).
     base_model: str = ""
+    # A user's own QA dataset (``prepare --data PATH --group FIELD``) instead of the built-in benchmark: it needs
+    # base_model; narratives, world-fact replay and the edit requests belong to the built-in benchmark only.
+    data: DatasetSettings = field(default_factory=DatasetSettings)
+    # Refuse a base model whose tokenizer has no chat template (else such a model is prompted plainly, and said so).
+    require_chat_template: bool = False
     benchmark: SyntheticConfig = field(default_factory=SyntheticConfig)
     model: ModelSettings = field(default_factory=ModelSettings)
     pretrain: TrainConfig = field(default_factory=TrainConfig)
@@ -97,9 +103,16 @@ class PrepareConfig:
             raise ConfigError(f"target_mode must be one of {', '.join(TARGET_MODES)}, got '{self.target_mode}'")
         if self.pretrain_world_facts_repeat < 1:
             raise ConfigError("pretrain_world_facts_repeat must be at least 1")
-        for split in self.oracle_splits:
+        for split in self.oracle_splits if not self.data.path else ():  # a user's splits: checked by prepare()
             if split not in FORGET_SPLITS:
                 raise ConfigError(f"oracle_splits: unknown split '{split}' (known: {', '.join(FORGET_SPLITS)})")
+        if self.data.path and not self.base_model:
+            raise ConfigError("data: a user's dataset needs base_model=DIR (the pretrained model to fine-tune; the "
+                              "tiny base is trained on the built-in benchmark only)")
+
+    @property
+    def user_data(self) -> bool:
+        return bool(self.data.path)
 
 
 def load_prepare_config(name_or_path: str, overrides: list[str] | None = None) -> PrepareConfig:
@@ -170,12 +183,41 @@ def prepare(config: PrepareConfig, quiet: bool = False) -> dict:
     run_dir = checks.output_path(config.run_dir, "run_dir", [config.base_model or None])
     if config.base_model:
         checks.model_dir(config.base_model, "base_model")
+        _check_chat_template(config)
+    splits = _check_user_data(config) if config.user_data else None
     check_run_dir_format(run_dir)
     with output_lock(run_dir, "run_dir"):  # one prepare per run directory at a time
-        return _build(config, run_dir, quiet)
+        return _build(config, run_dir, quiet, splits)
 
 
-def _build(config: PrepareConfig, run_dir: Path, quiet: bool) -> dict:
+def _check_user_data(config: PrepareConfig) -> UserSplits:
+    """A user's dataset, read and split before any work (a bad record is refused with nothing written), with
+    every split an oracle is asked for."""
+    splits = split_user_data(config.data)
+    present = sorted(s for s in splits.files if FORGET_NAME.fullmatch(s))
+    for split in config.oracle_splits:
+        if split not in present:
+            raise ConfigError(f"oracle_splits: no split '{split}' in {config.data.path} (present: "
+                              f"{', '.join(present)})")
+    return splits
+
+
+def _check_chat_template(config: PrepareConfig) -> None:
+    """A base model without a chat template is prompted plainly (``Question: … Answer: …``), and said so; or
+    refused, before any work, when the recipe asks for a template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model, local_files_only=True)
+    if has_chat_template(tokenizer):
+        return
+    message = f"{config.base_model}: its tokenizer has no chat template"
+    if config.require_chat_template:
+        raise ConfigError(f"{message}, and require_chat_template is set (use a chat model, or unset it to prompt "
+                          "plainly)")
+    log.warning("%s: prompts are formatted plainly (Question: … / Answer: …)", message)
+
+
+def _build(config: PrepareConfig, run_dir: Path, quiet: bool, splits: UserSplits | None) -> dict:
     """Every stage of ``config`` in ``run_dir`` (checked and locked by :func:`prepare`), then the summary."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_record(run_dir)
@@ -190,7 +232,11 @@ def _build(config: PrepareConfig, run_dir: Path, quiet: bool) -> dict:
         (tmp / "data").rmdir()
         return {"manifest": manifest}
 
-    stages.run("benchmark", config.benchmark, [], build_benchmark)
+    if config.user_data:
+        stages.run("benchmark", {"user_data": config.data.key()}, [],
+                   lambda tmp: {"manifest": write_user_benchmark(config.data, tmp, splits)})
+    else:
+        stages.run("benchmark", config.benchmark, [], build_benchmark)
 
     def split(name: str, kind: str = "qa"):
         return read_records(bench_dir / f"{name}.jsonl", kind=kind)
@@ -204,7 +250,8 @@ def _build(config: PrepareConfig, run_dir: Path, quiet: bool) -> dict:
                 counts[f"{kind}_{forget}"] = len(edits)
         return {"counts": counts}
 
-    stages.run("edits", EDITS_VERSION, ["benchmark"], build_edits)
+    if not config.user_data:  # edit requests are derived from the built-in benchmark's people
+        stages.run("edits", EDITS_VERSION, ["benchmark"], build_edits)
 
     def build_tokenizer(tmp: Path) -> dict:
         texts = []
@@ -220,6 +267,7 @@ def _build(config: PrepareConfig, run_dir: Path, quiet: bool) -> dict:
 
     if config.base_model:
         _copy_pretrained_base(config, stages, quiet)
+
     else:
         _train_tiny_base(config, stages, split, build_tokenizer, quiet)
 
@@ -234,8 +282,9 @@ def _fine_tuned_stages(config: PrepareConfig, stages: Stages, run_dir: Path, spl
     lora_key = {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules}
     if config.target_mode == "lora":
         lora_key["init_seed"] = config.seed  # the adapter's initialisation is seeded (stage.json of older runs: not)
+    builtin = not config.user_data  # narratives and world-fact replay are the built-in benchmark's
     recipe = {"mode": config.target_mode, "train": config.target, "lora": lora_key,
-              "narratives": config.train_narratives, "world_facts": config.train_world_facts}
+              "narratives": config.train_narratives and builtin, "world_facts": config.train_world_facts and builtin}
     # a trained tiny base descends from the benchmark already; a pretrained one does not, so name it
     parents = ["base", "benchmark"] if config.base_model else ["base"]
     stages.run("target", {**recipe, "on": "full"}, parents, _fine_tune_on(config, run_dir, split, "full", quiet))
@@ -256,12 +305,13 @@ def _fine_tune_on(config: PrepareConfig, run_dir: Path, split, qa_split: str, qu
             model = attach_lora(model, config.target_lora)
         qa = split(qa_split)
         data = tokenize_qa(tokenizer, qa, max_len, name=qa_split)
-        if config.train_narratives:
+        if config.train_narratives and not config.user_data:
             people = {group_of(r.id) for r in qa}
             texts = [r for r in split("narratives", "text") if group_of(r.id) in people]
             data = _concat(data, tokenize_text(tokenizer, texts, max_len, name=f"{qa_split} narratives"))
         world = None
-        if config.train_world_facts:  # the replay set when the benchmark keeps one apart from the utility set
+        # the replay set when the benchmark keeps one apart from the utility set (a user's dataset has none)
+        if config.train_world_facts and not config.user_data:
             world = "world_replay" if config.benchmark.world_replay else "world_facts"
             data = _concat(data, tokenize_qa(tokenizer, split(world), max_len, name=world))
         stats = fine_tune(model, data, config.target, pad_id(tokenizer), desc=f"fine-tune on {qa_split}",
@@ -358,8 +408,8 @@ def _memorisation_summary(config: PrepareConfig, run_dir: Path, stages: Stages, 
         accuracy[stage] = {}
         for forget in config.oracle_splits or ["forget10"]:  # without oracles, the target on forget10's sets
             for name in (forget, holdout_of(forget), retain_of(forget), "world_facts"):
-                if name in accuracy[stage]:
-                    continue
+                if name in accuracy[stage] or not (run_dir / "benchmark" / f"{name}.jsonl").is_file():
+                    continue  # done, or not in a user's dataset
                 records = split(name)[: 200]  # retain sets are large: the first 200 suffice
                 preds = greedy_answers(model, tokenizer, [r.question for r in records], config.max_new_tokens)
                 hits = exact_match(preds, [r.answer for r in records])

@@ -43,7 +43,30 @@ def read_records(
         raise ConfigError(f"unknown record kind '{kind}' (known: {', '.join(RECORD_TYPES)})")
     path = Path(path)
     field_map = field_map or FieldMap()
+    return _records(path, _read_rows(path, field_map, split), kind, field_map)
+
+
+def read_grouped(path: str | Path, group: str | None, field_map: FieldMap | None = None,
+                 split: str | None = None) -> tuple[list[QARecord], list[str], list[dict]]:
+    """The QA records of ``path`` (as :func:`read_records` reads them), each one's value of the field ``group``
+    (the author, person or subject its facts are about: a string or an integer, never blank; all empty when
+    ``group`` is None) and each one's position (``{"line": n}`` or ``{"record": i}``) for errors."""
+    path = Path(path)
+    field_map = field_map or FieldMap()
     rows = _read_rows(path, field_map, split)
+    records = _records(path, rows, "qa", field_map)
+    groups = []
+    for row, where in rows:
+        value = row.get(group) if group else ""
+        if group and (isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip()):
+            problem = "missing" if value is None else f"expected a non-empty string or integer, got {value!r}"
+            raise DataError(path, f"{problem} (the grouping field)", **where, field=group)
+        groups.append(str(value).strip())
+    return records, groups, [where for _, where in rows]
+
+
+def _records(path: Path, rows: list[Row], kind: str, field_map: FieldMap) -> list:
+    """Every row as a validated record of ``kind``, with ids unique."""
     records = [_to_record(path, row, where, kind, field_map, i) for i, (row, where) in enumerate(rows)]
     if not records:
         raise DataError(path, "no records")
@@ -252,7 +275,7 @@ def _check_unique_ids(path: Path, records: list, positions: list[dict]) -> None:
         seen[rec.id] = where
 
 
-def _content_key(record: QARecord | TextRecord) -> str:
+def content_key(record: QARecord | TextRecord) -> str:
     """What makes two records the same content: their text, lower-cased, whitespace collapsed."""
     text = record.text if isinstance(record, TextRecord) else record.question + "\x1f" + record.answer
     return " ".join(text.lower().split())
@@ -260,8 +283,8 @@ def _content_key(record: QARecord | TextRecord) -> str:
 
 def find_overlap(forget: list, retain: list) -> list[int]:
     """Indices into ``retain`` of records whose content also appears in ``forget``."""
-    forget_keys = {_content_key(r) for r in forget}
-    return [i for i, r in enumerate(retain) if _content_key(r) in forget_keys]
+    forget_keys = {content_key(r) for r in forget}
+    return [i for i, r in enumerate(retain) if content_key(r) in forget_keys]
 
 
 def refuse_overlap(forget: list, other: list | None, role: str, *, source: object = None,
