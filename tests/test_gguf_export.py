@@ -240,3 +240,35 @@ def test_pre_tokenizer_names_are_llama_cpps():
     assert pre_tokenizer_name({"type": "Metaspace", "replacement": "▁"}) is None
     assert pre_tokenizer_name(dict(byte_level, add_prefix_space=True)) is None
     assert pre_tokenizer_name(None) is None
+
+
+def test_the_ledger_follows_the_exported_file(unlearn_run, tmp_path, capsys, caplog):
+    """An unlearned adapter exported as GGUF is recorded in its request's ledger row: `audit show` names the
+    served file and its fingerprint, `audit verify` checks it (exit 4 once it changes); an adapter changed
+    after its request is exported but not recorded as the request's."""
+    out, ledger = tmp_path / "npo", tmp_path / "ledger.sqlite"
+    assert main(["unlearn", "--run", str(unlearn_run), "--split", "forget10", "--method", "npo", "--quiet",
+                 "train.epochs=1", "--out", str(out), "--ledger", str(ledger)]) == 0
+    request = json.loads((out / "summary.json").read_text())["ledger"]["id"]
+    gguf = tmp_path / "served.gguf"
+    capsys.readouterr()
+    assert main(["export", "--model", str(unlearn_run / "target"), "--adapter", str(out / "adapter"), "--gguf",
+                 "--gguf-type", "f32", "--out", str(gguf)]) == 0
+    assert f"Recorded in request {request}" in capsys.readouterr().out
+    assert main(["audit", "show", request, "--ledger", str(ledger)]) == 0
+    shown = capsys.readouterr().out
+    assert f"served as: {gguf.resolve()} (gguf f32" in shown
+    assert main(["audit", "verify", request, "--ledger", str(ledger)]) == 0
+    with gguf.open("r+b") as f:  # one byte of the served file changes
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    capsys.readouterr()
+    assert main(["audit", "verify", request, "--ledger", str(ledger)]) == 4
+    assert "served file" in capsys.readouterr().out
+    config = out / "adapter" / "adapter_config.json"
+    config.write_text(config.read_text().replace('"r": ', '"r":  '))  # the adapter is no longer the request's
+    assert main(["export", "--model", str(unlearn_run / "target"), "--adapter", str(out / "adapter"), "--gguf",
+                 "--gguf-type", "f32", "--out", str(tmp_path / "other.gguf")]) == 0
+    assert "Recorded in request" not in capsys.readouterr().out and "the export is not recorded" in caplog.text

@@ -126,14 +126,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
         out = export_merged(args.model, args.adapter, args.out)
         print(f"Wrote {out}: a plain Hugging Face checkpoint (safetensors) with the adapter merged in")
         return 0
+    from forgetkit.audit.ledger import file_fingerprint, record_export, request_of
     from forgetkit.models.gguf_export import DEFAULT_GGUF_TYPE, export_gguf
 
+    request = request_of(Path(args.adapter or args.model), args.ledger)  # checked before the export
     record = export_gguf(args.model, args.out, args.adapter, args.gguf_type or DEFAULT_GGUF_TYPE)
     types = ", ".join(f"{n} {kind}" for kind, n in sorted(record["tensor_types"].items()))
     print(f"Wrote {record['out']}: {record['architecture']} GGUF, {record['gguf_type']} ({types} tensors), "
           f"{record['parameters']:,} parameters{', adapter merged' if record['adapter_merged'] else ''}, "
           f"tokenizer ({record['tokenizer_pre']}){' with chat template' if record['chat_template'] else ''}; "
           f"{record['bytes'] / 2**20:.1f} MiB in {record['seconds']:.1f}s")
+    if request is not None:
+        ledger, e = request
+        fingerprint = file_fingerprint(Path(record["out"]))
+        record_export(ledger, e["id"], Path(record["out"]), fingerprint, f"gguf {record['gguf_type']}")
+        print(f"Recorded in request {e['id']} of {ledger}: served as {record['out']} (fingerprint {fingerprint}; "
+              "forgetkit audit show ID, audit verify ID)")
     return 0
 
 
@@ -302,7 +310,7 @@ def _cmd_shard_train(args: argparse.Namespace) -> int:
 def _cmd_audit(args: argparse.Namespace) -> int:
     import json
 
-    from forgetkit.audit.ledger import entries, entry, format_entry, verify
+    from forgetkit.audit.ledger import entries, entry, format_entry, verify, verify_exports
     from forgetkit.request import default_ledger
 
     ledger = default_ledger(args.ledger, args.run, out=None)
@@ -318,14 +326,16 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         if not args.id:
             raise ForgetkitError("audit verify: give the request id (forgetkit audit list shows them)")
         e = entry(ledger, args.id)
-        check = verify(e)
-        if check["now"] is None:
-            print(f"request {e['id']}: DOES NOT MATCH: its output {check['path']} is gone "
-                  f"(recorded {check['recorded']})")
-        else:
-            print(f"request {e['id']}: output {check['path']}: fingerprint {check['now']} "
-                  + ("matches the record" if check["matches"] else f"DOES NOT MATCH the recorded {check['recorded']}"))
-        return 0 if check["matches"] else AUDIT_MISMATCH
+        checks = [("output", verify(e))] + [("served file", x) for x in verify_exports(e)]
+        for what, check in checks:
+            if check["now"] is None:
+                print(f"request {e['id']}: DOES NOT MATCH: its {what} {check['path']} is gone "
+                      f"(recorded {check['recorded']})")
+            else:
+                print(f"request {e['id']}: {what} {check['path']}: fingerprint {check['now']} "
+                      + ("matches the record" if check["matches"]
+                         else f"DOES NOT MATCH the recorded {check['recorded']}"))
+        return 0 if all(check["matches"] for _, check in checks) else AUDIT_MISMATCH
     elif args.action == "export":
         text = json.dumps(entries(ledger), indent=2, ensure_ascii=False) + "\n"
         if args.out:
@@ -436,6 +446,8 @@ def _add_export(sub) -> None:
                    help="the weight matrices' type in the GGUF file (default f16, llama.cpp's default; f32 is exact; "
                         "norms stay f32)")
     p.add_argument("--out", required=True, help="output directory (--merge) or new .gguf file (--gguf)")
+    p.add_argument("--ledger", help="with --gguf: the ledger of the request whose output --adapter (or --model) is "
+                                    "(default: the one its summary.json names); the file is recorded in its row")
     p.set_defaults(func=_cmd_export)
 
 

@@ -11,6 +11,7 @@ attack: never a record's text (the request arrives as ``audit.json``, which hold
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from forgetkit.checks import output_path
 from forgetkit.errors import ForgetkitError
 from forgetkit.registry import CERTIFIED, EMPIRICAL, EXACT
 
+log = logging.getLogger("forgetkit")
 LEDGER_FILE = "ledger.sqlite"
 COLUMNS = (
     ("seq", "INTEGER PRIMARY KEY AUTOINCREMENT"), ("id", "TEXT UNIQUE NOT NULL"), ("recorded", "TEXT NOT NULL"),
@@ -33,6 +35,12 @@ COLUMNS = (
     ("ended", "TEXT"), ("output_path", "TEXT"),
 )
 SCHEMA = f"CREATE TABLE IF NOT EXISTS requests ({', '.join(f'{n} {t}' for n, t in COLUMNS)})"
+# The files a request's output was exported to and served as (``forgetkit export --gguf``): the deletion request
+# tied to the file a deployer serves. A ledger written before this table existed gets it on its next write.
+EXPORT_COLUMNS = (("seq", "INTEGER PRIMARY KEY AUTOINCREMENT"), ("request_id", "TEXT NOT NULL"),
+                  ("recorded", "TEXT NOT NULL"), ("path", "TEXT NOT NULL"), ("hash", "TEXT NOT NULL"),
+                  ("format", "TEXT NOT NULL"), ("bytes", "INTEGER"))
+EXPORT_SCHEMA = f"CREATE TABLE IF NOT EXISTS exports ({', '.join(f'{n} {t}' for n, t in EXPORT_COLUMNS)})"
 
 
 LOCK_WAIT_S = 60.0  # how long a request waits for a ledger another process holds
@@ -78,6 +86,7 @@ def _connect(path: Path) -> Iterator[sqlite3.Connection]:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(SCHEMA)
+            conn.execute(EXPORT_SCHEMA)
         except sqlite3.OperationalError as exc:
             raise _ledger_error(path, exc) from None
         yield conn
@@ -150,20 +159,32 @@ def _headline(metrics: dict, criterion: dict | None = None) -> dict:
 def record(ledger: str | Path, audit: dict) -> str:
     """Append the request of ``audit`` to the ledger in one transaction; return its id."""
     row = row_from_audit(audit)
-    names = [n for n, _ in COLUMNS if n != "seq"]
-    with _connect(Path(ledger)) as conn:
+    _insert(Path(ledger), "requests", COLUMNS, row)
+    return row["id"]
+
+
+def record_export(ledger: str | Path, request_id: str, path: Path, file_hash: str, kind: str) -> None:
+    """Tie the file ``path`` (fingerprint ``file_hash``; ``kind``: ``gguf f16`` …) to the recorded request
+    ``request_id`` whose output it was made from, in one transaction."""
+    row = {"request_id": request_id, "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "path": str(path.resolve()), "hash": file_hash, "format": kind, "bytes": path.stat().st_size}
+    _insert(Path(ledger), "exports", EXPORT_COLUMNS, row)
+
+
+def _insert(ledger: Path, table: str, columns: tuple, row: dict) -> None:
+    names = [n for n, _ in columns if n != "seq"]
+    with _connect(ledger) as conn:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             raise _ledger_error(Path(ledger), exc) from None
         try:
-            conn.execute(f"INSERT INTO requests ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+            conn.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                          [row[n] for n in names])
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-    return row["id"]
 
 
 def write_request(out: Path, audit: dict, summary: dict, ledger: Path) -> None:
@@ -177,14 +198,23 @@ def write_request(out: Path, audit: dict, summary: dict, ledger: Path) -> None:
 
 
 def entries(ledger: str | Path) -> list[dict]:
+    """Every recorded request, oldest first, each with the files its output was exported to (``exports``)."""
     path = Path(ledger)
     if not path.is_file():
         raise ForgetkitError(f"{path}: no ledger here (it is created by the first forgetkit unlearn request)")
+    rows = _select(path, "SELECT * FROM requests ORDER BY seq")
+    exports = _select(path, "SELECT * FROM exports ORDER BY seq")
+    for row in rows:
+        row["exports"] = [x for x in exports if x["request_id"] == row["id"]]
+    return rows
+
+
+def _select(path: Path, query: str) -> list[dict]:
     with _open(path, read_only=True) as conn:
         conn.row_factory = sqlite3.Row
         try:
-            return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY seq")]
-        except sqlite3.OperationalError as exc:  # an empty database: no requests table yet
+            return [dict(r) for r in conn.execute(query)]
+        except sqlite3.OperationalError as exc:  # an empty database, or one from before the table: none yet
             if "no such table" in str(exc):
                 return []
             raise _ledger_error(path, exc) from None
@@ -195,6 +225,14 @@ def entry(ledger: str | Path, request_id: str) -> dict:
     if len(found) != 1:
         raise ForgetkitError(f"{ledger}: {'no' if not found else 'more than one'} request with id '{request_id}'")
     return found[0]
+
+
+def file_fingerprint(path: Path) -> str:
+    """The fingerprint of one file's bytes (an exported GGUF), read in 1 MiB chunks."""
+    from forgetkit.io import fingerprint
+
+    with path.open("rb") as f:
+        return fingerprint(iter(lambda: f.read(1 << 20), b""))
 
 
 def verify(e: dict) -> dict:
@@ -221,6 +259,40 @@ def verify(e: dict) -> dict:
     return result
 
 
+def request_of(output: Path, ledger: str | Path | None = None) -> tuple[Path, dict] | None:
+    """The ledger and the recorded request whose output is the directory ``output`` (``OUT/adapter`` of
+    ``forgetkit unlearn``: ``OUT/summary.json`` names its ledger and id; ``ledger`` overrides where the ledger
+    is), if the directory still has the fingerprint recorded for it; None when ``output`` is no request's
+    output, or no longer its recorded state (said in a warning: what is exported from it is not the request's)."""
+    summary_file = output.parent / "summary.json"
+    try:
+        recorded = json.loads(summary_file.read_text(encoding="utf-8"))["ledger"]
+        path, request_id = Path(ledger or recorded["path"]), recorded["id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not the output of a recorded request
+    if ledger is None and not path.is_file():
+        log.warning("%s: the ledger %s names is gone: the export is not recorded", output, summary_file)
+        return None
+    e = entry(path, request_id)
+    check = verify({**e, "output_path": str(output)})
+    if not check["matches"]:
+        log.warning(
+            "%s: no longer the output request %s recorded (fingerprint %s, recorded %s): the export is not recorded "
+            "in its ledger", output, e["id"], check["now"], check["recorded"])
+        return None
+    return path, e
+
+
+def verify_exports(e: dict) -> list[dict]:
+    """Recompute each exported file's fingerprint: ``{path, recorded, now, matches}`` (``now`` None: gone)."""
+    checked = []
+    for x in e.get("exports", []):
+        path = Path(x["path"])
+        now = file_fingerprint(path) if path.is_file() else None
+        checked.append({"path": x["path"], "recorded": x["hash"], "now": now, "matches": now == x["hash"]})
+    return checked
+
+
 def format_entry(e: dict) -> str:
     """One request, in words a compliance officer can read."""
     metrics = json.loads(e["metrics_json"] or "{}")
@@ -239,6 +311,9 @@ def format_entry(e: dict) -> str:
         f"  kept data: {e['kept_count']} record(s), hash {e['kept_hash']}",
         f"  guarantee: {guarantee[e['guarantee']]}",
     ]
+    for x in e.get("exports", []):
+        lines.append(f"  served as: {x['path']} ({x['format']}, {x['bytes']:,} bytes, fingerprint {x['hash']}, "
+                     f"exported {x['recorded']})")
     if any(v is not None for v in metrics.values()):
         checks = ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if v is not None)
         lines.append(f"  checks: {checks}")
