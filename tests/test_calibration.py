@@ -13,6 +13,7 @@ import torch
 from forgetkit.cli import main
 from forgetkit.data.readers import read_records
 from forgetkit.data.synthetic import SyntheticConfig, generate
+from forgetkit.errors import ForgetkitError
 from forgetkit.eval.calibration import (
     CONTINUE,
     OVERSHOT,
@@ -21,6 +22,7 @@ from forgetkit.eval.calibration import (
     Criterion,
     CriterionSettings,
     auc_tolerance,
+    calibration_needed,
 )
 
 
@@ -174,8 +176,31 @@ def test_one_line_errors(unlearn_run, tmp_path, capsys):
                                      "indistinguishable"), "nothing to stop")
     _one_line_error(capsys, _unlearn(unlearn_run, tmp_path / "d", "--method", "ga", "until=soon"),
                     "setting 'until'")
-    assert not any((tmp_path / d).exists() for d in "abcd")
+    one = tmp_path / "one.jsonl"
+    one.write_text((bench / "calibration.jsonl").read_text().splitlines()[0] + "\n")
+    # 6 forget examples against 1 calibration example: ±0.65, so a perfectly known forget set (AUC 1) would pass
+    _one_line_error(capsys, main([*user, "--calibration", str(one), "--out", str(tmp_path / "e")]),
+                    "tolerance of ±0.65 against 6 forget example(s)")
+    assert "it needs at least 2 examples" in str(_refusal(6, 1))
+    assert "no calibration set is enough for 1 forget example(s)" in str(_refusal(1, 100))
+    assert not any((tmp_path / d).exists() for d in "abcde")
     assert math.isfinite(auc_tolerance(2, 2, 1.96))
+
+
+def _refusal(n_forget: int, n_calibration: int) -> Exception:
+    from forgetkit.request import _refuse_too_small
+
+    with pytest.raises(ForgetkitError) as caught:
+        _refuse_too_small(None, n_forget, n_calibration, 1.96)
+    return caught.value
+
+
+def test_calibration_needed_is_the_fewest_examples_below_one_half():
+    for n_forget in (2, 3, 6, 10, 40):
+        needed = calibration_needed(n_forget, 1.96)
+        assert auc_tolerance(n_forget, needed, 1.96) < 0.5
+        assert needed == 1 or auc_tolerance(n_forget, needed - 1, 1.96) >= 0.5
+    assert calibration_needed(1, 1.96) is None  # 1.96·√(1/12) = 0.566: no number of examples is enough
 
 
 def test_llmeraser_searches_its_damping_for_the_ratio_nearest_indistinguishable(lora_run, tmp_path, capsys):

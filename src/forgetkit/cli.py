@@ -152,6 +152,9 @@ def _cmd_import_gguf(args: argparse.Namespace) -> int:
     print(f"Wrote {args.out}: {record['architecture']} ({record['model_type']}), {record['parameters']:,} parameters, "
           f"float32 safetensors, tokenizer{' with chat template' if record['chat_template'] else ''}; reload checked "
           f"(max |logit difference| {record['probe_max_abs_logit_difference']:.2g})")
+    if not record["chat_template"]:
+        print("Its tokenizer has no chat template: forgetkit prompts it plainly (Question: … / Answer: …); "
+              "prepare's require_chat_template=true refuses such a model")
     return 0
 
 

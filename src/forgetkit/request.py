@@ -31,7 +31,7 @@ from forgetkit.data.edits import EDIT_KINDS
 from forgetkit.data.readers import find_overlap, read_records, refuse_overlap
 from forgetkit.data.records import QARecord, records_hash
 from forgetkit.errors import ConfigError, ForgetkitError, SettingError, require_positive
-from forgetkit.eval.calibration import UNTIL, CriterionSettings
+from forgetkit.eval.calibration import UNTIL, CriterionSettings, auc_tolerance, calibration_needed
 from forgetkit.io import dir_hash
 from forgetkit.models.latent import AdversarySettings
 from forgetkit.registry import CERTIFIED, EMPIRICAL
@@ -231,6 +231,7 @@ def calibration_of(request: UnlearnRequest, forget: list[QARecord],
                              "the forget set's that the model never trained on)")
     if not records:
         raise ForgetkitError(f"{file or 'the calibration records'}: the calibration set is empty")
+    _refuse_too_small(file, len(forget), len(records), request.config.criterion.z)
     ids = {r.id for r in forget + (retain or [])}
     for r in records:
         if r.id in ids:
@@ -243,6 +244,21 @@ def calibration_of(request: UnlearnRequest, forget: list[QARecord],
                                  f"are also in the calibration set (the first: {role} record '{trained[overlap[0]].id}'"
                                  ", field id); a calibration set must be data the model never trained on")
     return records, file
+
+
+def _refuse_too_small(file: Path | None, n_forget: int, n_calibration: int, z: float) -> None:
+    """A calibration set whose check could not tell a perfectly known forget set from unseen data (tolerance
+    ≥ 0.5) is refused with the number it needs."""
+    tolerance = auc_tolerance(n_forget, n_calibration, z)
+    if tolerance < 0.5:
+        return
+    needed = calibration_needed(n_forget, z)
+    need = (f"it needs at least {needed} examples" if needed else
+            f"no calibration set is enough for {n_forget} forget example(s) at criterion.z={z:g}: forget more "
+            "records at once, or lower criterion.z")
+    raise ForgetkitError(f"{file or 'the calibration records'}: {n_calibration} calibration example(s) give the "
+                         f"check a tolerance of ±{tolerance:.2f} against {n_forget} forget example(s), so even a "
+                         f"forget set the model knows perfectly would pass as never seen; {need}")
 
 
 def record_set(file: Path | str | None, records: list) -> dict:

@@ -58,6 +58,18 @@ def auc_tolerance(n_forget: int, n_calibration: int, z: float) -> float:
     return z * math.sqrt((n_forget + n_calibration + 1) / (12 * n_forget * n_calibration))
 
 
+def calibration_needed(n_forget: int, z: float) -> int | None:
+    """The fewest calibration examples for which the check's tolerance is below 0.5 against ``n_forget`` forget
+    examples (at 0.5 or more even a forget set the model knows perfectly, AUC 1, would pass as never seen); None
+    when no number suffices (the forget set itself is too small for ``z``)."""
+    if z * math.sqrt(1 / (12 * n_forget)) >= 0.5:
+        return None
+    n = 1
+    while auc_tolerance(n_forget, n, z) >= 0.5:
+        n += 1
+    return n
+
+
 @dataclass
 class Check:
     step: int
