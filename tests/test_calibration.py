@@ -220,6 +220,13 @@ def test_llmeraser_searches_its_damping_for_the_ratio_nearest_indistinguishable(
     assert summary["damping_ratio"] == kept_ratio
     audit = json.loads((out / "audit.json").read_text())
     assert audit["criterion"]["chosen"] == chosen
+    # a ratio whose solve does not converge is never applied: the search records it and keeps a converged one
+    code = _unlearn(lora_run, tmp_path / "hard", "--method", "llmeraser", "--until", "indistinguishable",
+                    "criterion.dampings=[0.001,100.0]", "params.max_iter=20")
+    hard = json.loads((tmp_path / "hard" / "summary.json").read_text())
+    assert hard["criterion"]["unconverged"]["damping_ratio"] == 0.001
+    assert [t["damping_ratio"] for t in hard["criterion"]["trace"]] == [None]  # the search stopped there
+    assert hard["damping_ratio"] is None and code in (0, 5)  # the adapter as it was
     capsys.readouterr()
     first = read_records(lora_run / "benchmark" / "forget10.jsonl")[0]
     edits = tmp_path / "edits.jsonl"

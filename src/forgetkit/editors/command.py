@@ -30,6 +30,7 @@ from forgetkit.errors import ForgetkitError
 from forgetkit.eval.calibration import CONTINUE, EXHAUSTED, Check, CriterionSets
 from forgetkit.eval.command import evaluate_into, oracle_log_of
 from forgetkit.eval.sets import EvalData, benchmark_data
+from forgetkit.influence.solvers import UnconvergedSolve
 from forgetkit.io import write_json
 from forgetkit.request import (
     UnlearnRequest,
@@ -130,15 +131,15 @@ def run_edit(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
             raise ForgetkitError(f"--until: {config.method} searches its damping for removals only (llmeraser); "
                                  f"this is a {kind} request")
         calibration = calibration_of(request, inputs["originals"], inputs["kept"])
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {"unlearn": asdict(config), "config_hash": config_hash(config)})
     search = None
-    with measure(device) as cost:
+    with measure(device) as cost:  # a refused solve (UnconvergedSolve) leaves the adapter and out/ untouched
         if calibration is None:
             info = editor.apply(model, data, quiet=quiet)
         else:
             info, search = _damping_search(config, editor, model, tokenizer, data, inputs["originals"],
                                            calibration[0], inputs["kept"], quiet)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", {"unlearn": asdict(config), "config_hash": config_hash(config)})
     adapter_out = out / "adapter"
     save_model(model, tokenizer, adapter_out)
     summary = {"method": config.method, "mode": "lora", "request": kind, "steps": 0,
@@ -164,8 +165,10 @@ def _damping_search(config, editor, model, tokenizer, data: EditData, forget: li
     """``--until indistinguishable`` for an editor: apply it at each damping ratio of ``criterion.dampings`` (from
     the weakest update to the strongest) to the adapter as it was, judge each result as the training criterion
     judges a step (the unedited adapter first: the utility guard's baseline), stop at the first indistinguishable
-    one, and leave the adapter edited with the ratio nearest indistinguishable. The apply's record of the kept
-    ratio, and the criterion's summary (with every ratio's numbers), are returned."""
+    one, and leave the adapter edited with the ratio nearest indistinguishable. A ratio whose solve does not
+    converge (:class:`UnconvergedSolve`) is never applied: the search records it and stops there (a weaker
+    damping is harder to solve). The apply's record of the kept ratio, and the criterion's summary (with every
+    ratio's numbers), are returned."""
     settings = config.criterion
     named = lora_parameters(model)
     original = {n: p.detach().clone() for n, p in named}
@@ -187,17 +190,24 @@ def _damping_search(config, editor, model, tokenizer, data: EditData, forget: li
 
     sets.check(0, model)
     applied: dict[int, dict] = {0: edit_at(None, quiet)}
+    unconverged = None
     for step, ratio in enumerate(settings.dampings, start=1):
-        applied[step] = edit_at(ratio, quiet)
+        try:
+            applied[step] = edit_at(ratio, quiet)
+        except UnconvergedSolve as exc:  # the adapter is as it was: edit_at restored it before the refused apply
+            unconverged = {"damping_ratio": ratio, "reason": str(exc)}
+            break
         if sets.check(step, model).verdict != CONTINUE:
             break
     best = criterion.best
     last = criterion.checks[-1]
-    if best is not last:  # redo the kept ratio's edit (or restore the unedited adapter)
+    if best is not last or unconverged:  # redo the kept ratio's edit (or restore the unedited adapter)
         applied[best.step] = edit_at(ratio_of(best), quiet=True)
     stopped = last.verdict if last.verdict != CONTINUE else EXHAUSTED
     summary = {**criterion.summary(stopped), "rolled_back": best is not last,
                "trace": [{**c.to_dict(), "damping_ratio": ratio_of(c)} for c in criterion.checks]}
+    if unconverged:
+        summary["unconverged"] = unconverged
     return applied[best.step], summary
 
 

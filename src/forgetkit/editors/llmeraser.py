@@ -32,7 +32,14 @@ from forgetkit.influence.curvature import (
     summed_example_gradient,
     unflatten,
 )
-from forgetkit.influence.solvers import SOLVERS, SolveResult, inverse_hvp, mean_eigenvalue
+from forgetkit.influence.solvers import (
+    SOLVERS,
+    SolveResult,
+    UnconvergedSolve,
+    inverse_hvp,
+    mean_eigenvalue,
+    relative_residual,
+)
 
 
 def influence_update(model, params: Sequence[torch.Tensor], original: Sequence[Batch], edited: Sequence[Batch],
@@ -40,7 +47,9 @@ def influence_update(model, params: Sequence[torch.Tensor], original: Sequence[B
                      damping: float | None = None, damping_ratio: float = 0.01,
                      example_loss_fn: Callable = example_losses, on_product: Callable | None = None,
                      **solver_options) -> tuple[torch.Tensor, SolveResult, float]:
-    """Δθ (flat) for the request, the solve's result and the damping used; ``model`` is not changed."""
+    """Δθ (flat) for the request, the solve's result and the damping used; ``model`` is not changed. The
+    result's ``relative_residual`` is recomputed from the answer (one more curvature product), whatever the
+    solver."""
     g = summed_example_gradient(model, params, original, example_loss_fn)
     if edited:
         g = g - summed_example_gradient(model, params, edited, example_loss_fn)
@@ -54,7 +63,10 @@ def influence_update(model, params: Sequence[torch.Tensor], original: Sequence[B
             raise InfluenceError("llmeraser: the curvature is zero over the adapter: give a positive damping")
     curvature.damping = damping
     result = inverse_hvp(curvature, g.detach(), solver, **solver_options)
+    result.info["relative_residual"] = relative_residual(curvature, result.x, g.detach())
+    result.products += 1
     return result.x / new_size, result, damping
+
 
 
 @register
@@ -68,7 +80,9 @@ class LLMEraser(Editor):
     damping: float | None = None
     damping_ratio: float = 3.0  # measured on small (docs/results.md): 1 destroys the model, 30 barely edits
     tol: float = 1e-2  # cg: relative residual
-    max_iter: int = 20  # cg: iterations
+    max_iter: int = 100  # cg: iterations (it stops at tol; a truncated solve above max_residual is refused)
+    # an update whose solve ends above this relative residual ‖g − (H + λI)x‖/‖g‖ (recomputed) is refused
+    max_residual: float = 1e-2
     curvature_examples: int | None = 64
     batch_size: int = 32
     seed: int = 0
@@ -98,6 +112,13 @@ class LLMEraser(Editor):
                 self.damping_ratio, on_product=bar.update, **options)
         if not torch.isfinite(delta).all():
             raise InfluenceError("llmeraser: the update is not finite (raise the damping); the adapter is unchanged")
+        residual = result.info["relative_residual"]
+        if not residual <= self.max_residual:
+            raise UnconvergedSolve(
+                f"llmeraser: the {self.solver} solve ended at relative residual {residual:.3g} (above "
+                f"params.max_residual={self.max_residual:g}) after {result.products} curvature products, so its update "
+                "is not the influence step and the adapter is unchanged; raise params.max_iter or "
+                "params.damping_ratio")
         with torch.no_grad():
             for p, d in zip(params, unflatten(delta, params), strict=True):
                 p += d.to(p.dtype)
