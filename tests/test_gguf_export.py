@@ -229,7 +229,7 @@ def test_pre_tokenizer_names_are_llama_cpps():
     from forgetkit.models.gguf_export import pre_tokenizer_name
 
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    assert pre_tokenizer_name(byte_level) == "gpt2"
+    assert pre_tokenizer_name(byte_level) == "gpt-2"  # llama.cpp's name; it refuses "gpt2"
     digits = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
     assert pre_tokenizer_name(digits) == "smollm"
     for name in ("llama-bpe", "qwen2"):

@@ -110,7 +110,7 @@ def check_tokenizer(model_dir: Path) -> str:
     name = pre_tokenizer_name(spec.get("pre_tokenizer"))
     if name is None:
         raise ForgetkitError(f"{path}: its pre-tokenizer ({json.dumps(spec.get('pre_tokenizer'))[:120]}) has no "
-                             "llama.cpp name forgetkit knows (gpt2, smollm, llama-bpe, qwen2)")
+                             "llama.cpp name forgetkit knows (gpt-2, smollm, llama-bpe, qwen2)")
     return name
 
 
@@ -124,7 +124,7 @@ def pre_tokenizer_name(pre: dict | None) -> str | None:
     shape = [{k: v for k, v in step.items() if k in ("type", "individual_digits", "add_prefix_space", "use_regex")}
              for step in steps]
     if shape == [{"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}]:
-        return "gpt2"
+        return "gpt-2"  # llama.cpp's name (it refuses "gpt2": found by benchmarks/gguf_llama_cpp_check.py)
     if shape == SMOLLM_PRE:
         return "smollm"
     if (len(steps) == 2 and steps[0].get("type") == "Split" and steps[0].get("behavior") == "Isolated"
