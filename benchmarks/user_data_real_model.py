@@ -13,8 +13,7 @@ every world fact in the utility set (the user-data path replays none).
 Usage::
 
     python benchmarks/user_data_real_model.py [--work runs/tofu-layout] [--people 20] [--qa-per-person 10]
-    python benchmarks/user_data_real_model.py --base models/gemma3-270m --work runs/tofu-gemma --people 10 \
-        --qa-per-person 5 --name tofu_gemma3
+    python benchmarks/user_data_real_model.py --base models/gemma3-270m --work runs/tofu-gemma --name tofu_gemma3
 """
 
 from __future__ import annotations
@@ -62,9 +61,10 @@ def main() -> int:
     for stage in ("benchmark", "base", "target", "oracle_forget10"):
         record = json.loads((run / stage / "stage.json").read_text())
         print(f"{stage}: built in {record['stage_wall_time_s']} s", record.get("examples", ""))
-    board = json.loads((run / "bench" / name / "leaderboard.json").read_text())
-    for row in board["rows"]:
-        print(json.dumps(row))
+    for row in json.loads((run / "bench" / name / "leaderboard.json").read_text()):  # one row per variant
+        columns = {k.removeprefix("metrics."): v["mean"] for k, v in row["columns"].items()
+                   if k in ("metrics.forget_quality", "metrics.model_utility", "metrics.mia_auc", "cost.wall_time_s")}
+        print(row["variant"], row["status"], json.dumps(columns))
     return 0
 
 
