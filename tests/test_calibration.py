@@ -12,6 +12,7 @@ import torch
 
 from forgetkit.cli import main
 from forgetkit.data.readers import read_records
+from forgetkit.data.records import QARecord
 from forgetkit.data.synthetic import SyntheticConfig, generate
 from forgetkit.errors import ForgetkitError
 from forgetkit.eval.calibration import (
@@ -147,7 +148,13 @@ def test_the_utility_guard_in_a_run(unlearn_run, tmp_path, capsys):
                     "train.lr=1e-2", "train.batch_size=8", "criterion.every=1", "criterion.utility_tolerance=1e-6")
     crit = json.loads((out / "summary.json").read_text())["criterion"]
     assert crit["stopped"] == UTILITY and crit["chosen"]["step"] == 0 and crit["rolled_back"]
-    assert crit["checks"] == 2  # step 0, then the first step's check stopped it
+    # step 0, then each step's check fires the guard: twice the run goes back to step 0's weights with half the
+    # learning rate (criterion.backtracks = 2), and the third time it stops
+    assert crit["checks"] == 4
+    assert crit["backtracked"] == [{"step": s, "verdict": UTILITY, "to_step": 0, "lr_scale": 0.5} for s in (1, 2)]
+    lrs = [json.loads(line)["lr"] for line in (out / "train_log.jsonl").read_text().splitlines()
+           if "lr" in json.loads(line)]
+    assert lrs[1] == pytest.approx(lrs[0] / 2, rel=0.2) and lrs[2] == pytest.approx(lrs[0] / 4, rel=0.2)
     # rolled back to the start, which the target's forget set is far from: written, recorded, but not a deletion
     assert code == 5 and not crit["reached"] and crit["verdict"].startswith("not indistinguishable: best AUC")
     err = capsys.readouterr().err
@@ -234,3 +241,71 @@ def test_llmeraser_searches_its_damping_for_the_ratio_nearest_indistinguishable(
                                  "new_answer": "unknown"}) + "\n")
     _one_line_error(capsys, _unlearn(lora_run, tmp_path / "q", "--method", "llmeraser", "--until", "indistinguishable",
                                      "--edits", str(edits)), "removals only")
+
+
+class _Scripted:
+    """Stands in for the hook's scoring: each check gets the next scripted forget-vs-calibration AUC (forget losses
+    placed against fixed calibration losses) and retain loss, judged by the hook's real criterion."""
+
+    def __init__(self, criterion: Criterion, script: list[tuple[float, float]]) -> None:
+        self.criterion, self.script = criterion, list(script)
+
+    def check(self, step: int, model) -> object:
+        auc, retain_loss = self.script.pop(0)
+        calibration = [float(i) for i in range(1, 11)]
+        # forget losses below k of the 10 calibration losses: AUC = k / 10
+        forget = [10.5 - 10 * auc] * 10
+        return self.criterion.judge(step, forget, calibration, retain_loss)
+
+
+def test_a_recipe_that_collapses_between_two_checks_is_checked_where_it_moves_and_backtracks(bpe_tokenizer,
+                                                                                           tmp_path):
+    """Built in code: the forget term falls by half within two steps, so the hook checks there and not at its grid
+    (every 100 steps); that check has overshot, so the hook puts the best check's weights back and asks the loop
+    for half the learning rate; the next moving check is indistinguishable and stops the run."""
+    from forgetkit.methods.stopping import StoppingHook
+    from forgetkit.models import build_tiny_model
+
+    records = [QARecord(f"Who is person {i}?", f"A poet from town {i}.", f"p{i:04d}-job") for i in range(10)]
+    settings = CriterionSettings(every=100, move_share=0.5, backtracks=1)
+    hook = StoppingHook(settings, bpe_tokenizer, records[:5], records[5:], records, 48, tmp_path, forget_term="npo")
+    # step 0: AUC 1.0 (known); step 3: 0.0 (overshot); step 6: 0.5 (indistinguishable)
+    hook.sets = _Scripted(hook.criterion, [(1.0, 1.0), (0.0, 1.0), (0.5, 1.0)])
+    model = build_tiny_model(bpe_tokenizer, "llama", "micro")
+    hook.check(0, model)
+    records_by_step = {}
+    for step, npo in enumerate([10.0, 9.0, 4.0, 3.5, 3.0, 1.4], start=1):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01)  # training moves the weights
+        records_by_step[step] = hook(step, model, {"loss": npo + 1, "npo": npo})
+    # anchored at step 1 (10.0): 4.0 at step 3 has moved by more than half; after the backtrack, anchored at 3.5
+    assert [s for s, r in records_by_step.items() if r] == [3, 6]
+    assert records_by_step[3]["backtrack"] == 0.5 and records_by_step[3]["criterion"]["backtracked_to"] == 0
+    assert records_by_step[6]["stop"] == "indistinguishable" and "backtrack" not in records_by_step[6]
+    summary = hook.finish(model, 6)
+    assert summary["reached"] and summary["chosen"]["step"] == 6 and not summary["rolled_back"]
+    assert summary["backtracked"] == [{"step": 3, "verdict": "overshot", "to_step": 0, "lr_scale": 0.5}]
+
+
+def test_backtracking_puts_the_best_weights_back_and_ends_when_its_budget_is_spent(bpe_tokenizer, tmp_path):
+    from forgetkit.methods.stopping import StoppingHook
+    from forgetkit.models import build_tiny_model
+
+    records = [QARecord(f"Who is person {i}?", f"A poet from town {i}.", f"p{i:04d}-job") for i in range(10)]
+    hook = StoppingHook(CriterionSettings(every=1, backtracks=1), bpe_tokenizer, records[:5], records[5:], records,
+                        48, tmp_path, forget_term="npo", can_backtrack=True)
+    hook.sets = _Scripted(hook.criterion, [(0.9, 1.0), (0.0, 1.0), (0.0, 1.0)])
+    model = build_tiny_model(bpe_tokenizer, "llama", "micro")
+    hook.check(0, model)
+    best = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    first = hook(1, model, {"npo": 1.0})
+    assert first["backtrack"] == 0.5
+    assert all(torch.equal(p, best[n]) for n, p in model.named_parameters())  # the best check's weights again
+    second = hook(2, model, {"npo": 1.0})
+    assert second["stop"] == "overshot" and "backtrack" not in second  # the budget (1) is spent
+    assert StoppingHook(CriterionSettings(), bpe_tokenizer, records[:5], records[5:], records, 48, tmp_path,
+                        can_backtrack=False).backtracks_left == 0  # several processes: no backtracking

@@ -145,7 +145,7 @@ def _interrupted_run(tokenizer, run_dir: Path, size: str = "micro") -> None:
     model = build_tiny_model(tokenizer, "llama", size)
     train_loop(model, cross_entropy, PairedData(retain=examples(tokenizer)),
                TrainConfig(epochs=2, batch_size=4, checkpoint_every=2), tokenizer.pad_token_id, run_dir=run_dir,
-               quiet=True, on_step=lambda step, _m: {"stop": "interrupted"} if step == 3 else None)
+               quiet=True, on_step=lambda step, _m, _losses: {"stop": "interrupted"} if step == 3 else None)
     assert json.loads((run_dir / CHECKPOINT_DIR / "progress.json").read_text())["step"] == 2
 
 

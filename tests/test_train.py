@@ -36,8 +36,9 @@ def test_an_on_step_hook_can_end_the_run_after_a_step(bpe_tokenizer, tmp_path):
     data = tokenize_qa(bpe_tokenizer, RECORDS, max_length=48)
     seen = []
 
-    def on_step(step, m):
+    def on_step(step, m, losses):
         seen.append(step)
+        assert set(losses) == {"loss"}  # the step's loss and its terms (none here)
         return {"stop": "enough"} if step == 3 else {"checked": step}
 
     def loss(m, batch):
@@ -60,7 +61,7 @@ def test_an_on_step_hook_runs_and_can_stop_without_a_run_directory(bpe_tokenizer
 
     seen = []
 
-    def on_step(step, m):
+    def on_step(step, m, losses):
         seen.append(step)
         return {"stop": "enough"} if step == 2 else None
 
@@ -69,6 +70,36 @@ def test_an_on_step_hook_runs_and_can_stop_without_a_run_directory(bpe_tokenizer
                        PairedData(retain=data.examples), TrainConfig(epochs=8, batch_size=8),
                        bpe_tokenizer.pad_token_id, quiet=True, on_step=on_step)
     assert seen == [1, 2] and stats.steps == 2 and stats.stopped == "enough"
+
+
+def test_a_hook_that_backtracks_halves_the_learning_rate_and_forgets_the_moments(bpe_tokenizer, tmp_path):
+    """``backtrack`` from ``on_step``: the learning rate from the next step on is scaled (the schedule's too), and
+    Adam starts again from no moments: the next step's update is then lr·sign(g)-sized, as a first step's."""
+    import json
+
+    from forgetkit.train import PairedData, train_loop
+
+    data = tokenize_qa(bpe_tokenizer, RECORDS, max_length=48)
+    model = build_tiny_model(bpe_tokenizer, "llama", "micro")
+    weights = {}
+
+    def on_step(step, m, losses):
+        weights[step] = torch.cat([p.detach().reshape(-1).clone() for p in m.parameters()])
+        return {"backtrack": 0.5} if step == 2 else None
+
+    train_loop(model, lambda m, b: (m(**b.retain).loss, {}), PairedData(retain=data.examples),
+               TrainConfig(epochs=3, batch_size=4, lr=1e-3, scheduler="constant", warmup_ratio=0.0,
+                           weight_decay=0.0, max_grad_norm=0.0), bpe_tokenizer.pad_token_id, run_dir=tmp_path,
+               quiet=True, on_step=on_step)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert lrs[:2] == [1e-3, 1e-3] and lrs[2:] == pytest.approx([5e-4] * (len(lrs) - 2))
+    # Adam's first step again at step 3: |Δw| = lr wherever the gradient is not tiny (bias-corrected m/√v = ±1);
+    # with the old moments most entries would move by other amounts
+    moved = (weights[3] - weights[2]).abs()
+    moved = moved[moved > 0]
+    assert float(((moved - 5e-4).abs() < 5e-6).float().mean()) > 0.9
+    later = (weights[4] - weights[3]).abs()
+    assert float(((later[later > 0] - 5e-4).abs() < 5e-6).float().mean()) < 0.5  # moments again from step 4
 
 
 def test_nan_loss_stops_before_the_step_is_applied(bpe_tokenizer):

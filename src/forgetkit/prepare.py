@@ -37,7 +37,7 @@ import torch
 
 from forgetkit import checks
 from forgetkit.adapters.lora import LoraSettings, attach_lora
-from forgetkit.config import config_hash, load_config
+from forgetkit.config import ADDED_SETTING, config_hash, load_config
 from forgetkit.data.edits import EDIT_KINDS, benchmark_edits
 from forgetkit.data.formatting import TokenizedSet, has_chat_template, pad_id, tokenize_qa, tokenize_text
 from forgetkit.data.readers import read_records
@@ -81,9 +81,9 @@ class PrepareConfig:
     base_model: str = ""
     # A user's own QA dataset (``prepare --data PATH --group FIELD``) instead of the built-in benchmark: it needs
     # base_model; narratives, world-fact replay and the edit requests belong to the built-in benchmark only.
-    data: DatasetSettings = field(default_factory=DatasetSettings)
+    data: DatasetSettings = field(default_factory=DatasetSettings, metadata=ADDED_SETTING)
     # Refuse a base model whose tokenizer has no chat template (else such a model is prompted plainly, and said so).
-    require_chat_template: bool = False
+    require_chat_template: bool = field(default=False, metadata=ADDED_SETTING)
     benchmark: SyntheticConfig = field(default_factory=SyntheticConfig)
     model: ModelSettings = field(default_factory=ModelSettings)
     pretrain: TrainConfig = field(default_factory=TrainConfig)

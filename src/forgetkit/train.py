@@ -381,7 +381,7 @@ def train_loop(
     desc: str = "train",
     quiet: bool = False,
     after_step: Callable[[torch.nn.Module], None] | None = None,
-    on_step: Callable[[int, torch.nn.Module], dict | None] | None = None,
+    on_step: Callable[[int, torch.nn.Module, dict[str, float]], dict | None] | None = None,
     setting: str = "train",
 ) -> TrainStats:
     """Minimise ``loss_fn`` over ``data`` with ``model``'s trainable parameters.
@@ -389,11 +389,13 @@ def train_loop(
     With ``run_dir``, the step log and checkpoints go there, and a checkpoint found there is
     resumed from. The model is left in eval mode, unwrapped, holding the final weights.
     ``after_step(model)`` runs after each optimiser step, under ``no_grad`` (e.g. adapter norm
-    clipping); ``on_step(step, model)`` may return values to add to that step's log line (e.g. a
-    periodic evaluation; it must leave the model as it found it); a ``stop`` value among them ends the
-    run after that step (``TrainStats.stopped`` holds it). Before any step, ``config`` is checked against
-    ``data`` (:func:`check_steps`) and its batches against the machine's memory (:func:`check_memory`);
-    ``setting`` is its dotted prefix in their errors.
+    clipping); ``on_step(step, model, losses)`` (``losses``: the step's loss and its terms) may return
+    values to add to that step's log line (e.g. a periodic evaluation; it must leave the model as it found it
+    unless it asks to backtrack); a ``stop`` value among them ends the run after that step
+    (``TrainStats.stopped`` holds it); a ``backtrack`` value S (one process only: the hook has put earlier
+    weights back) scales the learning rate by S from the next step on and forgets the optimiser's moments.
+    Before any step, ``config`` is checked against ``data`` (:func:`check_steps`) and its batches against the
+    machine's memory (:func:`check_memory`); ``setting`` is its dotted prefix in their errors.
     """
     if len(data.driver()) == 0:
         raise ForgetkitError(f"{desc}: nothing to train on (empty set)")
@@ -522,7 +524,7 @@ class _Job:
         if not math.isfinite(grad_norm) or (config.abort_grad_norm and grad_norm > config.abort_grad_norm):
             self.stop(step, f"{self.desc}: gradient norm {grad_norm:.4g} at step {step} "
                             f"(bound {config.abort_grad_norm})")
-        lr = self.scheduler.get_last_lr()[0]
+        lr = self.optimizer.param_groups[0]["lr"]  # what this step uses (a backtrack may have scaled it)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad()
@@ -534,8 +536,10 @@ class _Job:
         ``stop``, which is returned."""
         stop = None
         if self.accelerator.is_main_process:
-            extra = (on_step(step, self.raw) or {}) if on_step is not None else {}
+            extra = (on_step(step, self.raw, losses) or {}) if on_step is not None else {}
             stop = extra.get("stop")
+            if "backtrack" in extra:
+                self.backtrack(extra["backtrack"])
             if self.log_path:
                 weight_norm = math.sqrt(sum(float(p.detach().float().square().sum()) for p in self.params))
                 record = {"step": step, **losses, "grad_norm": grad_norm, "weight_norm": weight_norm, "lr": lr,
@@ -546,6 +550,18 @@ class _Job:
             flag = torch.tensor([1.0 if stop else 0.0], device=self.accelerator.device)
             stop = stop or ("stopped by the main process" if float(self.accelerator.reduce(flag, "sum")) else None)
         return stop
+
+    def backtrack(self, scale: float) -> None:
+        """After a hook put earlier weights back: the learning rate (and the schedule's base) times ``scale``, and
+        no Adam moments of the abandoned trajectory."""
+        if self.world > 1:
+            raise ForgetkitError(f"{self.desc}: a hook asked to backtrack in a {self.world}-process run (one only)")
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        scheduler = getattr(self.scheduler, "scheduler", self.scheduler)
+        for group in optimizer.param_groups:
+            group["lr"] *= scale
+        scheduler.base_lrs = [lr * scale for lr in scheduler.base_lrs]
+        optimizer.state.clear()
 
     def stop(self, step: int, reason: str):
         """Keep the state before this step (the last good one) and raise :class:`DivergenceError`."""

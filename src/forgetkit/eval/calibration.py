@@ -32,7 +32,8 @@ from forgetkit.eval.token_stats import score_examples
 from forgetkit.models.logits import context_length
 
 UNTIL = ("indistinguishable",)
-CRITERION_VERSION = 2  # bumped when the rule changes (2: the utility guard's scale is the gap to unseen data)
+CRITERION_VERSION = 3  # bumped when the rule changes (2: the utility guard's scale is the gap to unseen data; 3: checks
+# when the forget term moves, and backtracks with a smaller learning rate)
 CONTINUE, REACHED, OVERSHOT, UTILITY, EXHAUSTED = ("continue", "indistinguishable", "overshot", "utility guard",
                                                    "not reached")
 
@@ -40,6 +41,13 @@ CONTINUE, REACHED, OVERSHOT, UTILITY, EXHAUSTED = ("continue", "indistinguishabl
 @dataclass
 class CriterionSettings:
     every: int = 5  # optimiser steps between checks
+    # check sooner, when the method's forget term has moved by this share since the last check (0: never), so the
+    # step where forgetting happens is not skipped by a recipe that moves fast
+    move_share: float = 0.5
+    # when the utility guard fires or the run overshoots, go back to the best check and go on with the learning
+    # rate times backtrack_scale, up to this many times (an oracle-free line search on the calibration signal)
+    backtracks: int = 2
+    backtrack_scale: float = 0.5
     z: float = 1.96  # the tolerance in standard errors of the AUC under the null (1.96: a two-sided 95 % band)
     utility_tolerance: float = 0.5  # stop when the retain set has lost this share of its start's gap to unseen data
     retain_sample: int = 64  # retain examples scored at each check for the guard
@@ -48,6 +56,8 @@ class CriterionSettings:
 
     def __post_init__(self) -> None:
         require_positive(self, "every", "z", "retain_sample")
+        require_positive(self, "move_share", "backtracks", allow_zero=True)
+        require(0 < self.backtrack_scale < 1, "backtrack_scale", f"must be in (0, 1), got {self.backtrack_scale}")
         require(self.utility_tolerance > 0, "utility_tolerance", f"must be positive, got {self.utility_tolerance}")
         require(bool(self.dampings) and all(d > 0 for d in self.dampings), "dampings",
                 f"must be a non-empty list of positive ratios, got {self.dampings}")

@@ -217,7 +217,8 @@ def train(job: GradientJob, quiet: bool = False) -> tuple[TrainStats, dict | Non
     stopping = None
     if config.until:
         stopping = StoppingHook(config.criterion, job.tokenizer, job.inputs.forget, job.calibration,
-                                job.inputs.retain or [], job.max_length, job.out)
+                                job.inputs.retain or [], job.max_length, job.out, job.method.forget_term,
+                                can_backtrack=process_state().num_processes == 1)
         hooks.append(stopping)
     epochs = job.method.train_steps(config.train.epochs)
     criterion_s = 0.0  # the criterion's checks outside the loop (before the first step, after the last)
@@ -283,10 +284,10 @@ def write(job: GradientJob, stats: TrainStats, criterion: dict | None, quiet: bo
 
 def _all_of(hooks):
     """One ``on_step`` hook that runs each of ``hooks`` and merges what they add to the step's log line."""
-    def on_step(step: int, model) -> dict | None:
+    def on_step(step: int, model, losses: dict) -> dict | None:
         record: dict = {}
         for hook in hooks:
-            record.update(hook(step, model) or {})
+            record.update(hook(step, model, losses) or {})
         return record or None
 
     return on_step
@@ -334,7 +335,7 @@ def _periodic_eval(request: UnlearnRequest, tokenizer):
         check_oracle_log(data, oracle_log)  # before the first step, not at the first evaluation
     settings = EvalSettings(max_new_tokens=40, retain_limit=100, gradnorm=False)
 
-    def on_step(step: int, model) -> dict | None:
+    def on_step(step: int, model, losses: dict | None = None) -> dict | None:
         if step % request.eval_every:
             return None
         was_training = model.training

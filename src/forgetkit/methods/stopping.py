@@ -1,7 +1,9 @@
-"""``--until indistinguishable`` for gradient methods: the training loop's hook that checks, every k steps,
-whether the forget set can still be told from the calibration set (:mod:`forgetkit.eval.calibration`),
-stops the loop when it cannot (or when over-forgetting or the utility guard says so), and rolls the trained
-weights back to the check closest to indistinguishable.
+"""``--until indistinguishable`` for gradient methods: the training loop's hook that checks, every k steps and
+whenever the method's forget term has moved by ``move_share`` since the last check, whether the forget set can
+still be told from the calibration set (:mod:`forgetkit.eval.calibration`), and stops the loop when it cannot.
+When the run overshoots or the utility guard fires, it goes back to the best check's weights and lets the loop
+go on with a smaller learning rate (``backtracks`` times at most; one process only), then stops there; the
+trained weights end as the check closest to indistinguishable.
 
 The best check's trainable weights are kept in memory and in ``OUT/criterion_best.safetensors`` (written
 atomically when a check improves on it), and every check is a line of ``train_log.jsonl``
@@ -19,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from forgetkit.data.records import QARecord
-from forgetkit.eval.calibration import CONTINUE, EXHAUSTED, Check, CriterionSets, CriterionSettings
+from forgetkit.eval.calibration import CONTINUE, EXHAUSTED, OVERSHOT, UTILITY, Check, CriterionSets, CriterionSettings
 from forgetkit.io import atomic_path
 from forgetkit.train import CHECKPOINT_DIR, LOG_FILE, trainable
 
@@ -31,12 +33,17 @@ class StoppingHook:
     :meth:`finish` after)."""
 
     def __init__(self, settings: CriterionSettings, tokenizer, forget: list[QARecord], calibration: list[QARecord],
-                 retain: list[QARecord], max_length: int, out: Path) -> None:
+                 retain: list[QARecord], max_length: int, out: Path, forget_term: str | None = None,
+                 can_backtrack: bool = True) -> None:
         self.settings, self.out = settings, Path(out)
         self.sets = CriterionSets(settings, tokenizer, forget, calibration, retain, max_length)
         self.criterion = self.sets.criterion
         self.last: Check | None = None
         self._best_weights: dict[str, torch.Tensor] | None = None
+        self.forget_term = forget_term  # the name of the method's forget term among a step's logged losses
+        self.anchor: float | None = None  # its value at the last check (None: the next step's value)
+        self.backtracks_left = settings.backtracks if can_backtrack else 0
+        self.backtracked: list[dict] = []
 
     def check(self, step: int, model) -> Check:
         check = self.sets.check(step, model)
@@ -78,14 +85,40 @@ class StoppingHook:
                 self._best_weights = load_file(str(self.out / BEST_FILE))
         self.last = self.criterion.checks[-1] if self.criterion.checks else None
 
-    def __call__(self, step: int, model) -> dict | None:
-        if step % self.settings.every:
+    def _moved(self, losses: dict | None) -> bool:
+        """Whether the forget term has moved by ``move_share`` of its value at the last check."""
+        value = (losses or {}).get(self.forget_term) if self.forget_term else None
+        if value is None or not self.settings.move_share:
+            return False
+        if self.anchor is None:
+            self.anchor = value
+            return False
+        return abs(value - self.anchor) > self.settings.move_share * max(abs(self.anchor), 1e-8)
+
+    def __call__(self, step: int, model, losses: dict | None = None) -> dict | None:
+        if step % self.settings.every and not self._moved(losses):
             return None
         check = self.check(step, model)
+        self.anchor = (losses or {}).get(self.forget_term) if self.forget_term else None
         record = {"criterion": {**check.to_dict(), "best": self.criterion.best is check}}
-        if check.verdict != CONTINUE:
+        if check.verdict in (OVERSHOT, UTILITY) and self.backtracks_left and self._best_weights is not None:
+            self._restore(model)  # back to the best check; the loop goes on with a smaller step from here
+            self.backtracks_left -= 1
+            self.anchor = None
+            back = {"step": step, "verdict": check.verdict, "to_step": self.criterion.best.step,
+                    "lr_scale": self.settings.backtrack_scale}
+            self.backtracked.append(back)
+            record["criterion"]["backtracked_to"] = back["to_step"]
+            record["backtrack"] = self.settings.backtrack_scale
+        elif check.verdict != CONTINUE:
             record["stop"] = check.verdict
         return record
+
+    def _restore(self, model) -> None:
+        params = trainable(model)
+        with torch.no_grad():
+            for name, value in self._best_weights.items():
+                params[name].copy_(value.to(params[name].device))
 
     def finish(self, model, final_step: int) -> dict:
         """After training: a last check when the run ended between checks without stopping, then the roll-back to
@@ -96,9 +129,6 @@ class StoppingHook:
         best = self.criterion.best
         rolled_back = best is not None and self._best_weights is not None and best is not self.last
         if rolled_back:
-            params = trainable(model)
-            with torch.no_grad():
-                for name, value in self._best_weights.items():
-                    params[name].copy_(value.to(params[name].device))
+            self._restore(model)
         (self.out / BEST_FILE).unlink(missing_ok=True)
-        return {**self.criterion.summary(stopped), "rolled_back": rolled_back}
+        return {**self.criterion.summary(stopped), "rolled_back": rolled_back, "backtracked": self.backtracked}
