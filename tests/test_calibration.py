@@ -213,13 +213,13 @@ def test_calibration_needed_is_the_fewest_examples_below_one_half():
 def test_llmeraser_searches_its_damping_for_the_ratio_nearest_indistinguishable(lora_run, tmp_path, capsys):
     out = tmp_path / "erase"
     code = _unlearn(lora_run, out, "--method", "llmeraser", "--until", "indistinguishable",
-                    "criterion.dampings=[100.0,10.0,1.0]")
+                    "criterion.dampings=[100.0,10.0,3.0]", "params.curvature_examples=32")
     summary = json.loads((out / "summary.json").read_text())
     crit = summary["criterion"]
     assert code == (0 if crit["reached"] else 5)
     trace = crit["trace"]
     assert trace[0]["step"] == 0 and trace[0]["damping_ratio"] is None  # the unedited adapter first
-    assert [t["damping_ratio"] for t in trace[1:]] == [100.0, 10.0, 1.0][: len(trace) - 1]
+    assert [t["damping_ratio"] for t in trace[1:]] == [100.0, 10.0, 3.0][: len(trace) - 1]
     chosen = crit["chosen"]
     allowed = [t for t in trace if t["verdict"] != UTILITY]
     assert abs(chosen["auc"] - 0.5) == min(abs(t["auc"] - 0.5) for t in allowed)
@@ -229,7 +229,7 @@ def test_llmeraser_searches_its_damping_for_the_ratio_nearest_indistinguishable(
     assert audit["criterion"]["chosen"] == chosen
     # a ratio whose solve does not converge is never applied: the search records it and keeps a converged one
     code = _unlearn(lora_run, tmp_path / "hard", "--method", "llmeraser", "--until", "indistinguishable",
-                    "criterion.dampings=[0.001,100.0]", "params.max_iter=20")
+                    "criterion.dampings=[0.001,100.0]", "params.max_iter=20", "params.curvature_examples=32")
     hard = json.loads((tmp_path / "hard" / "summary.json").read_text())
     assert hard["criterion"]["unconverged"]["damping_ratio"] == 0.001
     assert [t["damping_ratio"] for t in hard["criterion"]["trace"]] == [None]  # the search stopped there

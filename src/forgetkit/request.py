@@ -231,7 +231,6 @@ def calibration_of(request: UnlearnRequest, forget: list[QARecord],
                              "the forget set's that the model never trained on)")
     if not records:
         raise ForgetkitError(f"{file or 'the calibration records'}: the calibration set is empty")
-    _refuse_too_small(file, len(forget), len(records), request.config.criterion.z)
     ids = {r.id for r in forget + (retain or [])}
     for r in records:
         if r.id in ids:
@@ -243,6 +242,7 @@ def calibration_of(request: UnlearnRequest, forget: list[QARecord],
             raise ForgetkitError(f"{file or 'the calibration records'}: {len(overlap)} record(s) of the {role} set "
                                  f"are also in the calibration set (the first: {role} record '{trained[overlap[0]].id}'"
                                  ", field id); a calibration set must be data the model never trained on")
+    _refuse_too_small(file, len(forget), len(records), request.config.criterion.z)
     return records, file
 
 
