@@ -26,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -121,7 +122,8 @@ def _block(run: Path, kind: str, impl: str, batch_size: int, steps: int) -> dict
                 optimizer.step()
                 optimizer.zero_grad()
         return {**out, "wall_time_s": bare.wall_time_s, "peak_memory_mb": bare.peak_memory_mb}
-    config = TrainConfig(epochs=steps * batch_size / len(retain if kind == "ce" else forget),
+    driver = retain if kind == "ce" else forget  # the loop's epochs count its batches: exactly `steps` of them
+    config = TrainConfig(epochs=steps / math.ceil(len(driver) / batch_size),
                          batch_size=batch_size, lr=1e-5, seed=SEED,
                          gradient_checkpointing=impl == "forgetkit+checkpointing",
                          micro_batch_size=batch_size // 2 if impl == "forgetkit+micro-batches" else None)
