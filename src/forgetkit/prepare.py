@@ -114,6 +114,16 @@ class PrepareConfig:
     def user_data(self) -> bool:
         return bool(self.data.path)
 
+    @property
+    def trains_narratives(self) -> bool:
+        """Whether the fine-tunes train on the people's narratives (the built-in benchmark's only)."""
+        return self.train_narratives and not self.user_data
+
+    @property
+    def replays_world_facts(self) -> bool:
+        """Whether the fine-tunes replay world facts (the built-in benchmark's only: a user's dataset has none)."""
+        return self.train_world_facts and not self.user_data
+
 
 def load_prepare_config(name_or_path: str, overrides: list[str] | None = None) -> PrepareConfig:
     return load_config(name_or_path, overrides, PrepareConfig)
@@ -233,7 +243,7 @@ def _build(config: PrepareConfig, run_dir: Path, quiet: bool, splits: UserSplits
         return {"manifest": manifest}
 
     if config.user_data:
-        stages.run("benchmark", {"user_data": config.data.key()}, [],
+        stages.run("benchmark", {"user_data": config.data.key(splits.source_hash)}, [],
                    lambda tmp: {"manifest": write_user_benchmark(config.data, tmp, splits)})
     else:
         stages.run("benchmark", config.benchmark, [], build_benchmark)
@@ -282,9 +292,8 @@ def _fine_tuned_stages(config: PrepareConfig, stages: Stages, run_dir: Path, spl
     lora_key = {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules}
     if config.target_mode == "lora":
         lora_key["init_seed"] = config.seed  # the adapter's initialisation is seeded (stage.json of older runs: not)
-    builtin = not config.user_data  # narratives and world-fact replay are the built-in benchmark's
     recipe = {"mode": config.target_mode, "train": config.target, "lora": lora_key,
-              "narratives": config.train_narratives and builtin, "world_facts": config.train_world_facts and builtin}
+              "narratives": config.trains_narratives, "world_facts": config.replays_world_facts}
     # a trained tiny base descends from the benchmark already; a pretrained one does not, so name it
     parents = ["base", "benchmark"] if config.base_model else ["base"]
     stages.run("target", {**recipe, "on": "full"}, parents, _fine_tune_on(config, run_dir, split, "full", quiet))
@@ -305,13 +314,12 @@ def _fine_tune_on(config: PrepareConfig, run_dir: Path, split, qa_split: str, qu
             model = attach_lora(model, config.target_lora)
         qa = split(qa_split)
         data = tokenize_qa(tokenizer, qa, max_len, name=qa_split)
-        if config.train_narratives and not config.user_data:
+        if config.trains_narratives:
             people = {group_of(r.id) for r in qa}
             texts = [r for r in split("narratives", "text") if group_of(r.id) in people]
             data = _concat(data, tokenize_text(tokenizer, texts, max_len, name=f"{qa_split} narratives"))
         world = None
-        # the replay set when the benchmark keeps one apart from the utility set (a user's dataset has none)
-        if config.train_world_facts and not config.user_data:
+        if config.replays_world_facts:  # the replay set when the benchmark keeps one apart from the utility set
             world = "world_replay" if config.benchmark.world_replay else "world_facts"
             data = _concat(data, tokenize_qa(tokenizer, split(world), max_len, name=world))
         stats = fine_tune(model, data, config.target, pad_id(tokenizer), desc=f"fine-tune on {qa_split}",

@@ -31,8 +31,8 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from forgetkit.data.readers import SUFFIXES, content_key, read_grouped
-from forgetkit.data.records import FieldMap, QARecord, records_hash
+from forgetkit.data.readers import SUFFIXES, content_key, read_grouped, read_records
+from forgetkit.data.records import FieldMap, QARecord, group_of, records_hash
 from forgetkit.data.synthetic import holdout_of, retain_of, split_size
 from forgetkit.errors import ConfigError, DataError
 from forgetkit.io import dir_hash, fingerprint, write_json, write_jsonl
@@ -70,10 +70,10 @@ class DatasetSettings:
             raise ConfigError("data.forget_splits: name at least one split (forget01 … forget50)")
         FieldMap.parse(self.fields)  # a malformed entry is refused before any work
 
-    def key(self) -> dict:
-        """What the split files depend on: the settings (not where the data lies) and the data's content."""
-        return {**{k: v for k, v in asdict(self).items() if k != "path"}, "source": source_hash(Path(self.path)),
-                "version": VERSION}
+    def key(self, source: str) -> dict:
+        """What the split files depend on: the settings (not where the data lies) and the data's content
+        (``source``: :attr:`UserSplits.source_hash`)."""
+        return {**{k: v for k, v in asdict(self).items() if k != "path"}, "source": source, "version": VERSION}
 
 
 @dataclass
@@ -95,6 +95,7 @@ class UserSplits:
     """A user's dataset split: the split files by name, and what the manifest says about them."""
 
     layout: str = ""
+    source_hash: str = ""  # the fingerprint of the data read (the stage key's and the manifest's)
     files: dict[str, list[QARecord]] = field(default_factory=dict)
     origin: dict[str, _Read] = field(default_factory=dict)  # the file each split came from (for errors)
     groups: dict[str, int] = field(default_factory=dict)
@@ -131,7 +132,7 @@ def split_user_data(settings: DatasetSettings) -> UserSplits:
         raise DataError(source, "file not found (data.path)")
     layout = "tofu" if source.is_dir() and tofu_files(source) else "grouped"
     splits = _tofu_splits(settings, source) if layout == "tofu" else _grouped_splits(settings, source)
-    splits.layout = layout
+    splits.layout, splits.source_hash = layout, source_hash(source)
     _refuse_crossings(splits)
     return splits
 
@@ -143,7 +144,7 @@ def write_user_benchmark(settings: DatasetSettings, out_dir: Path, splits: UserS
     splits = splits or split_user_data(settings)
     source = Path(settings.path)
     manifest = {"generator": GENERATOR, "version": VERSION, "layout": splits.layout, "source": str(source),
-                "source_hash": source_hash(source), "settings": asdict(settings), "groups": splits.groups,
+                "source_hash": splits.source_hash, "settings": asdict(settings), "groups": splits.groups,
                 "files": {}, "notices": splits.notices}
     for stem, records in splits.files.items():
         write_jsonl(out_dir / f"{stem}.jsonl", [r.to_dict() for r in records])
@@ -207,8 +208,6 @@ def _grouped_splits(settings: DatasetSettings, path: Path) -> UserSplits:
     # largest holdout split needs, when the split sizes' rounding leaves one over)
     n_cal = settings.calibration_groups
     n_held = len(order) - n_cal - trained_n
-    role = {g: "calibration" for g in shuffled[:n_cal]}
-    role.update({g: "holdout" for g in shuffled[n_cal:n_cal + n_held]})
     trained = shuffled[n_cal + n_held:]
     held = shuffled[n_cal:n_cal + n_held]
     number = {g: i for i, g in enumerate(order)}
@@ -283,7 +282,7 @@ def _trained_sequence(reads: dict[str, _Read], largest: str, root: Path) -> list
 
 
 def _group_count(canon: dict[str, QARecord]) -> int:
-    return len({r.id.split("-", 1)[0] for r in canon.values()})
+    return len({group_of(r.id) for r in canon.values()})
 
 
 def _members(read: _Read, canon: dict[str, QARecord], where: str) -> list[QARecord]:
@@ -343,13 +342,13 @@ def _holdouts(settings: DatasetSettings, splits: UserSplits, reads: dict[str, _R
         splits.origin["calibration"] = reads["calibration"]
     elif held and settings.calibration_groups:
         pool = _members(reads[held[0]], never, held[0])
-        groups = list(dict.fromkeys(r.id.split("-", 1)[0] for r in pool))
+        groups = list(dict.fromkeys(group_of(r.id) for r in pool))
         if len(groups) <= settings.calibration_groups:
             raise reads[held[0]].error(0, f"{len(groups)} group(s), too few to keep {settings.calibration_groups} for "
                                        "calibration and one for the holdout (give a calibration file, or set "
                                        "data.calibration_groups lower)")
         carved = set(groups[-settings.calibration_groups:])
-        splits.files["calibration"] = [r for r in pool if r.id.split("-", 1)[0] in carved]
+        splits.files["calibration"] = [r for r in pool if group_of(r.id) in carved]
         splits.origin["calibration"] = reads[held[0]]
         splits.notice(f"calibration: the last {len(carved)} group(s) of {held[0]} "
                       f"({len(splits.files['calibration'])} records), taken out of every holdout split")
@@ -357,13 +356,13 @@ def _holdouts(settings: DatasetSettings, splits: UserSplits, reads: dict[str, _R
         splits.notice("no calibration set (no calibration file and no holdout to take it from): --until "
                       "indistinguishable needs --calibration FILE")
     for stem in held:
-        kept = [r for r in _members(reads[stem], never, stem) if r.id.split("-", 1)[0] not in carved]
+        kept = [r for r in _members(reads[stem], never, stem) if group_of(r.id) not in carved]
         if not kept:
             raise reads[stem].error(0, "no record left once the calibration groups are taken out (give a "
                                     "calibration file, or set data.calibration_groups lower)")
         splits.files[stem], splits.origin[stem] = kept, reads[stem]
-    splits.groups["holdout"] = len({r.id.split("-", 1)[0] for s in held for r in splits.files[s]})
-    splits.groups["calibration"] = len({r.id.split("-", 1)[0] for r in splits.files.get("calibration", [])})
+    splits.groups["holdout"] = len({group_of(r.id) for s in held for r in splits.files[s]})
+    splits.groups["calibration"] = len({group_of(r.id) for r in splits.files.get("calibration", [])})
 
 
 def _refuse_crossings(splits: UserSplits) -> None:
@@ -381,11 +380,10 @@ def _refuse_crossings(splits: UserSplits) -> None:
 
 def _refuse_crossing(first: str, a: list[QARecord], second: str, b: list[QARecord], origin: _Read) -> None:
     contents = {content_key(r) for r in a}
-    answers = {_question_key(r): content_key(r) for r in a}
+    questions = {_question_key(r) for r in a}
     for record in b:
-        key, question = content_key(record), _question_key(record)
-        kind = ("duplicate" if key in contents else
-                "conflicting: the same question with another answer" if question in answers else "")
+        kind = ("duplicate" if content_key(record) in contents else
+                "conflicting: the same question with another answer" if _question_key(record) in questions else "")
         if kind:
             index = _position(origin, record)
             problem = f"record '{record.id}' is in both {first} and {second} ({kind}); a record belongs to one only"
@@ -412,8 +410,6 @@ def write_tofu_layout(bench_dir: Path, out_dir: Path, retain_perturbed: int = 40
     ``retain_perturbed`` retain records with their perturbed answers, the world facts and the calibration
     people. What a user holding TOFU's files has, so that reading it back checks the user-data path against
     the built-in one. Returns the names of the files written."""
-    from forgetkit.data.readers import read_records
-
     written = []
 
     def write(stem: str, records: list[QARecord], names: tuple[str, ...]) -> None:
