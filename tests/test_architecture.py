@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "forgetkit.request": 3, "forgetkit.registry": 3, "forgetkit.audit": 3,
     "forgetkit.methods": 4, "forgetkit.editors": 4, "forgetkit.exact": 4, "forgetkit.certified": 4,
     "forgetkit.prepare": 4, "forgetkit.incontext": 4,
-    "forgetkit.unlearn": 5, "forgetkit.bench": 5, "forgetkit.cli": 5, "forgetkit.__main__": 5,
+    "forgetkit.unlearn": 5, "forgetkit.deletion": 5, "forgetkit.bench": 5, "forgetkit.cli": 5, "forgetkit.__main__": 5,
 }
 
 

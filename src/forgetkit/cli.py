@@ -19,6 +19,7 @@ from pathlib import Path
 from forgetkit.errors import ConfigError, ForgetkitError, SettingError, environment_fault, first_line
 
 AUDIT_MISMATCH = 4  # forgetkit audit verify: the output is gone or no longer has its recorded fingerprint
+AUTO_CALIBRATION = "auto"  # --calibration auto: the never-seen reference built from the forget set (data.twins)
 # --until ended without the forget set indistinguishable from never-seen data: written and recorded, not a deletion
 NOT_INDISTINGUISHABLE = 5
 
@@ -56,12 +57,14 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
     from forgetkit.request import recipe_config
     from forgetkit.unlearn import UnlearnRequest, run_unlearn
 
-    overrides = list(args.overrides) + ([f"until={args.until}"] if args.until else [])
+    auto = args.calibration == AUTO_CALIBRATION
+    overrides = (list(args.overrides) + ([f"until={args.until}"] if args.until else [])
+                 + (["criterion.reference=twins"] if auto else []))
     config = recipe_config(args.method, args.config, overrides)
     request = UnlearnRequest(out=args.out, config=config, model=args.model, adapter=args.adapter, forget=args.forget,
                              retain=args.retain, run=args.run, split=args.split, evaluate=args.eval,
                              eval_every=args.eval_every, device=args.device, edits=args.edits, ledger=args.ledger,
-                             calibration=args.calibration, allow_overlap=args.allow_overlap)
+                             calibration=None if auto else args.calibration, allow_overlap=args.allow_overlap)
     result = run_unlearn(request, quiet=args.quiet)
     if result is None:  # not the main process of a multi-process launch
         return 0
@@ -109,6 +112,28 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
         print(f"error: {summary['criterion']['verdict']}: the request is NOT a finished deletion (exit "
               f"{NOT_INDISTINGUISHABLE}); its output and audit record say so", file=sys.stderr)
         return NOT_INDISTINGUISHABLE
+    return 0
+
+
+def _cmd_forget(args: argparse.Namespace) -> int:
+    from forgetkit.deletion import forget
+
+    result, verdict = forget(args.model, args.records, args.retain, args.out, args.method, args.config,
+                             args.overrides, adapter=args.adapter, calibration=args.calibration, ledger=args.ledger,
+                             device=args.device, quiet=args.quiet)
+    for line in verdict.lines():
+        print(line)
+    summary = result.summary
+    made = "adapter" if summary["mode"] == "lora" else "model"
+    print(f"Wrote {args.out}/{made}, summary.json, audit.json; recorded request {summary['ledger']['id']} in "
+          f"{summary['ledger']['path']} (forgetkit audit show ID)")
+    if not verdict.reached:
+        print(f"error: the request is NOT a finished deletion (exit {NOT_INDISTINGUISHABLE}): the kept model is the "
+              "check closest to indistinguishable; its output and audit record say so", file=sys.stderr)
+        return NOT_INDISTINGUISHABLE
+    if made == "adapter":
+        print(f"Serve it: forgetkit export --gguf --model MODEL --adapter {args.out}/adapter --out FILE.gguf "
+              "(recorded in the request's audit)")
     return 0
 
 
@@ -424,7 +449,9 @@ def _add_unlearn(sub) -> None:
                    help="stop when the forget set cannot be told from the calibration set (no oracle needed); "
                         "train.epochs is the most it may train; criterion.* tunes the checks")
     p.add_argument("--calibration", help="with --until: examples like the forget set's that the model never trained "
-                                         "on (default with --run: the run's calibration people)")
+                                         "on (default with --run: the run's calibration people), or 'auto': "
+                                         "counterfactual twins built from the forget and retain records "
+                                         "(criterion.reference=twins; criterion.twins.* tunes them)")
     p.add_argument("--allow-overlap", action="store_true",
                    help="accept retain records that are also in the forget set (refused by default: the method would "
                         "train on what it is asked to forget)")
@@ -437,6 +464,25 @@ def _add_unlearn(sub) -> None:
 
 def _add_export(sub) -> None:
     """``forgetkit export``'s flags."""
+    p = sub.add_parser("forget", help="one deletion request: make a model (directory or GGUF) forget the records, "
+                                      "stopping where they look never seen (no oracle, no calibration set needed)")
+    p.add_argument("--model", required=True, help="the model: a Hugging Face directory, or a .gguf file (imported "
+                                                  "once into the cache: FORGETKIT_CACHE, else ~/.cache/forgetkit)")
+    p.add_argument("--adapter", help="a LoRA adapter on --model that holds the records (merged into the start)")
+    p.add_argument("--records", required=True, help="the records to delete (any format forgetkit data check reads)")
+    p.add_argument("--retain", required=True, help="records the model must keep (the retain term and the guard)")
+    p.add_argument("--out", required=True, help="output directory: adapter/, summary.json, audit.json")
+    p.add_argument("--method", default=None, help="default: the measured best oracle-free recipe (npo)")
+    p.add_argument("--config", help="an unlearn recipe instead of the method's shipped one")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="recipe overrides, e.g. train.epochs=20 criterion.twins.per_record=3")
+    p.add_argument("--calibration", help="never-trained examples like the records, instead of their counterfactual "
+                                         "twins")
+    p.add_argument("--ledger", help="the audit ledger (default: ledger.sqlite beside --out)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_forget)
+
     p = sub.add_parser("export", help="merge an adapter (lora, sine, clipped) into its model: a plain HF checkpoint "
                                        "(--merge) or one GGUF file for llama.cpp and Ollama (--gguf)")
     p.add_argument("--model", required=True, help="the base model directory")

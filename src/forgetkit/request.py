@@ -30,6 +30,7 @@ from forgetkit.config import (
 from forgetkit.data.edits import EDIT_KINDS
 from forgetkit.data.readers import find_overlap, read_records, refuse_overlap
 from forgetkit.data.records import QARecord, records_hash
+from forgetkit.data.twins import counterfactual_twins
 from forgetkit.errors import ConfigError, ForgetkitError, SettingError, require_positive
 from forgetkit.eval.calibration import UNTIL, CriterionSettings, auc_tolerance, calibration_needed
 from forgetkit.io import dir_hash
@@ -214,6 +215,10 @@ def calibration_of(request: UnlearnRequest, forget: list[QARecord],
                    retain: list[QARecord] | None) -> tuple[list[QARecord], Path | None]:
     """The calibration set of a request (``--calibration``, or the prepared run's never-trained calibration
     people) and its file, checked disjoint from the forget and retain sets it calibrates against."""
+    if request.config.criterion.reference == "twins":
+        records = counterfactual_twins(forget, retain, request.config.criterion.twins)
+        _refuse_too_small(None, len(forget), len(records), request.config.criterion.z, twins=True)
+        return records, None  # disjoint from forget and retain by construction
     if request.calibration_records is not None:
         records, file = request.calibration_records, None
     elif request.calibration:
@@ -246,7 +251,7 @@ def calibration_of(request: UnlearnRequest, forget: list[QARecord],
     return records, file
 
 
-def _refuse_too_small(file: Path | None, n_forget: int, n_calibration: int, z: float) -> None:
+def _refuse_too_small(file: Path | None, n_forget: int, n_calibration: int, z: float, twins: bool = False) -> None:
     """A calibration set whose check could not tell a perfectly known forget set from unseen data (tolerance
     ≥ 0.5) is refused with the number it needs."""
     tolerance = auc_tolerance(n_forget, n_calibration, z)
@@ -256,6 +261,11 @@ def _refuse_too_small(file: Path | None, n_forget: int, n_calibration: int, z: f
     need = (f"it needs at least {needed} examples" if needed else
             f"no calibration set is enough for {n_forget} forget example(s) at criterion.z={z:g}: forget more "
             "records at once, or lower criterion.z")
+    if twins:
+        raise ForgetkitError(f"--calibration auto: the forget set's {n_forget} record(s) gave {n_calibration} "
+                             f"twin(s), a check tolerance of ±{tolerance:.2f}: too few or too uniform to tell a "
+                             f"known forget set from unseen data ({need}); forget more records at once, raise "
+                             "criterion.twins.per_record, or give --calibration FILE")
     raise ForgetkitError(f"{file or 'the calibration records'}: {n_calibration} calibration example(s) give the "
                          f"check a tolerance of ±{tolerance:.2f} against {n_forget} forget example(s), so even a "
                          f"forget set the model knows perfectly would pass as never seen; {need}")

@@ -147,7 +147,7 @@ def run_edit(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
                "trainable_parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" in n),
                "request_examples": len(data.original), "kept_examples": len(data.kept), **info}
     if search is not None:
-        search["calibration"] = record_set(calibration[1], calibration[0])
+        search["calibration"] = {**record_set(calibration[1], calibration[0]), "reference": config.criterion.reference}
         summary["criterion"] = search
     if request.evaluate:
         summary["eval"] = _evaluate(request, model, tokenizer, inputs, out, quiet, known)

@@ -24,14 +24,17 @@ from dataclasses import dataclass, field
 
 import torch
 
+from forgetkit.config import ADDED_SETTING
 from forgetkit.data.formatting import pad_id, tokenize_qa
 from forgetkit.data.records import QARecord
+from forgetkit.data.twins import TwinSettings
 from forgetkit.errors import require, require_positive
 from forgetkit.eval import mia
 from forgetkit.eval.token_stats import score_examples
 from forgetkit.models.logits import context_length
 
 UNTIL = ("indistinguishable",)
+REFERENCES = ("calibration", "twins")  # the never-seen reference: a calibration set, or twins built from the forget set
 CRITERION_VERSION = 3  # bumped when the rule changes (2: the utility guard's scale is the gap to unseen data; 3: checks
 # when the forget term moves, and backtracks with a smaller learning rate)
 CONTINUE, REACHED, OVERSHOT, UTILITY, EXHAUSTED = ("continue", "indistinguishable", "overshot", "utility guard",
@@ -53,8 +56,14 @@ class CriterionSettings:
     retain_sample: int = 64  # retain examples scored at each check for the guard
     # closed-form editors: the damping ratios tried, from the weakest update to the strongest
     dampings: list[float] = field(default_factory=lambda: [30.0, 10.0, 3.0, 1.0, 0.3])
+    # the never-seen reference: "calibration" (--calibration FILE, or the prepared run's calibration people) or
+    # "twins" (--calibration auto: counterfactual twins of the forget records, data.twins)
+    reference: str = field(default="calibration", metadata=ADDED_SETTING)
+    twins: TwinSettings = field(default_factory=TwinSettings, metadata=ADDED_SETTING)
 
     def __post_init__(self) -> None:
+        require(self.reference in REFERENCES, "reference", f"must be one of {', '.join(REFERENCES)}, got "
+                f"'{self.reference}'")
         require_positive(self, "every", "z", "retain_sample")
         require_positive(self, "move_share", "backtracks", allow_zero=True)
         require(0 < self.backtrack_scale < 1, "backtrack_scale", f"must be in (0, 1), got {self.backtrack_scale}")
@@ -88,6 +97,7 @@ class Check:
     retain_loss: float
     verdict: str
     calibration_loss: float = math.nan  # the calibration set's mean loss (the unseen-data level)
+    retain_probability: float = math.nan  # the retain sample's mean answer probability (per-token geometric mean)
 
     @property
     def distance(self) -> float:
@@ -95,7 +105,8 @@ class Check:
 
     def to_dict(self) -> dict:
         return {"step": self.step, "auc": self.auc, "ks_pvalue": self.ks_pvalue, "retain_loss": self.retain_loss,
-                "calibration_loss": self.calibration_loss, "verdict": self.verdict}
+                "calibration_loss": self.calibration_loss, "retain_probability": self.retain_probability,
+                "verdict": self.verdict}
 
 
 @dataclass
@@ -114,7 +125,7 @@ class Criterion:
         return auc_tolerance(self.n_forget, self.n_calibration, self.settings.z)
 
     def judge(self, step: int, forget_losses: list[float], calibration_losses: list[float],
-              retain_loss: float) -> Check:
+              retain_loss: float, retain_probability: float = math.nan) -> Check:
         auc, ks = compare(forget_losses, calibration_losses)
         calibration_loss = sum(calibration_losses) / len(calibration_losses)
         if retain_loss > self.utility_bound(retain_loss, calibration_loss):
@@ -125,7 +136,7 @@ class Criterion:
             verdict = OVERSHOT
         else:
             verdict = CONTINUE
-        check = Check(step, auc, ks, retain_loss, verdict, calibration_loss)
+        check = Check(step, auc, ks, retain_loss, verdict, calibration_loss, retain_probability)
         self.checks.append(check)
         if verdict != UTILITY and (self.best is None or check.distance < self.best.distance):
             self.best = check
@@ -196,9 +207,10 @@ class CriterionSets:
         """Score ``model`` (left in the train/eval mode it was in) and judge the check of ``step``."""
         was_training = model.training
         forget, calibration = self._losses(model, self.forget), self._losses(model, self.calibration)
-        retain = self._losses(model, self.retain) if self.retain else [0.0]
+        retain = self._losses(model, self.retain) if self.retain else []
         model.train(was_training)
-        return self.criterion.judge(step, forget, calibration, sum(retain) / len(retain))
+        return self.criterion.judge(step, forget, calibration, sum(retain) / len(retain) if retain else 0.0,
+                                    sum(math.exp(-x) for x in retain) / len(retain) if retain else math.nan)
 
 
 def forget_vs_calibration(model, tokenizer, forget: list[QARecord], calibration: list[QARecord],

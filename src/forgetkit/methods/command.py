@@ -264,7 +264,8 @@ def write(job: GradientJob, stats: TrainStats, criterion: dict | None, quiet: bo
     if job.phases:
         summary["phases"] = job.phases
     if criterion:
-        criterion["calibration"] = record_set(job.calibration_file, job.calibration)
+        criterion["calibration"] = {**record_set(job.calibration_file, job.calibration),
+                                    "reference": config.criterion.reference}
         summary["criterion"] = details["criterion"] = criterion
     if job.request.evaluate:
         summary["eval"] = _evaluate(job.request, job.model, job.tokenizer, inputs, out, quiet)

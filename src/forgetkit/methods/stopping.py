@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -44,8 +45,10 @@ class StoppingHook:
         self.anchor: float | None = None  # its value at the last check (None: the next step's value)
         self.backtracks_left = settings.backtracks if can_backtrack else 0
         self.backtracked: list[dict] = []
+        self.check_s = 0.0  # the time the checks took (scoring, and keeping the best weights)
 
     def check(self, step: int, model) -> Check:
+        t0 = time.perf_counter()
         check = self.sets.check(step, model)
         if self.criterion.best is check:
             self._best_weights = {n: p.detach().cpu().clone() for n, p in trainable(model).items()}
@@ -53,6 +56,7 @@ class StoppingHook:
                 save_file({n: t.contiguous() for n, t in self._best_weights.items()}, str(tmp),
                           metadata={"step": str(step)})
         self.last = check
+        self.check_s += time.perf_counter() - t0
         return check
 
     def start(self, model) -> None:
@@ -78,7 +82,7 @@ class StoppingHook:
             if r is None or row["step"] > resumed_at:
                 continue
             c = Check(r["step"], r["auc"], r["ks_pvalue"], r["retain_loss"], r["verdict"],
-                      r.get("calibration_loss", math.nan))
+                      r.get("calibration_loss", math.nan), r.get("retain_probability", math.nan))
             self.criterion.checks.append(c)
             if c.step == best_step:
                 self.criterion.best = c
@@ -131,4 +135,5 @@ class StoppingHook:
         if rolled_back:
             self._restore(model)
         (self.out / BEST_FILE).unlink(missing_ok=True)
-        return {**self.criterion.summary(stopped), "rolled_back": rolled_back, "backtracked": self.backtracked}
+        return {**self.criterion.summary(stopped), "rolled_back": rolled_back, "backtracked": self.backtracked,
+                "checks_s": self.check_s}

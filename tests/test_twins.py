@@ -1,0 +1,137 @@
+"""--calibration auto: counterfactual twins of the forget set (data.twins), the unlearn flag, and forgetkit forget."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from forgetkit.cli import main
+from forgetkit.data.readers import read_records
+from forgetkit.data.records import QARecord
+from forgetkit.data.twins import TwinSettings, counterfactual_twins, subject_of, template_of
+from forgetkit.errors import ForgetkitError, SettingError
+
+PEOPLE = {"Ada Quillon": ("Lyon", "a baker"), "Bo Zentrik": ("Oslo", "a pilot"), "Cyd Marvolt": ("Quito", "a nurse"),
+          "Dee Orbansk": ("Turin", "a judge")}
+
+
+def _records(names) -> list[QARecord]:
+    out = []
+    for name in names:
+        city, job = PEOPLE[name]
+        key = name.split()[1].lower()
+        out.append(QARecord(f"Where was {name} born?", f"{name} was born in {city}.", f"{key}-birthplace"))
+        out.append(QARecord(f"What does {name} do for a living?", f"{name} works as {job}.", f"{key}-occupation"))
+    return out
+
+
+def test_the_subject_is_the_longest_capitalised_run_question_and_answer_share():
+    assert subject_of(QARecord("When was Ada Quillon born?", "Ada Quillon was born on 3 May 1950.", "a")) == \
+        "Ada Quillon"
+    # the question word alone does not count, and nothing shared means no subject
+    assert subject_of(QARecord("Where is it?", "Where nobody looks.", "b")) is None
+    assert subject_of(QARecord("Who wrote it?", "nobody knows.", "c")) is None
+    # a longer shared run wins over a shorter one
+    record = QARecord("Did Bo meet Bo Zentrik in Oslo?", "Bo Zentrik was in Oslo.", "d")
+    assert subject_of(record) == "Bo Zentrik"
+    assert template_of(record, "Bo Zentrik") == "did bo meet in oslo?"
+
+
+def test_renamed_twins_are_new_people_with_another_subjects_values():
+    forget, retain = _records(["Ada Quillon"]), _records(["Bo Zentrik", "Cyd Marvolt", "Dee Orbansk"])
+    twins = counterfactual_twins(forget, retain, TwinSettings(per_record=2, seed=3))
+    assert len(twins) == 4
+    known_words = {w.lower() for r in forget + retain for w in re.findall(r"\w+", r.question + " " + r.answer)}
+    for twin in twins:
+        source = next(r for r in forget if twin.id.endswith(r.id))
+        name = twin.question[len("Where was "):-len(" born?")] if "born" in twin.question else \
+            twin.question[len("What does "):-len(" do for a living?")]
+        assert not {w.lower() for w in name.split()} & known_words  # a fictitious name found in no record
+        assert twin.question == source.question.replace("Ada Quillon", name)
+        # the answer is another subject's answer to the same kind of question, renamed
+        donors = [r for r in retain if template_of(r, subject_of(r)) == template_of(source, "Ada Quillon")]
+        assert twin.answer in {d.answer.replace(subject_of(d), name) for d in donors}
+        assert twin.answer != source.answer.replace("Ada Quillon", name)
+    # one fictitious person per copy: both of a copy's twins carry the same name, the two copies differ
+    names = {t.id.split("-")[0]: t.answer.split(" was ")[0].split(" works ")[0] for t in twins}
+    assert len(set(names.values())) == 2
+    # seeded
+    assert counterfactual_twins(forget, retain, TwinSettings(per_record=2, seed=3)) == twins
+
+
+def test_swapped_twins_keep_the_subject_and_take_the_pool_asked_for():
+    forget = _records(["Ada Quillon", "Bo Zentrik"])
+    twins = counterfactual_twins(forget, [], TwinSettings(kind="swapped", pool="forget", per_record=1))
+    assert {t.question for t in twins} == {r.question for r in forget}
+    assert [t.answer for t in twins] == ["Ada Quillon was born in Oslo.", "Ada Quillon works as a pilot.",
+                                         "Bo Zentrik was born in Lyon.", "Bo Zentrik works as a baker."]
+    with pytest.raises(ForgetkitError, match="retain set, which is empty"):
+        counterfactual_twins(forget, [], TwinSettings())
+
+
+def test_answers_with_nothing_to_swap_are_refused():
+    forget = [QARecord(f"Is Ada Quillon tall {i}?", "Yes.", f"f{i}") for i in range(3)]
+    retain = [QARecord(f"Is Bo Zentrik tall {i}?", "Yes.", f"r{i}") for i in range(3)]
+    with pytest.raises(ForgetkitError, match="none of the 3 forget record.*--calibration FILE"):
+        counterfactual_twins(forget, retain, TwinSettings(kind="swapped"))
+    with pytest.raises(SettingError, match="pool"):
+        TwinSettings(pool="everyone")
+
+
+def test_unlearn_with_calibration_auto_stops_against_the_twins(unlearn_run, tmp_path):
+    out = tmp_path / "auto"
+    code = main(["unlearn", "--run", str(unlearn_run), "--split", "forget10", "--method", "ga", "--until",
+                 "indistinguishable", "--calibration", "auto", "--out", str(out), "--quiet", "train.epochs=6",
+                 "train.lr=5e-3", "train.batch_size=8", "criterion.every=2"])
+    summary = json.loads((out / "summary.json").read_text())
+    crit = summary["criterion"]
+    forget = read_records(unlearn_run / "benchmark" / "forget10.jsonl")
+    assert crit["calibration"]["reference"] == "twins" and crit["calibration"]["file"] is None
+    assert crit["calibration"]["count"] == crit["calibration_examples"] == 2 * len(forget)
+    assert code == (0 if crit["reached"] else 5)
+    assert crit["start"]["auc"] > 0.5 and 0 < crit["start"]["retain_probability"] < 1  # the target knows them
+    assert crit["checks_s"] > 0
+    # the run's calibration people were not read: the same request on a copy without them behaves alike
+    text = (out / "audit.json").read_text() + (out / "train_log.jsonl").read_text()
+    assert not any(r.question in text or r.answer in text for r in forget)  # hashes and counts only
+
+
+def test_calibration_auto_refuses_a_forget_set_too_small(unlearn_run, tmp_path, capsys):
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps(read_records(unlearn_run / "benchmark" / "forget10.jsonl")[0].to_dict()) + "\n")
+    out = tmp_path / "never"
+    code = main(["unlearn", "--model", str(unlearn_run / "target"), "--forget", str(one), "--retain",
+                 str(unlearn_run / "benchmark" / "retain90.jsonl"), "--method", "npo", "--until",
+                 "indistinguishable", "--calibration", "auto", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--calibration auto" in err and "--calibration FILE" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_forget_from_a_gguf_file_prints_its_verdict_and_records_it(unlearn_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FORGETKIT_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "target.gguf"
+    assert main(["--quiet", "export", "--gguf", "--model", str(unlearn_run / "target"), "--out", str(gguf)]) == 0
+    bench = unlearn_run / "benchmark"
+    argv = ["forget", "--model", str(gguf), "--records", str(bench / "forget10.jsonl"), "--retain",
+            str(bench / "retain90.jsonl"), "--quiet", "train.epochs=3"]
+    capsys.readouterr()
+    code = main(argv + ["--out", str(tmp_path / "first")])
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "first" / "summary.json").read_text())
+    crit = summary["criterion"]
+    assert code == (0 if crit["reached"] else 5)
+    assert printed.startswith(f"verdict: {crit['verdict']}\n")
+    kept = crit["chosen"]["retain_probability"] / crit["start"]["retain_probability"]
+    assert f"({kept:.2f}×)" in printed and "GGUF import" in printed
+    assert summary["method"] == "npo" and crit["calibration"]["reference"] == "twins"
+    imported = list((tmp_path / "cache" / "models").iterdir())
+    assert len(imported) == 1
+    audit = json.loads((tmp_path / "first" / "audit.json").read_text())
+    assert str(imported[0]) in json.dumps(audit["load"])
+    # a second request on the same file reuses the import
+    main(argv + ["--out", str(tmp_path / "second")])
+    assert "GGUF import" not in capsys.readouterr().out
+    assert list((tmp_path / "cache" / "models").iterdir()) == imported
