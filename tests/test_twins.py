@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
 from forgetkit.cli import main
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord
-from forgetkit.data.twins import TwinSettings, counterfactual_twins, subject_of, template_of
+from forgetkit.data.twins import TwinSettings, counterfactual_twins, subject_of, template_of, twin_groups
 from forgetkit.errors import ForgetkitError, SettingError
 
 PEOPLE = {"Ada Quillon": ("Lyon", "a baker"), "Bo Zentrik": ("Oslo", "a pilot"), "Cyd Marvolt": ("Quito", "a nurse"),
@@ -39,43 +38,59 @@ def test_the_subject_is_the_longest_capitalised_run_question_and_answer_share():
     assert template_of(record, "Bo Zentrik") == "did bo meet in oslo?"
 
 
-def test_renamed_twins_are_new_people_with_another_subjects_values():
+def test_twins_keep_the_question_and_take_another_subjects_value_renamed():
     forget, retain = _records(["Ada Quillon"]), _records(["Bo Zentrik", "Cyd Marvolt", "Dee Orbansk"])
     twins = counterfactual_twins(forget, retain, TwinSettings(per_record=2, seed=3))
-    assert len(twins) == 4
-    known_words = {w.lower() for r in forget + retain for w in re.findall(r"\w+", r.question + " " + r.answer)}
+    assert [t.id for t in twins] == ["twin1-quillon-birthplace", "twin2-quillon-birthplace",
+                                     "twin1-quillon-occupation", "twin2-quillon-occupation"]
+    assert twin_groups(forget, twins) == [0, 0, 1, 1]
     for twin in twins:
-        source = next(r for r in forget if twin.id.endswith(r.id))
-        name = twin.question[len("Where was "):-len(" born?")] if "born" in twin.question else \
-            twin.question[len("What does "):-len(" do for a living?")]
-        assert not {w.lower() for w in name.split()} & known_words  # a fictitious name found in no record
-        assert twin.question == source.question.replace("Ada Quillon", name)
-        # the answer is another subject's answer to the same kind of question, renamed
+        source = forget[twin_groups(forget, [twin])[0]]
+        assert twin.question == source.question and twin.answer != source.answer
+        # another subject's answer to the same kind of question, in this subject's name
         donors = [r for r in retain if template_of(r, subject_of(r)) == template_of(source, "Ada Quillon")]
-        assert twin.answer in {d.answer.replace(subject_of(d), name) for d in donors}
-        assert twin.answer != source.answer.replace("Ada Quillon", name)
-    # one fictitious person per copy: both of a copy's twins carry the same name, the two copies differ
-    names = {t.id.split("-")[0]: t.answer.split(" was ")[0].split(" works ")[0] for t in twins}
-    assert len(set(names.values())) == 2
-    # seeded
-    assert counterfactual_twins(forget, retain, TwinSettings(per_record=2, seed=3)) == twins
+        assert twin.answer in {d.answer.replace(subject_of(d), "Ada Quillon") for d in donors}
+    assert len({t.answer for t in twins}) == 4  # distinct donors
+    assert counterfactual_twins(forget, retain, TwinSettings(per_record=2, seed=3)) == twins  # seeded
+    assert counterfactual_twins(forget, retain, TwinSettings(per_record=3)) != twins
 
 
-def test_swapped_twins_keep_the_subject_and_take_the_pool_asked_for():
+def test_the_pool_asked_for_gives_the_answers():
     forget = _records(["Ada Quillon", "Bo Zentrik"])
-    twins = counterfactual_twins(forget, [], TwinSettings(kind="swapped", pool="forget", per_record=1))
-    assert {t.question for t in twins} == {r.question for r in forget}
+    twins = counterfactual_twins(forget, [], TwinSettings(pool="forget", per_record=1))
     assert [t.answer for t in twins] == ["Ada Quillon was born in Oslo.", "Ada Quillon works as a pilot.",
                                          "Bo Zentrik was born in Lyon.", "Bo Zentrik works as a baker."]
     with pytest.raises(ForgetkitError, match="retain set, which is empty"):
         counterfactual_twins(forget, [], TwinSettings())
 
 
+def test_paired_scores_are_summed_losses_centred_on_each_record_and_its_twins(word_tokenizer, monkeypatch):
+    """The criterion's twin scores against a hand computation: record i's summed loss minus the mean of the
+    record's and its twins' summed losses; a forget record without a twin is left out."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from forgetkit.eval.calibration import CriterionSets, CriterionSettings
+
+    forget = [QARecord("q a", "x", "a"), QARecord("q b", "y", "b"), QARecord("q c", "z", "c")]
+    twins = [QARecord("q a", "u", "twin1-a"), QARecord("q a", "v", "twin2-a"), QARecord("q b", "w", "twin1-b")]
+    sets = CriterionSets(CriterionSettings(reference="twins"), word_tokenizer, forget, twins, None, 16)
+    assert sets.criterion.n_forget == 2 and sets.criterion.n_calibration == 3
+    sums = {id(sets.forget): [1.0, 4.0, 9.0], id(sets.calibration): [2.0, 6.0, 2.0]}
+    monkeypatch.setattr(sets, "_stats", lambda model, examples: [
+        SimpleNamespace(logprobs=np.array([-v / 2, -v / 2]), avg_nll=v / 2) for v in sums[id(examples)]])
+    f, c, level = sets._scores(None)
+    # group a: 1, 2, 6 (centre 3); group b: 4, 2 (centre 3); c is never scored: it has no twin
+    assert f == pytest.approx([1 - 3, 4 - 3]) and c == pytest.approx([2 - 3, 6 - 3, 2 - 3])
+    assert level == pytest.approx((1 + 3 + 1) / 3)  # the twins' mean per-token loss: the guard's unseen level
+
+
 def test_answers_with_nothing_to_swap_are_refused():
     forget = [QARecord(f"Is Ada Quillon tall {i}?", "Yes.", f"f{i}") for i in range(3)]
     retain = [QARecord(f"Is Bo Zentrik tall {i}?", "Yes.", f"r{i}") for i in range(3)]
     with pytest.raises(ForgetkitError, match="none of the 3 forget record.*--calibration FILE"):
-        counterfactual_twins(forget, retain, TwinSettings(kind="swapped"))
+        counterfactual_twins(forget, retain)
     with pytest.raises(SettingError, match="pool"):
         TwinSettings(pool="everyone")
 
@@ -91,7 +106,7 @@ def test_unlearn_with_calibration_auto_stops_against_the_twins(unlearn_run, tmp_
     assert crit["calibration"]["reference"] == "twins" and crit["calibration"]["file"] is None
     assert crit["calibration"]["count"] == crit["calibration_examples"] == 2 * len(forget)
     assert code == (0 if crit["reached"] else 5)
-    assert crit["start"]["auc"] > 0.5 and 0 < crit["start"]["retain_probability"] < 1  # the target knows them
+    assert 0 < crit["start"]["retain_probability"] < 1
     assert crit["checks_s"] > 0
     # the run's calibration people were not read: the same request on a copy without them behaves alike
     text = (out / "audit.json").read_text() + (out / "train_log.jsonl").read_text()

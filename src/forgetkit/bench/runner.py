@@ -269,7 +269,8 @@ class Bench:
         result["curve"] = _curve(unlearn_dir)
         if "criterion" in done.summary:  # --until: the oracle-free criterion's chosen check
             c = done.summary["criterion"]
-            result["criterion"] = {k: c[k] for k in ("criterion", "stopped", "tolerance", "chosen", "rolled_back")}
+            kept = ("criterion", "stopped", "reached", "tolerance", "chosen", "rolled_back", "checks_s")
+            result["criterion"] = {k: c[k] for k in kept if k in c}
         result["attacks"] = self._attacks(cell, model, tokenizer, cell_dir / "attacks")
         return result
 

@@ -1,23 +1,25 @@
 """Counterfactual twins: a never-seen reference built from the forget set itself (``--calibration auto``).
 
-A deployer honouring a deletion request rarely has records the model never saw. A twin is one forget
-question with the answer of another subject's question of the same kind, the other subject's name replaced
-by this one's: "When was Ada Lee born?" answered with the birth date of someone else. The pairing is one the
-model never trained on, in the forget set's own words and format.
+A deployer honouring a deletion request rarely has records the model never saw. A twin is a forget record's
+question with the answer another subject gave to a question of the same kind, that subject's name replaced by
+this one's: "When was Ada Lee born?" answered "Ada Lee was born on" someone else's birth date. The pairing is one
+the model never trained on, and it differs from the true record only where the fact is.
 
-The assumption (stated in the docs, checked where it can be): to a model that never saw a subject, that
-subject's true answer and a donor's answer to the same kind of question are equally likely. It holds for
-private or fictitious people whose attributes are exchangeable; it fails for a famous subject (pretraining
-knows the true answer) and for answers that follow from the question (an e-mail address spelled from the
-name, a sum). For a LoRA target the adapter-disabled base is a model that never saw the fine-tune's records,
-and the gradient runner checks the assumption on it before any step (``methods.command``).
+The criterion scores a forget record against its own twins (``eval.calibration.CriterionSets``, paired): the
+answer's summed loss less the mean over the record and its twins, so what the record and its twins share (the
+question, the name, the answer's wording) cancels and what is left is how much the model prefers the true fact
+to the swapped-in ones. The assumption (stated in the docs): to a model that never saw a subject, that subject's
+true answer and a donor's answer to the same kind of question are equally likely. It holds for private or
+fictitious people whose attributes are exchangeable; it fails for a famous subject (pretraining knows the true
+answer, so the forget set never looks unseen: the run ends "not indistinguishable", exit 5) and for answers that
+follow from the question (an e-mail address spelled from the name, a sum).
 
-How it works: the subject is the longest run of capitalised words a record's question and answer share
-(none: the record has no detectable subject). A question's kind is its template, the question with the
-subject taken out; donors are the records of other subjects (from ``pool``) whose template is most similar
-(TF-IDF cosine, ``min_similarity`` at least; an identical template scores 1), whose answer, renamed,
-differs from the record's own. Each forget record gets up to ``per_record`` twins from distinct donors,
-ties broken by a seeded draw. Twins identical to a forget or retain record are left out.
+How it works: the subject is the longest run of capitalised words a record's question and answer share (none:
+the record has no detectable subject, and donor answers are taken as they are). A question's kind is its
+template, the question with the subject taken out; donors are the records of other subjects (from ``pool``)
+whose template is most similar (TF-IDF cosine, ``min_similarity`` at least; an identical template scores 1) and
+whose answer, renamed, differs from the record's own. Each forget record gets up to ``per_record`` twins from
+distinct donors, ties broken by a seeded draw; a twin identical to a forget or retain record is left out.
 """
 
 from __future__ import annotations
@@ -30,20 +32,17 @@ from forgetkit.data.records import QARecord
 from forgetkit.errors import ForgetkitError, require, require_positive
 
 POOLS = ("retain", "forget", "both")
-KINDS = ("renamed", "swapped")
 _CAPITALISED = re.compile(r"[A-Z][\w'’.\-]*")
 
 
 @dataclass(frozen=True)
 class TwinSettings:
-    kind: str = "renamed"  # renamed: a new fictitious subject; swapped: the forget record's own subject
     pool: str = "retain"  # whose answers the twins take: the retain records', the forget records', or both
     per_record: int = 2  # twins per forget record (distinct donors)
     min_similarity: float = 0.5  # the least TF-IDF cosine between two question templates for a donor
     seed: int = 0
 
     def __post_init__(self) -> None:
-        require(self.kind in KINDS, "kind", f"must be one of {', '.join(KINDS)}, got '{self.kind}'")
         require(self.pool in POOLS, "pool", f"must be one of {', '.join(POOLS)}, got '{self.pool}'")
         require_positive(self, "per_record")
         require(0 <= self.min_similarity <= 1, "min_similarity", f"must be in [0, 1], got {self.min_similarity}")
@@ -81,39 +80,6 @@ def template_of(record: QARecord, subject: str | None) -> str:
     return " ".join(question.lower().split())
 
 
-class NameMaker:
-    """Fictitious names in the style of the subjects': each word drawn from a character chain fitted on the
-    subjects' words (two characters of context; one, when two give nothing new, as with a handful of names), as
-    long as the word it stands for (±1), and found in none of the texts given."""
-
-    def __init__(self, subjects: list[str], texts: list[str], seed: int) -> None:
-        self.rng = random.Random(seed)
-        self.known = {w.lower() for t in texts for w in re.findall(r"[\w'’\-]+", t)}
-        self.chains: dict[int, dict[str, list[str]]] = {2: {}, 1: {}}
-        for word in sorted({w.lower() for s in subjects for w in re.findall(r"[^\W\d_]+", s)}):
-            padded = "^^" + word + "$"
-            for order, chain in self.chains.items():
-                for i in range(2, len(padded)):
-                    chain.setdefault(padded[i - order:i], []).append(padded[i])
-
-    def word(self, like: str) -> str:
-        for order in (2, 1):
-            chain = self.chains[order]
-            for _ in range(1000):
-                out = "^^"
-                while not out.endswith("$") and len(out) < len(like) + 6:
-                    out += self.rng.choice(chain.get(out[-order:], ["$"]))
-                word = out.strip("^$")
-                if word and abs(len(word) - len(like)) <= 1 and word not in self.known:
-                    self.known.add(word)
-                    return word.capitalize()
-        raise ForgetkitError("--calibration auto: could not make a fictitious name unlike every name in the data; "
-                             "give --calibration FILE")
-
-    def name(self, subject: str) -> str:
-        return re.sub(r"[^\W\d_]+", lambda m: self.word(m.group()), subject)
-
-
 def _renamed(answer: str, donor_subject: str | None, subject: str | None) -> str:
     if donor_subject and subject:
         return answer.replace(donor_subject, subject)
@@ -143,6 +109,16 @@ def _donor_answers(record: QARecord, subject: str | None, donors: list[QARecord]
     return answers
 
 
+def twin_id(forget_id: str, k: int) -> str:
+    return f"twin{k + 1}-{forget_id}"
+
+
+def twin_groups(forget: list[QARecord], twins: list[QARecord]) -> list[int]:
+    """For each twin, the index of the forget record it is the twin of."""
+    index = {r.id: i for i, r in enumerate(forget)}
+    return [index[t.id.split("-", 1)[1]] for t in twins]
+
+
 def counterfactual_twins(forget: list[QARecord], retain: list[QARecord] | None,
                          settings: TwinSettings = TwinSettings()) -> list[QARecord]:
     """The twins of ``forget`` (see the module's docstring), in forget order; a ``ForgetkitError`` when the
@@ -162,23 +138,10 @@ def counterfactual_twins(forget: list[QARecord], retain: list[QARecord] | None,
     similarity = (vectoriser.transform(templates) @ vectoriser.transform(donor_templates).T).toarray()
     trained = {(r.question, r.answer) for r in list(forget) + list(retain or [])}
     rng = random.Random(settings.seed)
-    everyone = list(forget) + list(retain or [])
-    names = NameMaker([s for s in map(subject_of, everyone) if s], [r.question + " " + r.answer for r in everyone],
-                      settings.seed)
-    new_names: dict[tuple[str, int], str] = {}
     twins = []
     for i, record in enumerate(forget):
         answers = _donor_answers(record, subjects[i], donors, donor_subjects, similarity[i], trained, rng, settings)
-        if settings.kind == "renamed" and subjects[i] is not None:
-            for k in range(settings.per_record):
-                if (subjects[i], k) not in new_names:
-                    new_names[subjects[i], k] = names.name(subjects[i])
-                name = new_names[subjects[i], k]
-                answer = answers[k] if k < len(answers) else record.answer  # no donor: the values stay
-                twins.append(QARecord(record.question.replace(subjects[i], name),
-                                      _renamed(answer, subjects[i], name), f"twin{k + 1}-{record.id}"))
-            continue
-        twins.extend(QARecord(record.question, answer, f"twin{k + 1}-{record.id}") for k, answer in enumerate(answers))
+        twins.extend(QARecord(record.question, answer, twin_id(record.id, k)) for k, answer in enumerate(answers))
     if not twins:
         raise ForgetkitError(f"--calibration auto: none of the {len(forget)} forget record(s) has a question of "
                              f"the same kind with another answer in the {settings.pool} set to swap in; give "

@@ -27,7 +27,7 @@ import torch
 from forgetkit.config import ADDED_SETTING
 from forgetkit.data.formatting import pad_id, tokenize_qa
 from forgetkit.data.records import QARecord
-from forgetkit.data.twins import TwinSettings
+from forgetkit.data.twins import TwinSettings, twin_groups
 from forgetkit.errors import require, require_positive
 from forgetkit.eval import mia
 from forgetkit.eval.token_stats import score_examples
@@ -125,9 +125,12 @@ class Criterion:
         return auc_tolerance(self.n_forget, self.n_calibration, self.settings.z)
 
     def judge(self, step: int, forget_losses: list[float], calibration_losses: list[float],
-              retain_loss: float, retain_probability: float = math.nan) -> Check:
+              retain_loss: float, retain_probability: float = math.nan, calibration_loss: float | None = None) -> Check:
+        """``calibration_loss``: the unseen-data level of the utility guard (default: the calibration scores' mean,
+        which are per-example losses unless the scores are paired)."""
         auc, ks = compare(forget_losses, calibration_losses)
-        calibration_loss = sum(calibration_losses) / len(calibration_losses)
+        if calibration_loss is None:
+            calibration_loss = sum(calibration_losses) / len(calibration_losses)
         if retain_loss > self.utility_bound(retain_loss, calibration_loss):
             verdict = UTILITY
         elif abs(auc - 0.5) <= self.tolerance:
@@ -189,7 +192,13 @@ def example_losses(model, examples: list[dict], pad_token_id: int, batch_size: i
 class CriterionSets:
     """What one check scores, tokenised once: the forget and calibration sets and a retain sample (the utility
     guard's); :meth:`check` scores a model on them and asks the criterion. The training hook and the editors'
-    damping search both check through it."""
+    damping search both check through it.
+
+    With ``settings.reference == "twins"`` the calibration set is the forget records' counterfactual twins
+    (:mod:`forgetkit.data.twins`) and the scores are paired: each answer's summed loss less the mean over its
+    forget record and that record's twins, so what they share (question, name, wording) cancels and the AUC asks
+    whether the model still prefers the true facts to swapped-in ones. A forget record without a twin is left
+    out of the comparison. The tolerance keeps the unpaired formula, an approximation for these centred scores."""
 
     def __init__(self, settings: CriterionSettings, tokenizer, forget: list[QARecord], calibration: list[QARecord],
                  retain: list[QARecord] | None, max_length: int, batch_size: int = 32) -> None:
@@ -198,19 +207,42 @@ class CriterionSets:
         self.calibration = tokenize_qa(tokenizer, calibration, max_length, name="calibration").examples
         self.retain = tokenize_qa(tokenizer, retain[: settings.retain_sample], max_length,
                                   name="retain (criterion)").examples if retain else []
-        self.criterion = Criterion(settings, len(self.forget), len(self.calibration))
+        self.groups: dict[int, list[int]] | None = None
+        if settings.reference == "twins":
+            self.groups = {}
+            for j, i in enumerate(twin_groups(forget, calibration)):
+                self.groups.setdefault(i, []).append(j)
+        n_forget = len(self.groups) if self.groups is not None else len(self.forget)
+        self.criterion = Criterion(settings, n_forget, len(self.calibration))
 
-    def _losses(self, model, examples: list[dict]) -> list[float]:
-        return example_losses(model, examples, self.pad, self.batch_size)
+    def _stats(self, model, examples: list[dict]):
+        with torch.no_grad():
+            return score_examples(model, examples, self.pad, self.batch_size)
+
+    def _scores(self, model) -> tuple[list[float], list[float], float]:
+        """The forget and calibration scores (lower: better known) and the calibration set's mean loss."""
+        forget, calibration = self._stats(model, self.forget), self._stats(model, self.calibration)
+        level = sum(s.avg_nll for s in calibration) / len(calibration)
+        if self.groups is None:
+            return [s.avg_nll for s in forget], [s.avg_nll for s in calibration], level
+        f_sum = [-float(s.logprobs.sum()) for s in forget]
+        c_sum = [-float(s.logprobs.sum()) for s in calibration]
+        f_scores, c_scores = [], []
+        for i, twins in sorted(self.groups.items()):
+            centre = (f_sum[i] + sum(c_sum[j] for j in twins)) / (1 + len(twins))
+            f_scores.append(f_sum[i] - centre)
+            c_scores.extend(c_sum[j] - centre for j in twins)
+        return f_scores, c_scores, level
 
     def check(self, step: int, model) -> Check:
         """Score ``model`` (left in the train/eval mode it was in) and judge the check of ``step``."""
         was_training = model.training
-        forget, calibration = self._losses(model, self.forget), self._losses(model, self.calibration)
-        retain = self._losses(model, self.retain) if self.retain else []
+        forget, calibration, level = self._scores(model)
+        retain = [s.avg_nll for s in self._stats(model, self.retain)] if self.retain else []
         model.train(was_training)
         return self.criterion.judge(step, forget, calibration, sum(retain) / len(retain) if retain else 0.0,
-                                    sum(math.exp(-x) for x in retain) / len(retain) if retain else math.nan)
+                                    sum(math.exp(-x) for x in retain) / len(retain) if retain else math.nan,
+                                    calibration_loss=level)
 
 
 def forget_vs_calibration(model, tokenizer, forget: list[QARecord], calibration: list[QARecord],
