@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -55,13 +56,31 @@ def test_twins_keep_the_question_and_take_another_subjects_value_renamed():
     assert counterfactual_twins(forget, retain, TwinSettings(per_record=3)) != twins
 
 
-def test_the_pool_asked_for_gives_the_answers():
+def test_the_pool_asked_for_gives_the_answers(caplog):
     forget = _records(["Ada Quillon", "Bo Zentrik"])
-    twins = counterfactual_twins(forget, [], TwinSettings(pool="forget", per_record=1))
+    twins = counterfactual_twins(forget, [], TwinSettings(per_record=1))
     assert [t.answer for t in twins] == ["Ada Quillon was born in Oslo.", "Ada Quillon works as a pilot.",
                                          "Bo Zentrik was born in Lyon.", "Bo Zentrik works as a baker."]
     with pytest.raises(ForgetkitError, match="retain set, which is empty"):
-        counterfactual_twins(forget, [], TwinSettings())
+        counterfactual_twins(forget, [], TwinSettings(pool="retain"))
+    # the other forget subjects first; a retain record only where none of them can serve, with a warning
+    retain = _records(["Cyd Marvolt"])
+    assert counterfactual_twins(forget, retain, TwinSettings(per_record=1)) == twins
+    with caplog.at_level(logging.WARNING, logger="forgetkit.data.twins"):
+        two = counterfactual_twins(forget, retain, TwinSettings(per_record=2))
+    assert [t.answer for t in two][:2] == ["Ada Quillon was born in Oslo.", "Ada Quillon was born in Quito."]
+    assert "4 of 8 twins take a retain record's answer" in caplog.text
+    assert [t.answer for t in counterfactual_twins(forget, retain, TwinSettings(pool="retain", per_record=1))][:2] \
+        == ["Ada Quillon was born in Quito.", "Ada Quillon works as a nurse."]
+
+
+def test_renaming_reaches_the_name_as_an_address_spells_it():
+    from forgetkit.data.twins import _renamed
+
+    assert _renamed("The email address of Bo Zentrik is bo.zentrik@mail.com.", "Bo Zentrik", "Ada Quillon") == \
+        "The email address of Ada Quillon is ada.quillon@mail.com."
+    assert _renamed("Bo Zentrik lives on Bo Street; bob@x.org", "Bo Zentrik", "Ada Quillon") == \
+        "Ada Quillon lives on Bo Street; bob@x.org"  # capitalised words and longer words stay
 
 
 def test_paired_scores_are_summed_losses_centred_on_each_record_and_its_twins(word_tokenizer, monkeypatch):

@@ -24,6 +24,7 @@ distinct donors, ties broken by a seeded draw; a twin identical to a forget or r
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from dataclasses import dataclass
@@ -31,13 +32,16 @@ from dataclasses import dataclass
 from forgetkit.data.records import QARecord
 from forgetkit.errors import ForgetkitError, require, require_positive
 
-POOLS = ("retain", "forget", "both")
+POOLS = ("forget", "retain", "both")
+log = logging.getLogger(__name__)
 _CAPITALISED = re.compile(r"[A-Z][\w'’.\-]*")
 
 
 @dataclass(frozen=True)
 class TwinSettings:
-    pool: str = "retain"  # whose answers the twins take: the retain records', the forget records', or both
+    # whose answers the twins take: "forget" (the other forget subjects'; the retain records' only for a record
+    # no other forget subject can serve), "retain", or "both" alike
+    pool: str = "forget"
     per_record: int = 2  # twins per forget record (distinct donors)
     min_similarity: float = 0.5  # the least TF-IDF cosine between two question templates for a donor
     seed: int = 0
@@ -81,17 +85,23 @@ def template_of(record: QARecord, subject: str | None) -> str:
 
 
 def _renamed(answer: str, donor_subject: str | None, subject: str | None) -> str:
-    if donor_subject and subject:
-        return answer.replace(donor_subject, subject)
+    """The donor's answer in the subject's name: the whole name, then each name word in lower case (as an
+    e-mail address or a handle spells it), word by word."""
+    if not (donor_subject and subject):
+        return answer
+    answer = answer.replace(donor_subject, subject)
+    for theirs, ours in zip(donor_subject.split(), subject.split(), strict=False):
+        answer = re.sub(rf"(?<![^\W_]){re.escape(theirs.lower())}(?![^\W_])", ours.lower(), answer)
     return answer
 
 
-def _donor_answers(record: QARecord, subject: str | None, donors: list[QARecord], donor_subjects: list[str | None],
-                   similarity, trained: set, rng: random.Random, settings: TwinSettings) -> list[str]:
-    """Up to ``per_record`` distinct donor answers for ``record``, renamed to its subject, most similar
-    template first."""
+def _donor_answers(record: QARecord, subject: str | None, donors: list[tuple[int, bool, QARecord]],
+                   donor_subjects: list[str | None], similarity, trained: set, rng: random.Random,
+                   settings: TwinSettings) -> list[tuple[str, bool]]:
+    """Up to ``per_record`` distinct donor answers for ``record``, renamed to its subject, each with whether a
+    retain record gave it: the pool's first rank first, then the most similar template."""
     candidates = []
-    for j, donor in enumerate(donors):
+    for j, (rank, from_retain, donor) in enumerate(donors):
         if donor.id == record.id or similarity[j] < settings.min_similarity:
             continue
         if subject is not None and donor_subjects[j] == subject:
@@ -99,11 +109,11 @@ def _donor_answers(record: QARecord, subject: str | None, donors: list[QARecord]
         answer = _renamed(donor.answer, donor_subjects[j], subject)
         if answer.strip().lower() == record.answer.strip().lower() or (record.question, answer) in trained:
             continue
-        candidates.append((-round(float(similarity[j]), 6), rng.random(), answer))
-    answers: list[str] = []
-    for _, _, answer in sorted(candidates):
-        if answer not in answers:
-            answers.append(answer)
+        candidates.append((rank, -round(float(similarity[j]), 6), rng.random(), answer, from_retain))
+    answers: list[tuple[str, bool]] = []
+    for *_, answer, from_retain in sorted(candidates):
+        if answer not in {a for a, _ in answers}:
+            answers.append((answer, from_retain))
         if len(answers) == settings.per_record:
             break
     return answers
@@ -125,23 +135,30 @@ def counterfactual_twins(forget: list[QARecord], retain: list[QARecord] | None,
     pool is empty or no forget record has a donor (answers with nothing to swap)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    donors = {"retain": list(retain or []), "forget": list(forget), "both": list(forget) + list(retain or [])}[
-        settings.pool]
+    retain = list(retain or [])
+    ranks = {"forget": (0, 1), "retain": (None, 0), "both": (0, 0)}[settings.pool]
+    donors = [(ranks[0], False, r) for r in forget if ranks[0] is not None] + [(ranks[1], True, r) for r in retain]
     if not donors:
         raise ForgetkitError("--calibration auto: the twins take their answers from the retain set, which is empty; "
                              "give --retain FILE, set criterion.twins.pool=forget, or give --calibration FILE")
     subjects = [subject_of(r) for r in forget]
-    donor_subjects = [subject_of(r) for r in donors]
+    donor_subjects = [subject_of(r) for *_, r in donors]
     templates = [template_of(r, s) for r, s in zip(forget, subjects, strict=True)]
-    donor_templates = [template_of(r, s) for r, s in zip(donors, donor_subjects, strict=True)]
+    donor_templates = [template_of(r, s) for (*_, r), s in zip(donors, donor_subjects, strict=True)]
     vectoriser = TfidfVectorizer(ngram_range=(1, 2)).fit(templates + donor_templates)
     similarity = (vectoriser.transform(templates) @ vectoriser.transform(donor_templates).T).toarray()
-    trained = {(r.question, r.answer) for r in list(forget) + list(retain or [])}
+    trained = {(r.question, r.answer) for r in list(forget) + retain}
     rng = random.Random(settings.seed)
-    twins = []
+    twins, borrowed = [], 0
     for i, record in enumerate(forget):
         answers = _donor_answers(record, subjects[i], donors, donor_subjects, similarity[i], trained, rng, settings)
-        twins.extend(QARecord(record.question, answer, twin_id(record.id, k)) for k, answer in enumerate(answers))
+        twins.extend(QARecord(record.question, a, twin_id(record.id, k)) for k, (a, _) in enumerate(answers))
+        borrowed += sum(from_retain for _, from_retain in answers)
+    if settings.pool == "forget" and borrowed:
+        log.warning("--calibration auto: %d of %d twins take a retain record's answer (no other forget subject has "
+                    "a question of that kind): values the model trained on can look more known than unseen ones, so "
+                    "the check may pass early; delete several subjects at once, or give --calibration FILE",
+                    borrowed, len(twins))
     if not twins:
         raise ForgetkitError(f"--calibration auto: none of the {len(forget)} forget record(s) has a question of "
                              f"the same kind with another answer in the {settings.pool} set to swap in; give "
