@@ -104,7 +104,7 @@ def main() -> None:
     shipped = [r for r in rows if r["variant"].endswith(AUTO)]
     if shipped:
         agree, mia = sum(r["agree"] for r in shipped), sum(0.4 <= r["MIA (auto)"] <= 0.6 for r in shipped)
-        print(f"\nshipped twins (renamed, retain pool): {agree}/{len(shipped)} pairs agree; MIA AUC in [0.4, 0.6] "
+        print(f"\nall twin-stopped cells: {agree}/{len(shipped)} pairs agree; MIA AUC in [0.4, 0.6] "
               f"for {mia}/{len(shipped)}")
     for reference, suffix in (("twins", AUTO), ("people", TRUE)):
         mine = [c for c in cells if c["status"] == "done" and c["cell"]["variant"].endswith(suffix)
