@@ -93,19 +93,22 @@ def main() -> None:
     by_variant: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_variant[r["variant"]].append(r)
-    print("| variant | pairs agreeing | MIA AUC in [0.4, 0.6] (auto) | FQ people | FQ auto | MU people | MU auto |")
-    print("|---|---|---|---|---|---|---|")
+    print("| variant | pairs agreeing | MIA AUC in [0.4, 0.6] (auto) | (people) | FQ people | FQ auto | MU people | "
+          "MU auto |")
+    print("|---|---|---|---|---|---|---|---|")
     for variant, group in sorted(by_variant.items()):
         agree = sum(r["agree"] for r in group)
         mia = sum(0.4 <= r["MIA (auto)"] <= 0.6 for r in group)
-        print(f"| {variant} | {agree}/{len(group)} | {mia}/{len(group)} | "
+        mia_people = sum(0.4 <= r["MIA (people)"] <= 0.6 for r in group)
+        print(f"| {variant} | {agree}/{len(group)} | {mia}/{len(group)} | {mia_people}/{len(group)} | "
               f"{_mean_std([r['FQ (people)'] for r in group])} | {_mean_std([r['FQ (auto)'] for r in group])} | "
               f"{_mean_std([r['MU (people)'] for r in group])} | {_mean_std([r['MU (auto)'] for r in group])} |")
     shipped = [r for r in rows if r["variant"].endswith(AUTO)]
     if shipped:
         agree, mia = sum(r["agree"] for r in shipped), sum(0.4 <= r["MIA (auto)"] <= 0.6 for r in shipped)
+        mia_people = sum(0.4 <= r["MIA (people)"] <= 0.6 for r in shipped)
         print(f"\nall twin-stopped cells: {agree}/{len(shipped)} pairs agree; MIA AUC in [0.4, 0.6] "
-              f"for {mia}/{len(shipped)}")
+              f"for {mia}/{len(shipped)} (their people-stopped pairs: {mia_people}/{len(shipped)})")
     for reference, suffix in (("twins", AUTO), ("people", TRUE)):
         mine = [c for c in cells if c["status"] == "done" and c["cell"]["variant"].endswith(suffix)
                 and c.get("criterion")]

@@ -96,9 +96,9 @@ def test_paired_scores_are_summed_losses_centred_on_each_record_and_its_twins(wo
     twins = [QARecord("q a", "u", "twin1-a"), QARecord("q a", "v", "twin2-a"), QARecord("q b", "w", "twin1-b")]
     sets = CriterionSets(CriterionSettings(reference="twins"), word_tokenizer, forget, twins, None, 16)
     assert sets.criterion.n_forget == 2 and sets.criterion.n_calibration == 3
-    sums = {id(sets.forget): [1.0, 4.0, 9.0], id(sets.calibration): [2.0, 6.0, 2.0]}
+    sums = [1.0, 4.0, 9.0, 2.0, 6.0, 2.0]  # forget, then twins: scored in one call (they share prompts)
     monkeypatch.setattr(sets, "_stats", lambda model, examples: [
-        SimpleNamespace(logprobs=np.array([-v / 2, -v / 2]), avg_nll=v / 2) for v in sums[id(examples)]])
+        SimpleNamespace(logprobs=np.array([-v / 2, -v / 2]), avg_nll=v / 2) for v in sums[: len(examples)]])
     f, c, level = sets._scores(None)
     # group a: 1, 2, 6 (centre 3); group b: 4, 2 (centre 3); c is never scored: it has no twin
     assert f == pytest.approx([1 - 3, 4 - 3]) and c == pytest.approx([2 - 3, 6 - 3, 2 - 3])

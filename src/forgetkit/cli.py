@@ -472,7 +472,8 @@ def _add_export(sub) -> None:
     p.add_argument("--records", required=True, help="the records to delete (any format forgetkit data check reads)")
     p.add_argument("--retain", required=True, help="records the model must keep (the retain term and the guard)")
     p.add_argument("--out", required=True, help="output directory: adapter/, summary.json, audit.json")
-    p.add_argument("--method", default=None, help="default: the measured best oracle-free recipe (npo)")
+    p.add_argument("--method", default=None, help="a method with its shipped recipe (default: the deletion recipe, "
+                                                  "configs/unlearn/deletion.yaml: npo)")
     p.add_argument("--config", help="an unlearn recipe instead of the method's shipped one")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="recipe overrides, e.g. train.epochs=20 criterion.twins.per_record=3")

@@ -1,9 +1,9 @@
 """``forgetkit forget``: one deletion request, one command, no oracle and no calibration set.
 
 A deployer has the model (a Hugging Face directory, or a GGUF file as llama.cpp and Ollama serve it), the
-records to delete and the records to keep. :func:`forget` runs the oracle-free recipe forgetkit measured best
-(``DEFAULT_METHOD``'s shipped recipe with ``until=indistinguishable`` against counterfactual twins of the
-forget records, ``criterion.reference=twins``), then reads the verdict off the criterion's kept check: the step,
+records to delete and the records to keep. :func:`forget` runs the oracle-free recipe forgetkit measured
+(``configs/unlearn/deletion.yaml``, or a method's shipped recipe, with ``until=indistinguishable`` against
+counterfactual twins of the forget records, ``criterion.reference=twins``), then reads the verdict off the criterion's kept check: the step,
 the forget-vs-twins AUC and its tolerance, and the retain sample's probability against the model's own at the
 start. A GGUF model is imported once into the cache (``FORGETKIT_CACHE``, else ``$XDG_CACHE_HOME/forgetkit``,
 else ``~/.cache/forgetkit``), keyed by the file's SHA-256, and the audit record names that directory.
@@ -22,7 +22,7 @@ from pathlib import Path
 from forgetkit.request import UnlearnRequest, UnlearnResult, recipe_config
 from forgetkit.unlearn import run_unlearn
 
-DEFAULT_METHOD = "npo"  # the oracle-free recipe measured best (docs/results.md, "One deletion request")
+DEFAULT_RECIPE = "deletion"  # configs/unlearn/deletion.yaml: the oracle-free recipe measured (docs/results.md)
 GGUF_SUFFIX = ".gguf"
 
 
@@ -108,7 +108,7 @@ def forget(model: str, records: str, retain: str | None, out: str, method: str |
     start = time.perf_counter()
     directory, import_s = model_directory(model, quiet)
     values = {"until": "indistinguishable"} | ({} if calibration else {"criterion.reference": "twins"})
-    config = recipe_config(method or (None if recipe else DEFAULT_METHOD), recipe, list(overrides), values=values)
+    config = recipe_config(method, recipe or (None if method else DEFAULT_RECIPE), list(overrides), values=values)
     request = UnlearnRequest(out=out, config=config, model=str(directory), adapter=adapter, forget=records,
                              retain=retain, calibration=calibration, ledger=ledger, device=device)
     result = run_unlearn(request, quiet=quiet)

@@ -221,7 +221,11 @@ class CriterionSets:
 
     def _scores(self, model) -> tuple[list[float], list[float], float]:
         """The forget and calibration scores (lower: better known) and the calibration set's mean loss."""
-        forget, calibration = self._stats(model, self.forget), self._stats(model, self.calibration)
+        if self.groups is None:
+            forget, calibration = self._stats(model, self.forget), self._stats(model, self.calibration)
+        else:  # in one call: a record and its twins share their prompt (one prefill for the group, from 10 M up)
+            both = self._stats(model, self.forget + self.calibration)
+            forget, calibration = both[: len(self.forget)], both[len(self.forget):]
         level = sum(s.avg_nll for s in calibration) / len(calibration)
         if self.groups is None:
             return [s.avg_nll for s in forget], [s.avg_nll for s in calibration], level
