@@ -3,10 +3,11 @@
 A deployer has the model (a Hugging Face directory, or a GGUF file as llama.cpp and Ollama serve it), the
 records to delete and the records to keep. :func:`forget` runs the oracle-free recipe forgetkit measured
 (``configs/unlearn/deletion.yaml``, or a method's shipped recipe, with ``until=indistinguishable`` against
-counterfactual twins of the forget records, ``criterion.reference=twins``), then reads the verdict off the criterion's kept check: the step,
-the forget-vs-twins AUC and its tolerance, and the retain sample's probability against the model's own at the
-start. A GGUF model is imported once into the cache (``FORGETKIT_CACHE``, else ``$XDG_CACHE_HOME/forgetkit``,
-else ``~/.cache/forgetkit``), keyed by the file's SHA-256, and the audit record names that directory.
+counterfactual twins of the forget records, ``criterion.reference=twins``), then reads the verdict off the
+criterion's kept check: the step, the forget-vs-twins AUC and its tolerance, and the retain sample's
+probability against the model's own at the start. A GGUF model is imported once into the cache
+(``FORGETKIT_CACHE``, else ``$XDG_CACHE_HOME/forgetkit``, else ``~/.cache/forgetkit``), keyed by the file's
+SHA-256, and the audit record names that directory.
 
 The request is an ordinary ``unlearn`` request (``request.finish`` writes its output, audit record and ledger
 row), so ``forgetkit audit`` and ``forgetkit export --gguf`` follow it as any other.
