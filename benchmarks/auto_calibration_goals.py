@@ -5,7 +5,8 @@ of the same split and seed (stopped against the run's never-trained calibration 
 judged by what only the benchmark has: the true calibration people (the bench's ``calibration AUC``, every cell's
 model scored forget vs calibration people) and the oracle (Forget Quality). A pair agrees when
 
-- the same decision: both final models lie inside the true calibration set's tolerance, or both outside; or
+- the same decision: both final models lie inside the true calibration set's tolerance, or both above it
+  (still recognised), or both below it (over-forgotten); or
 - a stop whose Forget Quality is within one KS step: the KS statistics behind the two FQs (equal samples of n
   forget examples, so D moves in steps of 1/n) differ by at most one step.
 
@@ -46,6 +47,12 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
 
 
+def _side(auc: float, tolerance: float) -> str:
+    """Where a final model's forget-vs-people AUC lies: inside the tolerance, above it (still recognised) or
+    below it (over-forgotten)."""
+    return "inside" if abs(auc - 0.5) <= tolerance else "above" if auc > 0.5 else "below"
+
+
 def pairs(cells: list[dict], n_calibration: int, forget_sizes: dict[str, int], z: float = 1.96) -> list[dict]:
     done = {(c["cell"]["split"], c["cell"]["variant"], c["cell"]["seed"]): c for c in cells
             if c["status"] == "done" and c["cell"]["kind"] == "method"}
@@ -58,15 +65,15 @@ def pairs(cells: list[dict], n_calibration: int, forget_sizes: dict[str, int], z
             continue
         n = forget_sizes[split]
         tol = auc_tolerance(n, n_calibration, z)
-        inside = [abs(c["metrics"]["calibration_auc"] - 0.5) <= tol for c in (true, auto)]
+        sides = [_side(c["metrics"]["calibration_auc"], tol) for c in (true, auto)]
         fq = [c["metrics"]["forget_quality"] for c in (true, auto)]
         steps = [ks_step(f, n) for f in fq]
         out.append({"split": split, "variant": variant, "seed": seed, "n": n,
                     "stop (people)": true["criterion"]["chosen"]["step"],
                     "stop (auto)": auto["criterion"]["chosen"]["step"],
                     "FQ (people)": fq[0], "FQ (auto)": fq[1], "KS steps": steps,
-                    "inside (people)": inside[0], "inside (auto)": inside[1],
-                    "agree": inside[0] == inside[1] or abs(steps[0] - steps[1]) <= 1,
+                    "side (people)": sides[0], "side (auto)": sides[1],
+                    "agree": sides[0] == sides[1] or abs(steps[0] - steps[1]) <= 1,
                     "MIA (auto)": auto["metrics"]["mia_auc"], "MU (auto)": auto["metrics"]["model_utility"],
                     "MU (people)": true["metrics"]["model_utility"], "MIA (people)": true["metrics"]["mia_auc"]})
     return out
@@ -82,12 +89,12 @@ def main() -> None:
     args = parser.parse_args()
     cells = json.loads((Path(args.bench) / "cells.json").read_text())
     rows = pairs(cells, args.calibration_examples, args.forget_examples)
-    print("| split | variant | seed | stop (people) | stop (auto) | FQ (people) | FQ (auto) | inside tol. "
-          "(people/auto) | agree | MIA AUC (auto) |")
+    print("| split | variant | seed | stop (people) | stop (auto) | FQ (people) | FQ (auto) | vs the people's "
+          "tolerance (people/auto) | agree | MIA AUC (auto) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['split']} | {r['variant']} | {r['seed']} | {r['stop (people)']} | {r['stop (auto)']} | "
-              f"{r['FQ (people)']:.3g} | {r['FQ (auto)']:.3g} | {r['inside (people)']}/{r['inside (auto)']} | "
+              f"{r['FQ (people)']:.3g} | {r['FQ (auto)']:.3g} | {r['side (people)']}/{r['side (auto)']} | "
               f"{'yes' if r['agree'] else 'no'} | {r['MIA (auto)']:.3f} |")
     print()
     by_variant: dict[str, list[dict]] = defaultdict(list)
