@@ -49,9 +49,11 @@ def main() -> None:
             model.eval()
             rows = [("people", CriterionSettings(), people)]
             for pool in args.pools:
-                twins = TwinSettings(pool=pool)
-                rows.append((f"twins, pool={pool}", CriterionSettings(reference="twins", twins=twins),
-                             counterfactual_twins(forget, retain, twins)))
+                for control in (True, False):
+                    twins = TwinSettings(pool=pool, control=control)
+                    rows.append((f"twins, pool={pool}, control={'on' if control else 'off'}",
+                                 CriterionSettings(reference="twins", twins=twins),
+                                 counterfactual_twins(forget, retain, twins)))
             for name, settings, reference in rows:
                 auc, tol = _check(model, tokenizer, settings, forget, reference)
                 inside = "yes" if abs(auc - 0.5) <= tol else "no"

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
-import logging
+import re
 
 import pytest
 
 from forgetkit.cli import main
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord
-from forgetkit.data.twins import TwinSettings, counterfactual_twins, subject_of, template_of, twin_groups
+from forgetkit.data.twins import (
+    TwinSettings,
+    controls,
+    counterfactual_twins,
+    subject_of,
+    template_of,
+    twin_groups,
+)
 from forgetkit.errors import ForgetkitError, SettingError
 
 PEOPLE = {"Ada Quillon": ("Lyon", "a baker"), "Bo Zentrik": ("Oslo", "a pilot"), "Cyd Marvolt": ("Quito", "a nurse"),
@@ -56,22 +63,36 @@ def test_twins_keep_the_question_and_take_another_subjects_value_renamed():
     assert counterfactual_twins(forget, retain, TwinSettings(per_record=3)) != twins
 
 
-def test_the_pool_asked_for_gives_the_answers(caplog):
+def test_the_pool_asked_for_gives_the_answers():
     forget = _records(["Ada Quillon", "Bo Zentrik"])
-    twins = counterfactual_twins(forget, [], TwinSettings(per_record=1))
+    twins = counterfactual_twins(forget, [], TwinSettings(pool="forget", per_record=1))
     assert [t.answer for t in twins] == ["Ada Quillon was born in Oslo.", "Ada Quillon works as a pilot.",
                                          "Bo Zentrik was born in Lyon.", "Bo Zentrik works as a baker."]
     with pytest.raises(ForgetkitError, match="retain set, which is empty"):
-        counterfactual_twins(forget, [], TwinSettings(pool="retain"))
-    # the other forget subjects first; a retain record only where none of them can serve, with a warning
+        counterfactual_twins(forget, [], TwinSettings())  # the retain pool is the default
+    # pool=forget: the other forget subjects first, a retain record only where none of them can serve
     retain = _records(["Cyd Marvolt"])
-    assert counterfactual_twins(forget, retain, TwinSettings(per_record=1)) == twins
-    with caplog.at_level(logging.WARNING, logger="forgetkit.data.twins"):
-        two = counterfactual_twins(forget, retain, TwinSettings(per_record=2))
+    assert counterfactual_twins(forget, retain, TwinSettings(pool="forget", per_record=1)) == twins
+    two = counterfactual_twins(forget, retain, TwinSettings(pool="forget", per_record=2))
     assert [t.answer for t in two][:2] == ["Ada Quillon was born in Oslo.", "Ada Quillon was born in Quito."]
-    assert "4 of 8 twins take a retain record's answer" in caplog.text
-    assert [t.answer for t in counterfactual_twins(forget, retain, TwinSettings(pool="retain", per_record=1))][:2] \
-        == ["Ada Quillon was born in Quito.", "Ada Quillon works as a nurse."]
+    assert [t.answer for t in counterfactual_twins(forget, retain, TwinSettings(per_record=1))][:2] == \
+        ["Ada Quillon was born in Quito.", "Ada Quillon works as a nurse."]
+
+
+def test_controls_are_the_same_records_under_a_fictitious_name_per_subject():
+    forget, retain = _records(["Ada Quillon", "Bo Zentrik"]), _records(["Cyd Marvolt", "Dee Orbansk"])
+    twins = counterfactual_twins(forget, retain)
+    control_forget, control_twins = controls(forget, twins, retain, seed=1)
+    known = {w.lower() for r in forget + retain for w in re.findall(r"\w+", r.question + " " + r.answer)}
+    names = {}
+    for original, control in zip(forget + twins, control_forget + control_twins, strict=True):
+        subject = subject_of(forget[0] if "Ada" in original.question else forget[2])
+        name = names.setdefault(subject, control.question.split(" born")[0].split("was ")[-1].split("does ")[-1])
+        assert control.id == original.id and subject not in control.question + control.answer
+        assert control.question == original.question.replace(subject, name)
+        assert control.answer == original.answer.replace(subject, name)
+        assert not {w.lower() for w in name.split()} & known  # found in none of the data's texts
+    assert len(set(names.values())) == 2 and controls(forget, twins, retain, seed=1)[0] == control_forget
 
 
 def test_renaming_reaches_the_name_as_an_address_spells_it():
@@ -94,7 +115,8 @@ def test_paired_scores_are_summed_losses_centred_on_each_record_and_its_twins(wo
 
     forget = [QARecord("q a", "x", "a"), QARecord("q b", "y", "b"), QARecord("q c", "z", "c")]
     twins = [QARecord("q a", "u", "twin1-a"), QARecord("q a", "v", "twin2-a"), QARecord("q b", "w", "twin1-b")]
-    sets = CriterionSets(CriterionSettings(reference="twins"), word_tokenizer, forget, twins, None, 16)
+    sets = CriterionSets(CriterionSettings(reference="twins", twins=TwinSettings(control=False)), word_tokenizer,
+                         forget, twins, None, 16)
     assert sets.criterion.n_forget == 2 and sets.criterion.n_calibration == 3
     sums = [1.0, 4.0, 9.0, 2.0, 6.0, 2.0]  # forget, then twins: scored in one call (they share prompts)
     monkeypatch.setattr(sets, "_stats", lambda model, examples: [
@@ -103,6 +125,27 @@ def test_paired_scores_are_summed_losses_centred_on_each_record_and_its_twins(wo
     # group a: 1, 2, 6 (centre 3); group b: 4, 2 (centre 3); c is never scored: it has no twin
     assert f == pytest.approx([1 - 3, 4 - 3]) and c == pytest.approx([2 - 3, 6 - 3, 2 - 3])
     assert level == pytest.approx((1 + 3 + 1) / 3)  # the twins' mean per-token loss: the guard's unseen level
+
+
+def test_the_control_subtracts_the_same_scores_under_a_fictitious_name(word_tokenizer, monkeypatch):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from forgetkit.eval.calibration import CriterionSets, CriterionSettings
+
+    forget = _records(["Ada Quillon"])[:1]
+    twins = counterfactual_twins(forget, _records(["Bo Zentrik", "Cyd Marvolt"]))
+    assert len(twins) == 2
+    sets = CriterionSets(CriterionSettings(reference="twins"), word_tokenizer, forget, twins, None, 64)
+    assert len(sets.controls) == 3  # the record and its two twins, renamed
+    sums = [1.0, 4.0, 7.0,  # the record, its twins (centre 4)
+            3.0, 2.0, 4.0]  # the same under the fictitious name (centre 3)
+    monkeypatch.setattr(sets, "_stats", lambda model, examples: [
+        SimpleNamespace(logprobs=np.array([-v]), avg_nll=v) for v in sums[: len(examples)]])
+    f, c, level = sets._scores(None)
+    assert f == pytest.approx([(1 - 4) - (3 - 3)]) and c == pytest.approx([(4 - 4) - (2 - 3), (7 - 4) - (4 - 3)])
+    assert level == pytest.approx((4 + 7) / 2)
 
 
 def test_answers_with_nothing_to_swap_are_refused():

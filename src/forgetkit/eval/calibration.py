@@ -27,7 +27,7 @@ import torch
 from forgetkit.config import ADDED_SETTING
 from forgetkit.data.formatting import pad_id, tokenize_qa
 from forgetkit.data.records import QARecord
-from forgetkit.data.twins import TwinSettings, twin_groups
+from forgetkit.data.twins import TwinSettings, controls, twin_groups
 from forgetkit.errors import require, require_positive
 from forgetkit.eval import mia
 from forgetkit.eval.token_stats import score_examples
@@ -196,9 +196,11 @@ class CriterionSets:
 
     With ``settings.reference == "twins"`` the calibration set is the forget records' counterfactual twins
     (:mod:`forgetkit.data.twins`) and the scores are paired: each answer's summed loss less the mean over its
-    forget record and that record's twins, so what they share (question, name, wording) cancels and the AUC asks
-    whether the model still prefers the true facts to swapped-in ones. A forget record without a twin is left
-    out of the comparison. The tolerance keeps the unpaired formula, an approximation for these centred scores."""
+    forget record and that record's twins, so what they share (question, name, wording) cancels; with
+    ``twins.control``, less the same score under a fictitious name, so the donor values' own familiarity cancels
+    too. The AUC then asks whether the model still prefers the true facts for these subjects. A forget record
+    without a twin is left out of the comparison. The tolerance keeps the unpaired formula, an approximation for
+    these centred scores."""
 
     def __init__(self, settings: CriterionSettings, tokenizer, forget: list[QARecord], calibration: list[QARecord],
                  retain: list[QARecord] | None, max_length: int, batch_size: int = 32) -> None:
@@ -208,10 +210,15 @@ class CriterionSets:
         self.retain = tokenize_qa(tokenizer, retain[: settings.retain_sample], max_length,
                                   name="retain (criterion)").examples if retain else []
         self.groups: dict[int, list[int]] | None = None
+        self.controls: list[dict] = []  # the forget records, then their twins, under fictitious names
         if settings.reference == "twins":
             self.groups = {}
             for j, i in enumerate(twin_groups(forget, calibration)):
                 self.groups.setdefault(i, []).append(j)
+            if settings.twins.control:
+                control_forget, control_twins = controls(forget, calibration, retain, settings.twins.seed)
+                self.controls = tokenize_qa(tokenizer, control_forget + control_twins, max_length,
+                                            name="control (criterion)").examples
         n_forget = len(self.groups) if self.groups is not None else len(self.forget)
         self.criterion = Criterion(settings, n_forget, len(self.calibration))
 
@@ -223,20 +230,28 @@ class CriterionSets:
         """The forget and calibration scores (lower: better known) and the calibration set's mean loss."""
         if self.groups is None:
             forget, calibration = self._stats(model, self.forget), self._stats(model, self.calibration)
-        else:  # in one call: a record and its twins share their prompt (one prefill for the group, from 10 M up)
-            both = self._stats(model, self.forget + self.calibration)
-            forget, calibration = both[: len(self.forget)], both[len(self.forget):]
-        level = sum(s.avg_nll for s in calibration) / len(calibration)
-        if self.groups is None:
+            level = sum(s.avg_nll for s in calibration) / len(calibration)
             return [s.avg_nll for s in forget], [s.avg_nll for s in calibration], level
-        f_sum = [-float(s.logprobs.sum()) for s in forget]
-        c_sum = [-float(s.logprobs.sum()) for s in calibration]
+        # in one call: a record and its twins share their prompt (one prefill for the group, from 10 M up)
+        stats = self._stats(model, self.forget + self.calibration + self.controls)
+        n, k = len(self.forget), len(self.calibration)
+        level = sum(s.avg_nll for s in stats[n:n + k]) / k
+        sums = [-float(s.logprobs.sum()) for s in stats]
+        f_scores, c_scores = self._centred(sums[:n], sums[n:n + k])
+        if self.controls:  # less the same under a fictitious name: the values' familiarity on their own
+            f_control, c_control = self._centred(sums[n + k:n + k + n], sums[n + k + n:])
+            f_scores = [a - b for a, b in zip(f_scores, f_control, strict=True)]
+            c_scores = [a - b for a, b in zip(c_scores, c_control, strict=True)]
+        return f_scores, c_scores, level
+
+    def _centred(self, f_sum: list[float], c_sum: list[float]) -> tuple[list[float], list[float]]:
+        """Each record's and each twin's summed loss less the mean over the record and its twins."""
         f_scores, c_scores = [], []
         for i, twins in sorted(self.groups.items()):
             centre = (f_sum[i] + sum(c_sum[j] for j in twins)) / (1 + len(twins))
             f_scores.append(f_sum[i] - centre)
             c_scores.extend(c_sum[j] - centre for j in twins)
-        return f_scores, c_scores, level
+        return f_scores, c_scores
 
     def check(self, step: int, model) -> Check:
         """Score ``model`` (left in the train/eval mode it was in) and judge the check of ``step``."""
