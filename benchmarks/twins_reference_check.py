@@ -1,10 +1,10 @@
 """Do counterfactual twins stand in for never-seen people? Scored on a prepared run's target and oracles.
 
-For each forget split with an oracle, the criterion's check (``eval.calibration.CriterionSets``) runs twice on
-the target and on the oracle (a model that never trained on the split): against the twins of the forget
-records (``--calibration auto``; each donor pool) and against the run's never-trained calibration people. A
-reference that stands in for unseen data puts the oracle inside the tolerance (|AUC − 0.5| ≤ tol) and the
-target outside it.
+For each forget split with an oracle, the criterion's check (``eval.calibration.CriterionSets``) runs on the
+target and on the oracle (a model that never trained on the split): against the twins of the forget records
+(``--calibration auto``; each donor pool, with and without the fictitious-name control) and against the run's
+never-trained calibration people. A reference that stands in for unseen data puts the oracle inside the
+tolerance (|AUC − 0.5| ≤ tol) and the target outside it.
 
     python benchmarks/twins_reference_check.py runs/demo --splits forget01 forget05 forget10
 """

@@ -65,18 +65,18 @@ def test_twins_keep_the_question_and_take_another_subjects_value_renamed():
 
 def test_the_pool_asked_for_gives_the_answers():
     forget = _records(["Ada Quillon", "Bo Zentrik"])
-    twins = counterfactual_twins(forget, [], TwinSettings(pool="forget", per_record=1))
+    twins = counterfactual_twins(forget, [], TwinSettings(per_record=1))
     assert [t.answer for t in twins] == ["Ada Quillon was born in Oslo.", "Ada Quillon works as a pilot.",
                                          "Bo Zentrik was born in Lyon.", "Bo Zentrik works as a baker."]
     with pytest.raises(ForgetkitError, match="retain set, which is empty"):
-        counterfactual_twins(forget, [], TwinSettings())  # the retain pool is the default
-    # pool=forget: the other forget subjects first, a retain record only where none of them can serve
+        counterfactual_twins(forget, [], TwinSettings(pool="retain"))
+    # the default pool: the other forget subjects first, a retain record only where none of them can serve
     retain = _records(["Cyd Marvolt"])
-    assert counterfactual_twins(forget, retain, TwinSettings(pool="forget", per_record=1)) == twins
-    two = counterfactual_twins(forget, retain, TwinSettings(pool="forget", per_record=2))
+    assert counterfactual_twins(forget, retain, TwinSettings(per_record=1)) == twins
+    two = counterfactual_twins(forget, retain, TwinSettings(per_record=2))
     assert [t.answer for t in two][:2] == ["Ada Quillon was born in Oslo.", "Ada Quillon was born in Quito."]
-    assert [t.answer for t in counterfactual_twins(forget, retain, TwinSettings(per_record=1))][:2] == \
-        ["Ada Quillon was born in Quito.", "Ada Quillon works as a nurse."]
+    assert [t.answer for t in counterfactual_twins(forget, retain, TwinSettings(pool="retain", per_record=1))][:2] \
+        == ["Ada Quillon was born in Quito.", "Ada Quillon works as a nurse."]
 
 
 def test_controls_are_the_same_records_under_a_fictitious_name_per_subject():

@@ -7,8 +7,10 @@ the model never trained on, and it differs from the true record only where the f
 
 The criterion scores a forget record against its own twins (``eval.calibration.CriterionSets``): the answer's
 summed loss less the mean over the record and its twins, so what they share (the question, the name, the
-wording) cancels. The donors are retain records by default, whose values the model keeps knowing, so a twin's
-value is more familiar than an unseen one. The **control** (:func:`controls`) cancels that: the same record and
+wording) cancels. The donors are the other forget subjects, whose values are as unseen as the record's own
+once the model has forgotten; a subject deleted alone takes retain records' answers, whose values the model
+keeps knowing, so a twin's value is more familiar than an unseen one. The **control** (:func:`controls`)
+cancels that familiarity: the same record and
 twins under a fictitious name (a character chain over the data's names, found in none of its texts), scored the
 same way and subtracted. What is left is how much the model prefers the true fact *for this subject*, net of
 how familiar each value is on its own.
@@ -43,9 +45,9 @@ _CAPITALISED = re.compile(r"[A-Z][\w'’.\-]*")
 
 @dataclass(frozen=True)
 class TwinSettings:
-    # whose answers the twins take: "retain" (other subjects the model keeps), "forget" (the other forget
-    # subjects'; the retain records' only for a record none of them can serve), or "both" alike
-    pool: str = "retain"
+    # whose answers the twins take: "forget" (the other forget subjects'; the retain records' only for a record
+    # none of them can serve, as for one subject deleted alone), "retain", or "both" alike
+    pool: str = "forget"
     # score every record and its twins under a fictitious name as well, and take the difference: what the model
     # prefers for the subject, net of how familiar the donor values are on their own (a retain value is)
     control: bool = True
