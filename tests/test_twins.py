@@ -212,3 +212,14 @@ def test_forget_from_a_gguf_file_prints_its_verdict_and_records_it(unlearn_run, 
     main(argv + ["--out", str(tmp_path / "second")])
     assert "GGUF import" not in capsys.readouterr().out
     assert list((tmp_path / "cache" / "models").iterdir()) == imported
+
+
+def test_forget_names_its_own_flags_in_one_line_and_writes_nothing(unlearn_run, tmp_path, capsys):
+    bench = unlearn_run / "benchmark"
+    out = tmp_path / "never"
+    code = main(["forget", "--model", str(unlearn_run / "target"), "--records", str(tmp_path / "missing.jsonl"),
+                 "--retain", str(bench / "retain90.jsonl"), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--records file not found" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+

@@ -106,7 +106,12 @@ def forget(model: str, records: str, retain: str | None, out: str, method: str |
            quiet: bool = False) -> tuple[UnlearnResult, DeletionVerdict]:
     """Delete ``records`` from ``model`` (keeping ``retain``) into ``out``; with ``calibration`` (a file of
     never-trained examples) the stop is judged against it instead of the twins."""
+    from forgetkit.checks import input_file
+
     start = time.perf_counter()
+    for path, flag in ((records, "--records"), (retain, "--retain")):
+        if path is not None:
+            input_file(path, flag)  # named by this command's flags, before any import or load
     directory, import_s = model_directory(model, quiet)
     values = {"until": "indistinguishable"} | ({} if calibration else {"criterion.reference": "twins"})
     config = recipe_config(method, recipe or (None if method else DEFAULT_RECIPE), list(overrides), values=values)
