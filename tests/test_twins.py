@@ -146,6 +146,14 @@ def test_the_control_subtracts_the_same_scores_under_a_fictitious_name(word_toke
     f, c, level = sets._scores(None)
     assert f == pytest.approx([(1 - 4) - (3 - 3)]) and c == pytest.approx([(4 - 4) - (2 - 3), (7 - 4) - (4 - 3)])
     assert level == pytest.approx((4 + 7) / 2)
+    # a record without a subject has nothing to rename: its own scores stay (a control of itself would zero them)
+    plain = [QARecord("Who wrote it?", "nobody knows.", "p")]
+    plain_twins = [QARecord("Who wrote it?", "everybody.", "twin1-p")]
+    sets = CriterionSets(CriterionSettings(reference="twins"), word_tokenizer, plain, plain_twins, None, 64)
+    sums = [1.0, 3.0, 1.0, 3.0]
+    monkeypatch.setattr(sets, "_stats", lambda model, examples: [
+        SimpleNamespace(logprobs=np.array([-v]), avg_nll=v) for v in sums[: len(examples)]])
+    assert sets._scores(None)[:2] == ([-1.0], [1.0])
 
 
 def test_answers_with_nothing_to_swap_are_refused():

@@ -27,7 +27,7 @@ import torch
 from forgetkit.config import ADDED_SETTING
 from forgetkit.data.formatting import pad_id, tokenize_qa
 from forgetkit.data.records import QARecord
-from forgetkit.data.twins import TwinSettings, controls, twin_groups
+from forgetkit.data.twins import TwinSettings, controls, subject_of, twin_groups
 from forgetkit.errors import require, require_positive
 from forgetkit.eval import mia
 from forgetkit.eval.token_stats import score_examples
@@ -211,11 +211,14 @@ class CriterionSets:
                                   name="retain (criterion)").examples if retain else []
         self.groups: dict[int, list[int]] | None = None
         self.controls: list[dict] = []  # the forget records, then their twins, under fictitious names
+        self.controlled: list[bool] = []  # per forget record: whether it has a control (a subject to rename)
         if settings.reference == "twins":
             self.groups = {}
             for j, i in enumerate(twin_groups(forget, calibration)):
                 self.groups.setdefault(i, []).append(j)
             if settings.twins.control:
+                # a record without a detectable subject cannot be renamed: it has no control (its scores stay)
+                self.controlled = [subject_of(r) is not None for r in forget]
                 control_forget, control_twins = controls(forget, calibration, retain, settings.twins.seed)
                 self.controls = tokenize_qa(tokenizer, control_forget + control_twins, max_length,
                                             name="control (criterion)").examples
@@ -240,8 +243,12 @@ class CriterionSets:
         f_scores, c_scores = self._centred(sums[:n], sums[n:n + k])
         if self.controls:  # less the same under a fictitious name: the values' familiarity on their own
             f_control, c_control = self._centred(sums[n + k:n + k + n], sums[n + k + n:])
-            f_scores = [a - b for a, b in zip(f_scores, f_control, strict=True)]
-            c_scores = [a - b for a, b in zip(c_scores, c_control, strict=True)]
+            records = sorted(self.groups)
+            f_scores = [a - (b if self.controlled[i] else 0.0)
+                        for a, b, i in zip(f_scores, f_control, records, strict=True)]
+            owners = [i for i in records for _ in self.groups[i]]
+            c_scores = [a - (b if self.controlled[i] else 0.0)
+                        for a, b, i in zip(c_scores, c_control, owners, strict=True)]
         return f_scores, c_scores, level
 
     def _centred(self, f_sum: list[float], c_sum: list[float]) -> tuple[list[float], list[float]]:
