@@ -109,10 +109,16 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
     print(f"Wrote {args.out}: {made}, summary.json, audit.json")
     print(f"Recorded request {summary['ledger']['id']} in {summary['ledger']['path']} (forgetkit audit show ID)")
     if not_reached:
-        print(f"error: {summary['criterion']['verdict']}: the request is NOT a finished deletion (exit "
-              f"{NOT_INDISTINGUISHABLE}); its output and audit record say so", file=sys.stderr)
-        return NOT_INDISTINGUISHABLE
+        return _not_a_deletion(summary["criterion"]["verdict"])
     return 0
+
+
+def _not_a_deletion(verdict: str) -> int:
+    """What ``unlearn --until`` and ``forget`` say when the kept check is still outside the tolerance: the
+    output and its audit record are written, but the request is not a finished deletion (exit 5)."""
+    print(f"error: {verdict}: the request is NOT a finished deletion (exit {NOT_INDISTINGUISHABLE}); its output "
+          "and audit record say so", file=sys.stderr)
+    return NOT_INDISTINGUISHABLE
 
 
 def _cmd_forget(args: argparse.Namespace) -> int:
@@ -128,9 +134,7 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     print(f"Wrote {args.out}/{made}, summary.json, audit.json; recorded request {summary['ledger']['id']} in "
           f"{summary['ledger']['path']} (forgetkit audit show ID)")
     if not verdict.reached:
-        print(f"error: the request is NOT a finished deletion (exit {NOT_INDISTINGUISHABLE}): the kept model is the "
-              "check closest to indistinguishable; its output and audit record say so", file=sys.stderr)
-        return NOT_INDISTINGUISHABLE
+        return _not_a_deletion(verdict.verdict)
     if made == "adapter":
         print(f"Serve it: forgetkit export --gguf --model MODEL --adapter {args.out}/adapter --out FILE.gguf "
               "(recorded in the request's audit)")

@@ -30,7 +30,7 @@ from forgetkit.config import (
 from forgetkit.data.edits import EDIT_KINDS
 from forgetkit.data.readers import find_overlap, read_records, refuse_overlap
 from forgetkit.data.records import QARecord, records_hash
-from forgetkit.data.twins import counterfactual_twins
+from forgetkit.data.twins import counterfactual_twins, twin_groups
 from forgetkit.errors import ConfigError, ForgetkitError, SettingError, require_positive
 from forgetkit.eval.calibration import UNTIL, CriterionSettings, auc_tolerance, calibration_needed
 from forgetkit.io import dir_hash
@@ -217,7 +217,9 @@ def calibration_of(request: UnlearnRequest, forget: list[QARecord],
     people) and its file, checked disjoint from the forget and retain sets it calibrates against."""
     if request.config.criterion.reference == "twins":
         records = counterfactual_twins(forget, retain, request.config.criterion.twins)
-        _refuse_too_small(None, len(forget), len(records), request.config.criterion.z, twins=True)
+        # the check compares only the forget records that have twins (eval.calibration.CriterionSets)
+        _refuse_too_small(None, len(set(twin_groups(forget, records))), len(records), request.config.criterion.z,
+                          twins=True)
         return records, None  # disjoint from forget and retain by construction
     if request.calibration_records is not None:
         records, file = request.calibration_records, None

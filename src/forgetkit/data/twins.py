@@ -135,7 +135,6 @@ class NameMaker:
         return re.sub(r"[^\W\d_]+", lambda m: self.word(m.group()), subject)
 
 
-
 def _renamed(answer: str, donor_subject: str | None, subject: str | None) -> str:
     """The donor's answer in the subject's name: the whole name, then each name word in lower case (as an
     e-mail address or a handle spells it), word by word."""
@@ -216,7 +215,8 @@ def controls(forget: list[QARecord], twins: list[QARecord], retain: list[QARecor
              seed: int = 0) -> tuple[list[QARecord], list[QARecord]]:
     """The forget records and their twins again under a fictitious name per subject (in the style of the data's
     names, found in none of its texts), in the same orders: the control that scores how likely each answer's
-    values are with no subject the model knows. A record without a subject is its own control."""
+    values are with no subject the model knows. A record without a subject comes back unchanged: it has no
+    control (a renamed record never equals its original, the name being new)."""
     everyone = list(forget) + list(retain or [])
     names = NameMaker([s for s in map(subject_of, everyone) if s], [r.question + " " + r.answer for r in everyone],
                       seed)

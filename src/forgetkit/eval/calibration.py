@@ -27,7 +27,7 @@ import torch
 from forgetkit.config import ADDED_SETTING
 from forgetkit.data.formatting import pad_id, tokenize_qa
 from forgetkit.data.records import QARecord
-from forgetkit.data.twins import TwinSettings, controls, subject_of, twin_groups
+from forgetkit.data.twins import TwinSettings, controls, twin_groups
 from forgetkit.errors import require, require_positive
 from forgetkit.eval import mia
 from forgetkit.eval.token_stats import score_examples
@@ -217,9 +217,9 @@ class CriterionSets:
             for j, i in enumerate(twin_groups(forget, calibration)):
                 self.groups.setdefault(i, []).append(j)
             if settings.twins.control:
-                # a record without a detectable subject cannot be renamed: it has no control (its scores stay)
-                self.controlled = [subject_of(r) is not None for r in forget]
                 control_forget, control_twins = controls(forget, calibration, retain, settings.twins.seed)
+                # a record without a detectable subject comes back unrenamed: it has no control (its scores stay)
+                self.controlled = [c != r for c, r in zip(control_forget, forget, strict=True)]
                 self.controls = tokenize_qa(tokenizer, control_forget + control_twins, max_length,
                                             name="control (criterion)").examples
         n_forget = len(self.groups) if self.groups is not None else len(self.forget)

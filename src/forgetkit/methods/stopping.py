@@ -89,9 +89,13 @@ class StoppingHook:
                 self._best_weights = load_file(str(self.out / BEST_FILE))
         self.last = self.criterion.checks[-1] if self.criterion.checks else None
 
+    def _forget_value(self, losses: dict | None) -> float | None:
+        """The method's forget term among a step's logged losses (None: not logged, or no term named)."""
+        return (losses or {}).get(self.forget_term) if self.forget_term else None
+
     def _moved(self, losses: dict | None) -> bool:
         """Whether the forget term has moved by ``move_share`` of its value at the last check."""
-        value = (losses or {}).get(self.forget_term) if self.forget_term else None
+        value = self._forget_value(losses)
         if value is None or not self.settings.move_share:
             return False
         if self.anchor is None:
@@ -103,7 +107,7 @@ class StoppingHook:
         if step % self.settings.every and not self._moved(losses):
             return None
         check = self.check(step, model)
-        self.anchor = (losses or {}).get(self.forget_term) if self.forget_term else None
+        self.anchor = self._forget_value(losses)
         record = {"criterion": {**check.to_dict(), "best": self.criterion.best is check}}
         if check.verdict in (OVERSHOT, UTILITY) and self.backtracks_left and self._best_weights is not None:
             self._restore(model)  # back to the best check; the loop goes on with a smaller step from here
