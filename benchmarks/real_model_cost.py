@@ -205,7 +205,8 @@ def _bare_generate(model, tokenizer, questions, max_new_tokens: int, batch_size:
 
 def evaluation(model, tokenizer, sets: dict, max_new_tokens: int, batch_size: int) -> dict:
     from forgetkit.eval.evaluate import evaluate
-    from forgetkit.eval.sets import EvalData, EvalSettings
+    from forgetkit.eval.sets import EvalData
+    from forgetkit.eval.settings import EvalSettings
     from forgetkit.eval.tofu import SET_FILES
 
     pad = tokenizer.pad_token_id

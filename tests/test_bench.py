@@ -10,6 +10,8 @@ import torch
 
 from forgetkit.bench import attacks
 from forgetkit.bench.config import BenchConfig, MethodEntry, load_bench_config
+from forgetkit.bench.evaluation import CellEvaluation
+from forgetkit.bench.grid import settings_key
 from forgetkit.config import build, shipped_configs
 from forgetkit.data.records import QARecord
 from forgetkit.errors import ConfigError
@@ -48,12 +50,13 @@ def test_world_facts_limit_takes_an_evenly_spaced_subset_and_keeps_default_cell_
     plain = Bench(_config(unlearn_run, tmp_path / "a"), quiet=True)
     limited = Bench(_config(unlearn_run, tmp_path / "b", eval={**TINY_EVAL, "world_facts_limit": 4}), quiet=True)
     facts = plain.source.world_facts()
-    subset = limited._world_facts_subset(facts)
+    subset = limited.evaluation.world_facts_subset(facts)
     step = len(facts) // 4
     assert [r.id for r in subset] == [facts[i * step].id for i in range(4)]
-    assert plain._world_facts_subset(facts) == facts
-    assert "world_facts_limit" not in plain._settings_key()["eval"]  # cells cached before the setting keep their ids
-    assert {c.key for c in plain.cells()}.isdisjoint({c.key for c in limited.cells()})
+    assert plain.evaluation.world_facts_subset(facts) == facts
+    # cells cached before the setting keep their ids
+    assert "world_facts_limit" not in settings_key(plain.config, plain.source)["eval"]
+    assert {c.key for c in plain.grid()}.isdisjoint({c.key for c in limited.grid()})
 
 
 def test_method_grid_expands_to_every_combination():
@@ -79,7 +82,7 @@ def test_cells_cover_the_grid_with_distinct_keys(unlearn_run, tmp_path):
 
     config = _config(unlearn_run, tmp_path / "b", seeds=[0, 1], splits=["forget10", "forget05"],
                      methods=[{"name": "npo", "grid": {"train.lr": [1e-3, 1e-2]}}, {"name": "retrain"}])
-    cells = Bench(config, quiet=True).cells()
+    cells = Bench(config, quiet=True).grid()
     methods = [c for c in cells if c.kind == "method"]
     assert len(methods) == (2 + 1) * 2 * 2
     assert len([c for c in cells if c.kind == "reference"]) == 2 * 2
@@ -105,18 +108,18 @@ def test_grid_runs_caches_and_resumes(unlearn_run, tmp_path, monkeypatch):
         return real_unlearn(request, quiet)
 
     monkeypatch.setattr(unlearn, "run_unlearn", counting)
-    real_attacks = runner.Bench._attacks
+    real_attacks = attacks.attack_cell
 
-    def interrupted(self, cell, *args):  # a kill during npo's attacks, after its unlearning and evaluation
+    def interrupted(bench, cell, *args, **kwargs):  # a kill during npo's attacks, after its unlearning and evaluation
         if cell.method == "npo":
             raise KeyboardInterrupt
-        return real_attacks(self, cell, *args)
+        return real_attacks(bench, cell, *args, **kwargs)
 
-    monkeypatch.setattr(runner.Bench, "_attacks", interrupted)
+    monkeypatch.setattr(attacks, "attack_cell", interrupted)
     with pytest.raises(KeyboardInterrupt):
         runner.Bench(config, quiet=True).run()
     assert calls == ["npo"]
-    monkeypatch.setattr(runner.Bench, "_attacks", real_attacks)
+    monkeypatch.setattr(attacks, "attack_cell", real_attacks)
 
     results = runner.Bench(config, quiet=True).run()
     assert calls == ["npo", "llmeraser"]  # npo resumed from its finished unlearning run: not retrained
@@ -134,7 +137,7 @@ def test_grid_runs_caches_and_resumes(unlearn_run, tmp_path, monkeypatch):
         raise AssertionError("a cached grid computed something")
 
     monkeypatch.setattr(unlearn, "run_unlearn", fail)
-    monkeypatch.setattr(runner.Bench, "_evaluate", fail)
+    monkeypatch.setattr(CellEvaluation, "evaluate", fail)
     again = runner.Bench(config, quiet=True).run()
     assert all(r["cached"] for r in again)
     assert [r["metrics"] for r in again] == [r["metrics"] for r in results]
@@ -314,22 +317,28 @@ def test_a_variant_with_until_shows_its_criterion(unlearn_run, tmp_path):
     assert "criterion" in write_plots(results, leaderboard(results), tmp_path)
 
 
-def test_eval_weat_puts_bias_effect_sizes_beside_every_cell_and_keeps_default_cell_ids(unlearn_run, tmp_path):
-    """`eval.weat: true` scores WEAT 6-8 on the target, the oracle and each unlearned model (does unlearning move
-    bias?); left at its default, the setting is not part of any cell's key."""
+def test_eval_weat_and_smoothing_go_beside_every_cell_and_keep_default_cell_ids(unlearn_run, tmp_path):
+    """`eval.weat: shipped` scores WEAT 6-8 on the target, the oracle and each unlearned model (does unlearning move
+    bias?), and `eval.smoothing` puts forgetkit eval's smoothed emission bound beside them: the bench's evaluation
+    takes every setting of forgetkit eval's. Left at their defaults, the settings are not part of any cell's key."""
     from forgetkit.bench.leaderboard import leaderboard
     from forgetkit.bench.runner import Bench
 
     none = {"relearn": {"enabled": False}, "quantize_bits": [], "prompt": False, "sequential": 0}
     plain = Bench(_config(unlearn_run, tmp_path / "a", attacks=none), quiet=True)
-    biased = Bench(_config(unlearn_run, tmp_path / "b", attacks=none, eval={**TINY_EVAL, "weat": True}), quiet=True)
-    assert "weat" not in plain._settings_key()["eval"]
-    assert {c.key for c in plain.cells()}.isdisjoint({c.key for c in biased.cells()})
+    weat = {**TINY_EVAL, "weat": "shipped", "smoothing": "tokens:0.1", "smoothing_samples": 4}
+    biased = Bench(_config(unlearn_run, tmp_path / "b", attacks=none, eval=weat), quiet=True)
+    assert not {"weat", "smoothing", "smoothing_samples"} & set(settings_key(plain.config, plain.source)["eval"])
+    assert {c.key for c in plain.grid()}.isdisjoint({c.key for c in biased.grid()})
     results = biased.run()
     rows = {r["variant"]: r for r in leaderboard(results)}
     for variant in ("target", "oracle", "npo"):
         column = rows[variant]["columns"]["metrics.weat.weat7_math_arts"]
         assert column["n"] == 1 and -2 <= column["mean"] <= 2, (variant, column)
+    for r in results:  # the leaderboard's bound is the one the cell's own evaluation summary holds
+        summary = json.loads((biased.out / "cells" / r["cell"]["id"] / "eval" / "summary.json").read_text())
+        assert r["metrics"]["smoothed_emission_bound"] == summary["smoothing"]["set_upper_bound"]
+        assert summary["smoothing"]["noise"] == "tokens:0.1"
 
 
 def test_jailbreaks_keep_the_deployed_context_and_ask_in_their_own_way():
@@ -378,10 +387,10 @@ def test_input_based_unlearners_are_evaluated_behind_their_context_and_face_the_
         config = json.loads((run / stage / "config.json").read_text())
         (run / stage / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1024}))
     plain = Bench(_config(run, tmp_path / "a", methods=methods, attacks={**suite, "jailbreaks": []}), quiet=True)
-    assert "jailbreaks" not in json.dumps(plain.cells()[-1].describe())
+    assert "jailbreaks" not in json.dumps(plain.grid()[-1].describe())
     bench = Bench(_config(run, tmp_path / "b", methods=methods, attacks=suite), quiet=True)
-    assert {c.key for c in plain.cells() if c.kind == "method"}.isdisjoint(
-        {c.key for c in bench.cells() if c.kind == "method"})
+    assert {c.key for c in plain.grid() if c.kind == "method"}.isdisjoint(
+        {c.key for c in bench.grid() if c.kind == "method"})
     from forgetkit.bench.leaderboard import ATTACK_COLUMNS
 
     results = bench.run()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from forgetkit.bench import executors
+from forgetkit.bench import executors, runner
 from forgetkit.bench.command import run_bench
 from forgetkit.bench.config import load_bench_config
 from forgetkit.bench.runner import Bench, compute_cell, train_shard_set, worker_config
@@ -116,10 +116,10 @@ def test_an_error_inside_a_cell_is_recorded_with_its_traceback_in_the_cell_log(u
     bench = Bench(load_bench_config(str(_config(tmp_path / "g.yaml", unlearn_run, tmp_path / "out"))), quiet=True)
     cell = next(c for c in bench.grid() if c.method == "graddiff")
 
-    def broken(self, cell):
+    def broken(bench, cell):
         raise RuntimeError("a bug in a method")
 
-    monkeypatch.setattr(Bench, "_run_cell", broken)
+    monkeypatch.setattr(runner, "compute", broken)
     result = compute_cell(worker_config(bench), cell.id)
     assert result["status"] == "crashed" and result["reason"] == "RuntimeError: a bug in a method"
     log = (tmp_path / "out" / "cells" / cell.id / executors.CELL_LOG).read_text()

@@ -182,3 +182,33 @@ def test_eval_speed_benchmark_runs_and_checks_equality(micro_run, tmp_path):
     speed = json.loads(out.read_text())
     assert speed["max_abs_diff_avg_nll"] <= 1e-4 and speed["generation_mismatches"] == 0
     assert speed["texts_scored"] > 0 and speed["batched_s"]["total"] > 0
+
+
+def test_eval_flags_are_the_settings_fields_and_unlearn_takes_them_as_eval_flags(micro_run, tmp_path):
+    """One EvalSettings behind `forgetkit eval`'s flags and `unlearn --eval`'s (`--eval-…`): every field with a
+    help is a flag of both, parsed into the same settings, and unlearn's evaluation runs with them."""
+    import dataclasses
+
+    from forgetkit.cli import build_parser, settings_of
+    from forgetkit.eval.settings import EvalSettings
+
+    parser = build_parser()
+    flags = {"--retain-limit": "7", "--min-k": "0.2", "--smoothing": "tokens:0.1", "--seed": "3"}
+    given = [x for flag, value in flags.items() for x in (flag, value)] + ["--no-gradnorm", "--weat", "--include-text"]
+    wanted = EvalSettings(retain_limit=7, min_k=0.2, smoothing="tokens:0.1", seed=3, gradnorm=False, weat="shipped",
+                          include_text=True)
+    args = parser.parse_args(["eval", "--model", "m", "--out", "o", *given])
+    assert settings_of(args, EvalSettings) == wanted
+    args = parser.parse_args(["unlearn", "--out", "o", *[x.replace("--", "--eval-", 1) for x in given]])
+    assert settings_of(args, EvalSettings, prefix="eval-") == wanted
+    defaults = parser.parse_args(["unlearn", "--out", "o"])
+    assert settings_of(defaults, EvalSettings, prefix="eval-") == EvalSettings()
+    assert all("help" in f.metadata for f in dataclasses.fields(EvalSettings))  # no setting without its flag
+
+    out = tmp_path / "unlearned"
+    assert main(["unlearn", "--run", str(micro_run), "--method", "graddiff", "--out", str(out), "train.epochs=1",
+                 "--eval", "--eval-retain-limit", "5", "--eval-max-new-tokens", "4", "--eval-canary-candidates", "20",
+                 "--eval-no-gradnorm", "--quiet"]) == 0
+    summary = json.loads((out / "eval" / SUMMARY_FILE).read_text())
+    assert summary["sets"]["retain"]["examples"] == 5
+    assert summary["settings"]["max_new_tokens"] == 4 and summary["settings"]["gradnorm"] is False

@@ -65,7 +65,7 @@ def computed_bench(unlearn_run, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("faults") / "bench"
     bench = Bench(_bench_config(unlearn_run, out), quiet=True)
-    cells = {c.method: c for c in bench.cells()}
+    cells = {c.method: c for c in bench.grid()}
     results = {name: bench.result_of(cells[name]) for name in ("oracle", "npo")}
     return {"run": unlearn_run, "out": out, "cells": cells, "results": results}
 

@@ -120,7 +120,8 @@ def test_a_batch_beyond_the_machines_memory_is_refused_naming_the_setting(bpe_to
         assert not (tmp_path / "train_log.jsonl").exists()
 
     from forgetkit.eval.evaluate import evaluate
-    from forgetkit.eval.sets import EvalData, EvalSettings
+    from forgetkit.eval.sets import EvalData
+    from forgetkit.eval.settings import EvalSettings
 
     with pytest.raises(SettingError, match="needs at least") as refused:
         evaluate(model, bpe_tokenizer, EvalData(forget=RECORDS), EvalSettings(batch_size=10**9, gradnorm=False),

@@ -78,7 +78,7 @@ def test_finish_writes_one_schema_and_withholds_an_unearned_certificate(tmp_path
 def test_one_recipe_path_for_the_cli_and_the_bench():
     """recipe_config: the method's shipped recipe, then overrides; a block the recipe leaves out keeps
     UnlearnConfig's defaults (llmeraser's recipe has no train block: a seed override keeps its 5 epochs)."""
-    from forgetkit.bench.runner import unlearn_config
+    from forgetkit.bench.grid import unlearn_config
     from forgetkit.request import recipe_config
 
     bench = unlearn_config("llmeraser", None, {"params.damping_ratio": 1.0}, seed=2)

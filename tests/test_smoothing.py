@@ -11,7 +11,8 @@ from forgetkit.data.formatting import collate, encode_qa
 from forgetkit.data.records import QARecord
 from forgetkit.errors import SettingError
 from forgetkit.eval.mia import clopper_pearson
-from forgetkit.eval.smoothing import _emitted, parse_noise, smoothed_emission
+from forgetkit.eval.settings import parse_noise
+from forgetkit.eval.smoothing import _emitted, smoothed_emission
 
 
 def _memorised_model(tokenizer, records):

@@ -9,19 +9,54 @@ one-line summary, then the traceback, and exit code 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
+import typing
 import warnings
 from pathlib import Path
 
 from forgetkit.errors import ConfigError, ForgetkitError, SettingError, environment_fault, first_line
+from forgetkit.eval.settings import EvalSettings
 
 AUDIT_MISMATCH = 4  # forgetkit audit verify: the output is gone or no longer has its recorded fingerprint
 AUTO_CALIBRATION = "auto"  # --calibration auto: the never-seen reference built from the forget set (data.twins)
 # --until ended without the forget set indistinguishable from never-seen data: written and recorded, not a deletion
 NOT_INDISTINGUISHABLE = 5
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """One flag per field of settings dataclass ``cls`` that has a help (``config.flag_setting``), named
+    ``--PREFIX-FIELD``: a true-by-default bool is ``--PREFIX-no-FIELD``, a false one ``--PREFIX-FIELD``; a field with a
+    ``const`` takes an optional value."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"--{prefix}* settings (forgetkit eval's)" if prefix else "settings")
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        name, dest, kind = f.name.replace("_", "-"), prefix.replace("-", "_") + f.name, hints[f.name]
+        if kind is bool:
+            flag = f"--{prefix}no-{name}" if f.default else f"--{prefix}{name}"
+            group.add_argument(flag, dest=dest, action="store_false" if f.default else "store_true",
+                               help=("leave out " if f.default else "") + f.metadata["help"])
+            continue
+        extra = {"nargs": "?", "const": f.metadata["const"]} if "const" in f.metadata else {}
+        convert = kind if kind in (int, float) else str
+        group.add_argument(f"--{prefix}{name}", dest=dest, type=convert, default=f.default,
+                           metavar=f.metadata.get("metavar"), help=f.metadata["help"] + (
+                               f" (default {f.default})" if f.default is not None else ""), **extra)
+
+
+def settings_of(args: argparse.Namespace, cls: type, prefix: str = ""):
+    """The settings dataclass ``cls`` from the flags ``add_setting_flags`` added; a bad value names its flag."""
+    dest = prefix.replace("-", "_")
+    values = {f.name: getattr(args, dest + f.name) for f in dataclasses.fields(cls) if "help" in f.metadata}
+    try:
+        return cls(**values)
+    except SettingError as exc:  # name the flag the user typed
+        raise ConfigError(f"--{prefix}{exc.setting.replace('_', '-')}: {exc.problem}") from None
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -64,7 +99,8 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
     request = UnlearnRequest(out=args.out, config=config, model=args.model, adapter=args.adapter, forget=args.forget,
                              retain=args.retain, run=args.run, split=args.split, evaluate=args.eval,
                              eval_every=args.eval_every, device=args.device, edits=args.edits, ledger=args.ledger,
-                             calibration=None if auto else args.calibration, allow_overlap=args.allow_overlap)
+                             calibration=None if auto else args.calibration, allow_overlap=args.allow_overlap,
+                             eval_settings=settings_of(args, EvalSettings, prefix="eval-"))
     result = run_unlearn(request, quiet=args.quiet)
     if result is None:  # not the main process of a multi-process launch
         return 0
@@ -222,16 +258,7 @@ EVAL_FILE_ROLES = ("forget", "retain", "holdout", "world_facts", "real_authors",
 def _cmd_eval(args: argparse.Namespace) -> int:
     from forgetkit.eval.command import EvalRequest, run_eval
     from forgetkit.eval.report import format_summary
-    from forgetkit.eval.sets import EvalSettings
-
-    try:
-        settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                retain_limit=args.retain_limit, canary_candidates=args.canary_candidates,
-                                gradnorm=not args.no_gradnorm, include_text=args.include_text, weat=args.weat,
-                                smoothing=args.smoothing, smoothing_samples=args.smoothing_samples,
-                                toxicity=args.toxicity)
-    except SettingError as exc:  # name the flag the user typed
-        raise ConfigError(f"--{exc.setting.replace('_', '-')}: {exc.problem}") from None
+    settings = settings_of(args, EvalSettings)
     files = {role: getattr(args, role) for role in EVAL_FILE_ROLES if getattr(args, role)}
     request = EvalRequest(model=args.model, adapter=args.adapter, data=args.data, split=args.split, files=files,
                           out=args.out, oracle_log=args.oracle_log, reference_model=args.reference_model,
@@ -446,7 +473,9 @@ def _add_unlearn(sub) -> None:
     p.add_argument("--edits", help="closed-form editors: an edit file (query or response edits); with --run, "
                                    "'query' or 'response' name the run's edit files for the split")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--eval", action="store_true", help="evaluate the result (forgetkit eval's metrics)")
+    p.add_argument("--eval", action="store_true", help="evaluate the result (forgetkit eval's metrics; the --eval-* "
+                                                        "flags below are forgetkit eval's settings)")
+    add_setting_flags(p, EvalSettings, prefix="eval-")
     p.add_argument("--eval-every", type=int, default=0, metavar="N",
                    help="with --run: Forget Quality and Model Utility every N steps (quick evaluation) in the step log")
     p.add_argument("--until", choices=("indistinguishable",),
@@ -550,32 +579,14 @@ def _add_eval(sub) -> None:
                         "forget set would be measured against itself)")
     p.add_argument("--reference-model", help="reference model directory for the Reference MIA")
     p.add_argument("--reference-adapter", help="peft adapter on top of --reference-model")
-    p.add_argument("--include-text", action="store_true",
-                   help="put questions, answers and generations in the log (off: examples by id and hash only)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--retain-limit", type=int, default=400, help="evaluate the first N retain examples")
-    p.add_argument("--canary-candidates", type=int, default=200,
-                   help="sampled secrets each canary is ranked against (exposure is extrapolated from them)")
-    p.add_argument("--no-gradnorm", action="store_true", help="skip the GradNorm attack (one backward per example)")
+    add_setting_flags(p, EvalSettings)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model (off)")
     p.add_argument("--lm-eval-tasks", nargs="*", metavar="TASK", help="lm-evaluation-harness tasks (local)")
     p.add_argument("--lm-eval-include", metavar="DIR", help="directory of local lm-eval task YAMLs")
-    p.add_argument("--weat", nargs="?", const="shipped", metavar="FILE",
-                   help="WEAT bias effect sizes on the model's representations: the shipped WEAT 6-8 (Caliskan et "
-                        "al. 2017), or FILE of the same layout")
-    p.add_argument("--smoothing", metavar="KIND:SCALE",
-                   help="certified bound on emitting the forget answers under random prompt noise: embed:SIGMA "
-                        "(Gaussian noise on the prompt embeddings, in units of their RMS) or tokens:RHO (random "
-                        "token substitutions)")
-    p.add_argument("--smoothing-samples", type=int, default=100, help="noise draws per forget question")
     p.add_argument("--context", metavar="DIR",
                    help="ask every question behind a prompt context (an input-based unlearner's OUT/context)")
-    p.add_argument("--toxicity", nargs="?", const="lexicon", metavar="CLASSIFIER_DIR",
-                   help="toxic generation rate on the shipped provocative prompts, scored by a local Hugging Face "
-                        "sequence classifier (CLASSIFIER_DIR), or without one by the built-in lexicon fallback")
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_eval)
 

@@ -157,6 +157,14 @@ def load_config(name_or_path: str, overrides: list[str] | None, cls: type, kind:
 ADDED_SETTING = {"forgetkit_added_setting": True}
 
 
+def flag_setting(default, help: str, *, added: bool = False, const=None, metavar: str | None = None):
+    """A dataclass field that is also a command-line flag (``cli.add_setting_flags``): its ``help``; for an
+    optional value, ``const`` is what the bare flag gives; ``added`` as ``ADDED_SETTING``."""
+    metadata = {"help": help, **(ADDED_SETTING if added else {})}
+    metadata.update({k: v for k, v in (("const", const), ("metavar", metavar)) if v is not None})
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 def _default(f: dataclasses.Field):
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 

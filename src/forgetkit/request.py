@@ -33,6 +33,7 @@ from forgetkit.data.records import QARecord, records_hash
 from forgetkit.data.twins import counterfactual_twins, twin_groups
 from forgetkit.errors import ConfigError, ForgetkitError, SettingError, require_positive
 from forgetkit.eval.calibration import UNTIL, CriterionSettings, auc_tolerance, calibration_needed
+from forgetkit.eval.settings import EvalSettings
 from forgetkit.io import dir_hash
 from forgetkit.models.latent import AdversarySettings
 from forgetkit.registry import CERTIFIED, EMPIRICAL
@@ -104,6 +105,7 @@ class UnlearnRequest:
     run: str | None = None  # a prepared run directory (built-in benchmark)
     split: str = "forget10"
     evaluate: bool = False
+    eval_settings: EvalSettings = field(default_factory=EvalSettings)  # how --eval evaluates the result
     eval_every: int = 0  # with --run: Forget Quality and Model Utility every N steps, into the step log
     device: str = "auto"
     edits: str | None = None  # closed-form editors: an edit file (or, with --run, "query" / "response")

@@ -15,20 +15,27 @@
   measured);
 - paraphrase: the evaluation itself scores the paraphrased forget questions (``forgetkit eval``).
 
-Each attack works on a copy; the model it is given is not changed.
+Each attack works on a copy; the model it is given is not changed. :func:`attack_cell` runs those a bench config
+asks for on one cell's model.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
 from forgetkit.bench.config import JAILBREAKS
+from forgetkit.bench.grid import failure
+from forgetkit.checks import cached_object, json_object
 from forgetkit.data.context import PromptContext, prompt_context, with_context
 from forgetkit.data.formatting import pad_id
 from forgetkit.data.records import QARecord
+from forgetkit.errors import ForgetkitError
+from forgetkit.io import write_json
+from forgetkit.runs import ModelRef
 
 HEAD_NAMES = ("lm_head", "embed_out")
 
@@ -161,3 +168,97 @@ def relearn(model, tokenizer, records: list[QARecord], steps: int, batch_size: i
               desc="relearning attack", quiet=quiet, setting="attacks.relearn")
     clone.requires_grad_(False)
     return clone
+
+
+# -- a bench cell's attacks ------------------------------------------------------------------------------------
+def attack_cell(bench, cell, model, tokenizer, out: Path, shard_set: bool = False) -> dict:
+    """Every attack the bench config asks for on the cell's model, each cached in ``out/<attack>.json`` (a damaged
+    file is set aside and the attack run again): quantization, the prompt attack, jailbreaks, relearning and
+    sequential requests (the last three and quantization act on one set of weights: not on a shard set)."""
+    a, quick = bench.config.attacks, bench.evaluation.quick
+    forget = bench.source.forget(cell.split)
+    done: dict = {}
+
+    def cached(name: str, compute):
+        path = out / f"{name}.json"
+        if cached_object(path) is None:
+            write_json(path, compute())
+        done[name] = json_object(path)
+
+    for bits in [] if shard_set else a.quantize_bits:
+        cached(f"quantize_{bits}", lambda bits=bits: quick(quantize(model, bits), tokenizer, cell.split, forget))
+    names = bench.source.person_names(forget)
+    if a.prompt:
+        prompted = prompt_attack_records(forget, names)
+        cached("prompt", lambda: quick(model, tokenizer, cell.split, prompted, utility=False))
+    for kind in a.jailbreaks:
+        asked, asking = jailbreak(kind, forget, tokenizer, names)
+        cached(f"jailbreak_{kind}", lambda asked=asked, asking=asking: _jailbroken(bench, model, asking, cell, asked))
+    if a.relearn.enabled and not shard_set:
+        cached("relearn", lambda: _relearned(bench, cell, model, tokenizer, forget))
+    if a.sequential and cell.method != "retrain" and not shard_set:
+        cached("sequential", lambda: {"requests": _sequential(bench, cell, out / "sequential")})
+        done["sequential"] = done["sequential"]["requests"]
+    return done
+
+
+def _jailbroken(bench, model, tokenizer, cell, asked: list[QARecord]) -> dict:
+    """The quick numbers of the jailbroken questions, or why they could not be asked (a prompt, with the
+    deployed context and the attack's text, longer than the model's context)."""
+    try:
+        return bench.evaluation.quick(model, tokenizer, cell.split, asked, utility=False)
+    except ForgetkitError as exc:
+        return {"refused": str(exc)}
+
+
+def _relearned(bench, cell, model, tokenizer, forget: list[QARecord]) -> dict:
+    """Forget numbers of the measured part before and after relearning on the shown part."""
+    r, quick = bench.config.attacks.relearn, bench.evaluation.quick
+    split = split_within_groups if r.split == "fact" else split_for_relearning
+    shown, measured = split(forget, r.fraction, bench.source.group_of)
+    before = quick(model, tokenizer, cell.split, measured, utility=False)
+    relearned = relearn(model, tokenizer, shown, r.steps, r.batch_size, r.lr, seed=cell.seed)
+    after = quick(relearned, tokenizer, cell.split, measured, utility=False)
+    return {"before": before, "after": after, "steps": r.steps, "shown": len(shown), "measured": len(measured)}
+
+
+def _sequential(bench, cell, out: Path) -> list[dict]:
+    """``attacks.sequential`` requests, one slice of the split's people after another, each applied to the
+    previous request's result; the forget metrics of everything requested so far and utility after each.
+    The slices go to each request as records in memory (no file holds their text)."""
+    source = bench.source
+    forget, retain = source.forget(cell.split), source.retain(cell.split)
+    groups = list(dict.fromkeys(source.group_of(r.id) for r in forget))
+    k = min(bench.config.attacks.sequential, len(groups))
+    slices = [set(groups[i::k]) for i in range(k)]
+    start, rows, so_far = source.target(), [], []
+    for i, people in enumerate(slices, start=1):
+        part = [r for r in forget if source.group_of(r.id) in people]
+        so_far += part
+        step_dir = out / f"request_{i}"
+        request = bench.request(cell, step_dir / "unlearn", model=str(start.model),
+                                adapter=str(start.adapter) if start.adapter else None,
+                                forget_records=part, retain_records=retain)
+        try:
+            done = bench.finished_or_run(request)
+        except ForgetkitError as exc:
+            rows.append({"request": i, **failure(exc)})
+            break
+        model, tokenizer = done.load_model(bench.device)
+        start = _next_start(done, model, tokenizer, step_dir)
+        rows.append({"request": i, "forget_examples": len(part), "requested_so_far": len(so_far),
+                     **bench.evaluation.quick(model, tokenizer, cell.split, so_far)})
+    return rows
+
+
+def _next_start(done, model, tokenizer, step_dir: Path) -> ModelRef:
+    """Where the next sequential request starts: the adapter a request changed in place, else this result
+    merged (saved once into ``step_dir/model``)."""
+    load = done.audit["load"]
+    if load["adapter"] and not load["merge"]:
+        return ModelRef(Path(load["model"]), Path(load["adapter"]))
+    if not (step_dir / "model" / "config.json").is_file():
+        from forgetkit.models import save_model
+
+        save_model(merged_copy(model), tokenizer, step_dir / "model")
+    return ModelRef(step_dir / "model")

@@ -11,7 +11,8 @@ import platform
 from datetime import datetime, timezone
 
 from forgetkit.bench.config import BenchConfig
-from forgetkit.bench.runner import Bench, add_cost_ratios
+from forgetkit.bench.grid import add_cost_ratios
+from forgetkit.bench.runner import Bench
 from forgetkit.data.records import records_hash
 from forgetkit.errors import ConfigError, ForgetkitError
 from forgetkit.io import write_json

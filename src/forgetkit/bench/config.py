@@ -10,10 +10,11 @@ settings; and the robustness attacks each cell gets.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from forgetkit.config import ADDED_SETTING, load_config
 from forgetkit.errors import ConfigError, require_positive
+from forgetkit.eval.settings import EvalSettings
 
 
 @dataclass
@@ -84,9 +85,10 @@ class AttackSettings:
 
 
 @dataclass
-class BenchEvalSettings:
-    """The evaluation of each cell (forgetkit eval's, lighter than its defaults to keep grids affordable)
-    and the quick one after each attack (forget set, ``quick_retain`` retain records, world facts)."""
+class BenchEvalSettings(EvalSettings):
+    """The evaluation of each cell: forgetkit eval's settings (any of them, smoothing included) with lighter
+    defaults to keep grids affordable, and the quick one after each attack (forget set, ``quick_retain`` retain
+    records, world facts; no GradNorm, WEAT, toxicity or smoothing)."""
 
     retain_limit: int = 200
     max_new_tokens: int = 48
@@ -96,14 +98,16 @@ class BenchEvalSettings:
     quick_retain: int = 100
     # N world facts, evenly spaced through the file, in every evaluation (0: all)
     world_facts_limit: int = field(default=0, metadata=ADDED_SETTING)
-    weat: bool = field(default=False, metadata=ADDED_SETTING)  # WEAT 6-8 effect sizes in every full evaluation
-    # the toxic generation rate in every full evaluation: "lexicon" or a classifier directory (None: off)
-    toxicity: str | None = field(default=None, metadata=ADDED_SETTING)
 
     def __post_init__(self) -> None:
-        require_positive(self, "max_new_tokens", "canary_candidates")
-        require_positive(self, "retain_limit", "verbatim_new_tokens", "quick_retain", "world_facts_limit",
-                         allow_zero=True)
+        super().__post_init__()
+        require_positive(self, "quick_retain", "world_facts_limit", allow_zero=True)
+
+    def quick(self) -> EvalSettings:
+        """The quick evaluation's settings."""
+        return EvalSettings(**{**{f.name: getattr(self, f.name) for f in fields(EvalSettings)},
+                               "retain_limit": self.quick_retain, "gradnorm": False, "weat": None, "toxicity": None,
+                               "smoothing": None})
 
 
 @dataclass

@@ -81,6 +81,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("metrics.weat.weat7_math_arts", "WEAT 7 d"),
     ("metrics.weat.weat8_science_arts", "WEAT 8 d"),
     ("metrics.toxic_rate", "toxic rate"),
+    ("metrics.smoothed_emission_bound", "smoothed emission bound"),
     ("cost.wall_time_s", "time s"),
     ("cost.time_vs_retrain", "× retrain time"),
     ("cost.peak_memory_mb", "peak MB"),

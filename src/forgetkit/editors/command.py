@@ -218,11 +218,11 @@ def _evaluate(request, model, tokenizer, inputs: dict, out: Path, quiet: bool, k
 
     if request.run:
         run = request.prepared_run()
-        data = benchmark_data(run.benchmark, request.split)
+        data = benchmark_data(run.benchmark, request.split, request.eval_settings.retain_limit)
         oracle_log = oracle_log_of(run, request.split) if inputs["edits"] is None else None
     else:
         data, oracle_log = EvalData(forget=[QARecord(r.question, r.answer, r.id) for r in inputs["originals"]]), None
-    headline = evaluate_into(out / "eval", model, tokenizer, data, oracle_log, quiet).to_dict()
+    headline = evaluate_into(out / "eval", model, tokenizer, data, oracle_log, quiet, request.eval_settings).to_dict()
     if inputs["edits"]:
         success = edit_success(model, tokenizer, inputs["edits"])
     else:

@@ -16,9 +16,11 @@ from forgetkit.data.readers import read_records
 from forgetkit.errors import DataError, ForgetkitError
 from forgetkit.eval import tofu
 from forgetkit.eval.bias import SHIPPED_WEAT, read_weat_tests
+from forgetkit.eval.calibration import forget_vs_calibration
 from forgetkit.eval.evaluate import check_oracle_log, evaluate
 from forgetkit.eval.result import EvalResult
-from forgetkit.eval.sets import EvalData, EvalSettings, benchmark_data, read_canaries
+from forgetkit.eval.sets import EvalData, benchmark_data, read_canaries
+from forgetkit.eval.settings import EvalSettings
 from forgetkit.io import write_json
 from forgetkit.locks import output_lock
 from forgetkit.runs import PreparedRun
@@ -178,21 +180,31 @@ def oracle_log_of(run: PreparedRun, split: str) -> dict | None:
 
 
 def evaluate_into(out: Path, model, tokenizer, data: EvalData, oracle_log: dict | None, quiet: bool,
-                  settings: EvalSettings | None = None) -> EvalResult:
-    """Evaluate, write ``out/eval_log_aggregated.json`` and ``out/summary.json``; the headline numbers."""
-    eval_log, summary = evaluate(model, tokenizer, data, settings, reference_model=None, oracle_log=oracle_log,
-                                 quiet=quiet)
-    write_json(out / "eval_log_aggregated.json", eval_log)
-    write_json(out / "summary.json", summary)
+                  settings: EvalSettings | None = None, own_oracle: bool = False,
+                  calibration: list | None = None) -> EvalResult:
+    """Evaluate, write ``out/eval_log_aggregated.json`` and ``out/summary.json`` (the summary last); the headline
+    numbers. ``own_oracle``: the model is the oracle, so its Forget Quality is taken against its own log (the KS
+    p-value of equal samples, as for TOFU's retain model). ``calibration``: never-trained examples like the forget
+    set's; the oracle-free criterion's numbers for this model go beside the oracle-based ones."""
+    eval_log, summary = evaluate(model, tokenizer, data, settings, reference_model=None,
+                                 oracle_log=None if own_oracle else oracle_log, quiet=quiet)
+    if own_oracle:
+        summary["forget_quality"] = tofu.aggregate(eval_log, eval_log)["forget_quality"]
+        summary.pop("forget_quality_note", None)
+    if calibration:
+        summary["calibration"] = forget_vs_calibration(model, tokenizer, data.forget, calibration)
+    write_json(out / LOG_FILE, eval_log)
+    write_json(out / SUMMARY_FILE, summary)
     return EvalResult.from_summary(summary)
 
 
 def evaluate_run_into(out: Path, model, tokenizer, run: PreparedRun | None, split: str, forget: list,
-                      quiet: bool) -> EvalResult:
+                      quiet: bool, settings: EvalSettings | None = None) -> EvalResult:
     """An unlearning request's ``--eval``: with a prepared run, the split's benchmark sets against the run's oracle
     log; else the forget records alone (no Forget Quality)."""
+    settings = settings or EvalSettings()
     if run is not None:
-        data, oracle_log = benchmark_data(run.benchmark, split), oracle_log_of(run, split)
+        data, oracle_log = benchmark_data(run.benchmark, split, settings.retain_limit), oracle_log_of(run, split)
     else:
         data, oracle_log = EvalData(forget=forget), None
-    return evaluate_into(out, model, tokenizer, data, oracle_log, quiet)
+    return evaluate_into(out, model, tokenizer, data, oracle_log, quiet, settings)

@@ -35,7 +35,8 @@ from forgetkit.errors import ForgetkitError
 from forgetkit.eval import memorisation as mem
 from forgetkit.eval import mia, tofu
 from forgetkit.eval.generation import greedy_continuations
-from forgetkit.eval.sets import EvalData, EvalSettings
+from forgetkit.eval.sets import EvalData
+from forgetkit.eval.settings import EvalSettings
 from forgetkit.eval.token_stats import TokenStats, score_examples
 from forgetkit.models.logits import context_length
 from forgetkit.models.memory import hidden_state_bytes

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from forgetkit.eval.settings import MIN_K
 from forgetkit.eval.token_stats import TokenStats
 
 ORIENTATION = ("scores are loss-like (higher = looks less like a training member); AUC = roc_auc_score with "
                "forget = 0 and holdout = 1: 1.0 = forget examples still stand out as members, 0.5 = "
                "indistinguishable from never-trained holdout examples")
-MIN_K = 0.4
 
 
 def _lowest(values: np.ndarray, k: float) -> np.ndarray:

@@ -19,6 +19,8 @@ class EvalResult:
     calibration_auc: float | None = None  # forget vs never-trained calibration examples (oracle-free; 0.5 ideal)
     weat: dict = field(default_factory=dict)  # WEAT test name -> effect size (when the evaluation ran it)
     toxic_rate: float | None = None  # share of toxic continuations of the toxicity prompts (when it ran)
+    # randomized smoothing (when it ran): the bound on emitting a random forget question's answer under the noise
+    smoothed_emission_bound: float | None = None
 
     @classmethod
     def from_summary(cls, summary: dict) -> EvalResult:
@@ -30,7 +32,8 @@ class EvalResult:
                    empirical_epsilon=mia.get("empirical_epsilon"),
                    calibration_auc=(summary.get("calibration") or {}).get("auc"),
                    weat={name: s["effect_size"] for name, s in summary.get("bias", {}).get("weat", {}).items()},
-                   toxic_rate=(summary.get("toxicity") or {}).get("toxic_rate"))
+                   toxic_rate=(summary.get("toxicity") or {}).get("toxic_rate"),
+                   smoothed_emission_bound=(summary.get("smoothing") or {}).get("set_upper_bound"))
 
     @property
     def mia_auc(self) -> float | None:
@@ -55,4 +58,6 @@ class EvalResult:
                 "paraphrase_probability": paraphrased.get("probability"),
                 "paraphrase_rouge_l": paraphrased.get("rougeL_recall"), "calibration_auc": self.calibration_auc,
                 **({"weat": dict(self.weat)} if self.weat else {}),
-                **({"toxic_rate": self.toxic_rate} if self.toxic_rate is not None else {})}
+                **({"toxic_rate": self.toxic_rate} if self.toxic_rate is not None else {}),
+                **({"smoothed_emission_bound": self.smoothed_emission_bound}
+                   if self.smoothed_emission_bound is not None else {})}

@@ -1,17 +1,15 @@
-"""Which sets one evaluation reads (:class:`EvalData`), with what settings (:class:`EvalSettings`), and where
-they are found in a built-in benchmark directory (:func:`benchmark_data`)."""
+"""Which sets one evaluation reads (:class:`EvalData`), and where they are found in a built-in benchmark directory
+(:func:`benchmark_data`). How it runs is :class:`forgetkit.eval.settings.EvalSettings`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forgetkit.config import ADDED_SETTING
 from forgetkit.data.readers import jsonl_rows, read_records, refuse_overlap
 from forgetkit.data.records import QARecord, TextRecord, group_of
 from forgetkit.data.synthetic import holdout_of, retain_of
-from forgetkit.errors import DataError, ForgetkitError, require, require_positive
-from forgetkit.eval import mia
+from forgetkit.errors import DataError, ForgetkitError
 from forgetkit.runs import check_split
 
 QA_ROLES = ("forget", "retain", "holdout", "world_facts", "real_authors")
@@ -43,37 +41,6 @@ class EvalData:
         for role in ("retain", "holdout"):
             refuse_overlap(self.forget, getattr(self, role), role, source=self.sources.get(role),
                            allow=self.allow_overlap)
-
-
-@dataclass
-class EvalSettings:
-    batch_size: int = 32
-    generation_batch_size: int = 64
-    max_new_tokens: int = 200  # TOFU's default; clipped to the model's context
-    verbatim_new_tokens: int = 128  # MUSE's continuation length
-    retain_limit: int = 400  # TOFU evaluates 400 retain examples
-    min_k: float = mia.MIN_K
-    canary_candidates: int = 200
-    gradnorm: bool = True
-    include_text: bool = False
-    seed: int = 0
-    # WEAT bias effect sizes on the model's representations: "shipped" (WEAT 6-8) or a test file; None: not run
-    weat: str | None = field(default=None, metadata=ADDED_SETTING)
-    # randomized smoothing of the forget prompts ("embed:SIGMA" or "tokens:RHO"; None: not run), draws per question
-    smoothing: str | None = field(default=None, metadata=ADDED_SETTING)
-    smoothing_samples: int = field(default=100, metadata=ADDED_SETTING)
-    # toxic generation rate on the shipped prompts: "lexicon" (the built-in fallback) or a classifier directory
-    toxicity: str | None = field(default=None, metadata=ADDED_SETTING)
-
-    def __post_init__(self) -> None:
-        require_positive(self, "batch_size", "generation_batch_size", "max_new_tokens", "canary_candidates",
-                         "smoothing_samples")
-        if self.smoothing is not None:
-            from forgetkit.eval.smoothing import parse_noise
-
-            parse_noise(self.smoothing)
-        require_positive(self, "verbatim_new_tokens", "retain_limit", allow_zero=True)
-        require(0 < self.min_k <= 1, "min_k", f"must be in (0, 1], got {self.min_k}")
 
 
 def read_canaries(path: Path) -> list[dict]:

@@ -28,23 +28,9 @@ import torch
 
 from forgetkit.data.formatting import IGNORE_INDEX, collate, encode_qa, pad_id
 from forgetkit.data.records import QARecord
-from forgetkit.errors import SettingError
 from forgetkit.eval.mia import clopper_pearson
+from forgetkit.eval.settings import parse_noise
 from forgetkit.models.logits import answer_logits
-
-KINDS = ("embed", "tokens")
-
-
-def parse_noise(spec: str) -> tuple[str, float]:
-    """``"embed:0.1"`` → ``("embed", 0.1)``; a malformed spec is a SettingError naming ``smoothing``."""
-    kind, _, scale = spec.partition(":")
-    try:
-        value = float(scale)
-    except ValueError:
-        value = float("nan")
-    if kind not in KINDS or not value > 0 or (kind == "tokens" and value > 1):
-        raise SettingError("smoothing", f"expected embed:SIGMA (> 0) or tokens:RHO (in (0, 1]), got {spec!r}")
-    return kind, value
 
 
 def _emitted(model, part: dict[str, torch.Tensor], embeds: torch.Tensor | None) -> torch.Tensor:

@@ -21,7 +21,8 @@ from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord, records_hash
 from forgetkit.errors import ForgetkitError
 from forgetkit.eval.command import evaluate_into, oracle_log_of
-from forgetkit.eval.sets import EvalSettings, benchmark_data
+from forgetkit.eval.sets import benchmark_data
+from forgetkit.eval.settings import EvalSettings
 from forgetkit.exact.sharded import (
     MANIFEST,
     SERVING,

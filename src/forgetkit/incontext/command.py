@@ -61,7 +61,7 @@ def run_input(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
     if request.evaluate:
         run = request.prepared_run() if request.run else None
         summary["eval"] = evaluate_run_into(out / "eval", model, guarded, run, request.split, inputs.forget,
-                                            quiet).to_dict()
+                                            quiet, request.eval_settings).to_dict()
     load = load_record(inputs.model, inputs.adapter, context_dir, in_place=False, full=False, context=True)
     audit = audit_of(config, inputs.model, inputs.forget_set(), context_dir, started,
                      retain=inputs.retain_set(), origin=inputs.origin, load=load)

@@ -27,7 +27,8 @@ from forgetkit.errors import ConfigError, ForgetkitError
 from forgetkit.eval.command import evaluate_run_into, oracle_log_of
 from forgetkit.eval.evaluate import check_oracle_log, evaluate
 from forgetkit.eval.result import EvalResult
-from forgetkit.eval.sets import EvalData, EvalSettings, benchmark_data
+from forgetkit.eval.sets import EvalData, benchmark_data
+from forgetkit.eval.settings import EvalSettings
 from forgetkit.io import write_json
 from forgetkit.methods.adversarial import LatentAdversary
 from forgetkit.methods.base import Method, Reference, UnlearnContext, build_method
@@ -351,4 +352,5 @@ def _periodic_eval(request: UnlearnRequest, tokenizer):
 
 def _evaluate(request: UnlearnRequest, model, tokenizer, inputs: RequestInputs, out: Path, quiet: bool) -> dict:
     run = request.prepared_run() if request.run else None
-    return evaluate_run_into(out / "eval", model, tokenizer, run, request.split, inputs.forget, quiet).to_dict()
+    return evaluate_run_into(out / "eval", model, tokenizer, run, request.split, inputs.forget, quiet,
+                             request.eval_settings).to_dict()
