@@ -13,6 +13,7 @@ from forgetkit.cli import main
 from forgetkit.errors import ConfigError
 from forgetkit.registry import CERTIFIED, EMPIRICAL, EXACT, GUARANTEES, KINDS, SHARDED, register_unlearner, unlearner
 from forgetkit.request import AuditRecord, UnlearnConfig, UnlearnRequest, UnlearnResult, finish
+from forgetkit.summaries import GradientSummary
 from forgetkit.unlearn import RUNNERS, UNLEARNERS
 
 
@@ -61,15 +62,17 @@ def test_finish_writes_one_schema_and_withholds_an_unearned_certificate(tmp_path
     certified with its ε and δ. audit.json, the ledger row and summary.json are all written."""
     request = UnlearnRequest(out=str(tmp_path / "a"), config=UnlearnConfig(), ledger=str(tmp_path / "l.sqlite"))
     (tmp_path / "a").mkdir()
-    result = finish(request, _audit(tmp_path, CERTIFIED), {"steps": 3})
+    summary = GradientSummary(method="noisy_finetune", mode="lora", wall_time_s=1.0, steps=3)
+    result = finish(request, _audit(tmp_path, CERTIFIED), summary)
     assert result.audit["guarantee"] == EMPIRICAL and result.audit["ended"]
     request.out = str(tmp_path / "b")
     (tmp_path / "b").mkdir()
-    finish(request, _audit(tmp_path, CERTIFIED, certificate={"epsilon": 2.0, "delta": 1e-5}), {"steps": 3})
+    finish(request, _audit(tmp_path, CERTIFIED, certificate={"epsilon": 2.0, "delta": 1e-5}), summary)
     rows = entries(tmp_path / "l.sqlite")
     assert [r["guarantee"] for r in rows] == [EMPIRICAL, CERTIFIED] and rows[1]["epsilon"] == 2.0
     read = UnlearnResult.read(tmp_path / "b")
-    assert read.audit["certificate"]["epsilon"] == 2.0 and read.summary["ledger"]["id"] == rows[1]["id"]
+    assert read.audit["certificate"]["epsilon"] == 2.0 and read.summary.ledger["id"] == rows[1]["id"]
+    assert read.summary == summary  # the typed summary, read back from summary.json as it was written
     assert json.loads((tmp_path / "b" / "audit.json").read_text()) == read.audit
     with pytest.raises(Exception, match="field 'load' is missing"):
         read.load_model()

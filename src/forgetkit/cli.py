@@ -105,24 +105,9 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
     if result is None:  # not the main process of a multi-process launch
         return 0
     summary = result.summary
-    if "retrained" in summary:  # sharded exact deletion
-        print(f"sharded_exact: retrained shard(s) {summary['retrained']} of {summary['shards']} in "
-              f"{summary['wall_time_s']:.1f}s ({summary['deleted']} records deleted); untouched {summary['untouched']}")
-    elif "request" in summary:  # a closed-form editor
-        print(f"{summary['method']} ({summary['request']}): {summary['request_examples']} examples edited in "
-              f"{summary['wall_time_s']:.1f}s, peak {summary['peak_memory_mb']:.0f} MB, "
-              f"{summary['trainable_parameters']:,} adapter parameters")
-    elif "context_tokens" in summary:  # an input-based unlearner
-        print(f"{summary['method']} (input): a context of {summary['context_tokens']['mean']:.0f} tokens on average "
-              f"before each question ({summary['context_tokens']['max']} at most), built in "
-              f"{summary['wall_time_s']:.2f}s; no weights changed")
-    else:
-        print(f"{summary['method']} ({summary['mode']}): {summary['steps']} steps in {summary['wall_time_s']:.1f}s, "
-              f"peak {summary['peak_memory_mb']:.0f} MB, {summary['trainable_parameters']:,} trainable parameters; "
-              f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}")
-    not_reached = "criterion" in summary and not summary["criterion"].get("reached", True)
-    if "criterion" in summary:
-        c = summary["criterion"]
+    print(summary.headline())
+    if summary.criterion is not None:
+        c = summary.criterion
         chosen = c["chosen"] or {}
         print(f"until indistinguishable: {c['stopped']} after {c['checks']} checks; kept step {chosen.get('step')} "
               f"(forget vs calibration AUC {chosen.get('auc', float('nan')):.3f}, tolerance ±{c['tolerance']:.3f} "
@@ -130,8 +115,8 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
               f"{'; rolled back' if c.get('rolled_back') else ''})")
         if "verdict" in c:
             print(f"verdict: {c['verdict']}")
-    if "eval" in summary:
-        ev = summary["eval"]
+    if summary.eval is not None:
+        ev = summary.eval
         fq = ev["forget_quality"]
         print(f"forget quality: {fq:.4g}" if fq is not None else "forget quality: missing (no oracle log)")
         if ev["model_utility"] is not None:
@@ -139,13 +124,10 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
         if "success" in ev:
             print(f"{ev['success']['request']} success: {ev['success']['success']:.3f} "
                   f"({ev['success']['count']} examples)")
-    made = ("shards/ (the shard adapters after deletion)" if "retrained" in summary
-            else "context/context.json (it holds the forget subjects' text)" if "context_tokens" in summary
-            else "adapter or model, train_log.jsonl")
-    print(f"Wrote {args.out}: {made}, summary.json, audit.json")
-    print(f"Recorded request {summary['ledger']['id']} in {summary['ledger']['path']} (forgetkit audit show ID)")
-    if not_reached:
-        return _not_a_deletion(summary["criterion"]["verdict"])
+    print(f"Wrote {args.out}: {summary.outputs()}, summary.json, audit.json")
+    print(f"Recorded request {summary.ledger['id']} in {summary.ledger['path']} (forgetkit audit show ID)")
+    if not summary.reached:
+        return _not_a_deletion(summary.criterion["verdict"])
     return 0
 
 
@@ -166,9 +148,9 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     for line in verdict.lines():
         print(line)
     summary = result.summary
-    made = "adapter" if summary["mode"] == "lora" else "model"
-    print(f"Wrote {args.out}/{made}, summary.json, audit.json; recorded request {summary['ledger']['id']} in "
-          f"{summary['ledger']['path']} (forgetkit audit show ID)")
+    made = "adapter" if summary.mode == "lora" else "model"
+    print(f"Wrote {args.out}/{made}, summary.json, audit.json; recorded request {summary.ledger['id']} in "
+          f"{summary.ledger['path']} (forgetkit audit show ID)")
     if not verdict.reached:
         return _not_a_deletion(verdict.verdict)
     if made == "adapter":

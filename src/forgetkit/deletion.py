@@ -81,10 +81,10 @@ class DeletionVerdict:
 
     @classmethod
     def of(cls, result: UnlearnResult, total_s: float, import_s: float) -> DeletionVerdict:
-        criterion = result.summary["criterion"]
+        criterion = result.summary.criterion
         chosen, start = criterion.get("chosen") or {}, criterion.get("start") or {}
         checks_s = criterion.get("checks_s", 0.0)
-        wall = result.summary["wall_time_s"]
+        wall = result.summary.wall_time_s
         return cls(criterion["reached"], criterion["verdict"], chosen.get("step"), chosen.get("auc"),
                    criterion["tolerance"], start.get("retain_probability"), chosen.get("retain_probability"),
                    total_s, import_s, wall - checks_s, checks_s, total_s - import_s - wall)

@@ -38,6 +38,7 @@ from forgetkit.io import dir_hash
 from forgetkit.models.latent import AdversarySettings
 from forgetkit.registry import CERTIFIED, EMPIRICAL
 from forgetkit.runs import PreparedRun, check_run, run_stages
+from forgetkit.summaries import RequestSummary, read_summary
 from forgetkit.train import TrainConfig
 
 MODES = ("lora", "full")
@@ -336,7 +337,7 @@ class UnlearnResult:
     record, read from ``out`` or just written; ``model`` is the result in memory when the run has it."""
 
     out: Path
-    summary: dict
+    summary: RequestSummary
     audit: dict
     model: object | None = None
     tokenizer: object | None = None
@@ -349,7 +350,7 @@ class UnlearnResult:
             audit, summary = checks.json_object(out / "audit.json"), checks.json_object(out / "summary.json")
         except ForgetkitError as exc:
             raise ForgetkitError(f"{out}: not a finished forgetkit unlearn run ({exc})") from None
-        return cls(out, summary, audit)
+        return cls(out, read_summary(summary), audit)
 
     @staticmethod
     def finished(out: str | Path) -> bool:
@@ -395,14 +396,17 @@ def load_record(model_dir: Path, adapter_in: Path | None, result: Path, in_place
     return {"model": str(model_dir), "merge": merge, "adapter": str(result)}
 
 
-def finish(request: UnlearnRequest, audit: AuditRecord, summary: dict, model=None, tokenizer=None) -> UnlearnResult:
+def finish(request: UnlearnRequest, audit: AuditRecord, summary: RequestSummary, model=None,
+           tokenizer=None) -> UnlearnResult:
     """End any request: ``audit.json`` (with its guarantee: a certified unlearner whose certificate was withheld
     is an empirical one), its ledger row (the id goes into the summary), then ``summary.json``."""
     audit.ended = now()
-    audit.metrics = summary.get("eval")
+    audit.metrics = summary.eval
     if audit.guarantee == CERTIFIED and "certificate" not in audit.details:
         audit.guarantee = EMPIRICAL
     record = audit.to_dict()
     out = Path(request.out)
-    write_request(out, record, summary, request.ledger_path())
+    written = summary.to_dict()
+    write_request(out, record, written, request.ledger_path())
+    summary.ledger = written["ledger"]
     return UnlearnResult(out, summary, record, model, tokenizer)

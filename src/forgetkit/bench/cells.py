@@ -70,10 +70,10 @@ def request(bench, cell: Cell, cell_dir: Path, result: dict) -> dict:
         return {**result, **failure(exc)}
     model, tokenizer = done.load_model(bench.device)
     result["metrics"] = bench.evaluation.evaluate(model, tokenizer, cell, cell_dir / "eval")
-    result["cost"] = cost(done.summary)
+    result["cost"] = done.summary.cost()
     result["curve"] = curve(unlearn_dir)
-    if "criterion" in done.summary:  # --until: the oracle-free criterion's chosen check
-        c = done.summary["criterion"]
+    if done.summary.criterion is not None:  # --until: the oracle-free criterion's chosen check
+        c = done.summary.criterion
         result["criterion"] = {k: c[k] for k in CRITERION_KEPT if k in c}
     result["attacks"] = attacks.attack_cell(bench, cell, model, tokenizer, cell_dir / "attacks")
     return result
@@ -94,9 +94,9 @@ def sharded(bench, cell: Cell, cell_dir: Path, result: dict) -> dict:
     model, tokenizer = load_sharded(unlearn_dir / "shards", cell.unlearn["params"].get("serving", "route"),
                                     device=bench.device)
     result["metrics"] = bench.evaluation.evaluate(model, tokenizer, cell, cell_dir / "eval")
-    result["cost"] = {**cost(summary), "shards_retrained": summary["retrained"], "shards": summary["shards"]}
+    result["cost"] = {**summary.cost(), "shards_retrained": summary.retrained, "shards": summary.shards}
     result["attacks"] = attacks.attack_cell(bench, cell, model, tokenizer, cell_dir / "attacks", shard_set=True)
-    result["note"] = (f"retrained {len(summary['retrained'])} of {summary['shards']} shards; quantization, "
+    result["note"] = (f"retrained {len(summary.retrained)} of {summary.shards} shards; quantization, "
                       "relearning and sequential attacks do not apply to a shard set")
     return result
 

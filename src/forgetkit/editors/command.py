@@ -43,6 +43,7 @@ from forgetkit.request import (
     now,
     record_set,
 )
+from forgetkit.summaries import EditorSummary
 
 
 def _inputs(request: UnlearnRequest) -> dict:
@@ -142,15 +143,15 @@ def run_edit(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
     write_json(out / "config.json", {"unlearn": asdict(config), "config_hash": config_hash(config)})
     adapter_out = out / "adapter"
     save_model(model, tokenizer, adapter_out)
-    summary = {"method": config.method, "mode": "lora", "request": kind, "steps": 0,
-               "wall_time_s": cost.wall_time_s, "peak_memory_mb": cost.peak_memory_mb, "memory_kind": cost.memory_kind,
-               "trainable_parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" in n),
-               "request_examples": len(data.original), "kept_examples": len(data.kept), **info}
+    summary = EditorSummary(method=config.method, mode="lora", request=kind, steps=0, wall_time_s=cost.wall_time_s,
+                            peak_memory_mb=cost.peak_memory_mb, memory_kind=cost.memory_kind,
+                            trainable_parameters=sum(p.numel() for n, p in model.named_parameters() if "lora_" in n),
+                            request_examples=len(data.original), kept_examples=len(data.kept), solve=info)
     if search is not None:
         search["calibration"] = {**record_set(calibration[1], calibration[0]), "reference": config.criterion.reference}
-        summary["criterion"] = search
+        summary.criterion = search
     if request.evaluate:
-        summary["eval"] = _evaluate(request, model, tokenizer, inputs, out, quiet, known)
+        summary.eval = _evaluate(request, model, tokenizer, inputs, out, quiet, known)
     removed = record_set(inputs["request_path"], inputs["edits"] or inputs["originals"])
     audit = audit_of(config, inputs["model"], removed, adapter_out, started, request=kind,
                      adapter_in=fingerprinted(inputs["adapter"]),

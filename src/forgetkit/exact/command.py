@@ -38,6 +38,7 @@ from forgetkit.locks import output_lock
 from forgetkit.registry import EXACT, SHARDED, register_unlearner, unlearner
 from forgetkit.request import AuditRecord, UnlearnRequest, UnlearnResult, fingerprinted, finish, now, record_set
 from forgetkit.runs import PreparedRun
+from forgetkit.summaries import ShardedSummary
 
 SHARDED_METHOD = "sharded_exact"
 SHARD_WEIGHTS = "shard_*/*.safetensors"
@@ -195,13 +196,13 @@ def run_shard_delete(request: UnlearnRequest, quiet: bool = False) -> UnlearnRes
     shutil.rmtree(result, ignore_errors=True)
     partial.rename(result)
     remaining = [r for r in records if r.content_hash() not in {f.content_hash() for f in forget}]
-    summary = {"method": SHARDED_METHOD, "mode": "lora", **report, "forget_examples": len(forget),
-               "retain_examples": len(remaining), "shards": len(manifest["shards"]),
-               "share_retrained": len(report["retrained"]) / len(manifest["shards"])}
+    summary = ShardedSummary(method=SHARDED_METHOD, mode="lora", **report, forget_examples=len(forget),
+                             retain_examples=len(remaining), shards=len(manifest["shards"]),
+                             share_retrained=len(report["retrained"]) / len(manifest["shards"]))
     if request.evaluate:
         if not request.run:
             raise ForgetkitError("sharded_exact: --eval needs --run (the benchmark's evaluation sets)")
-        summary["eval"] = evaluate_sharded(result, request.prepared_run(), request.split, params.serving,
+        summary.eval = evaluate_sharded(result, request.prepared_run(), request.split, params.serving,
                                            out / "eval", quiet)
     config = {**asdict(request.config), "shards": manifest["config"]}
     audit = AuditRecord(method=SHARDED_METHOD, config=config, config_hash=config_hash(request.config),

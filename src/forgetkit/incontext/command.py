@@ -24,6 +24,7 @@ from forgetkit.eval.command import evaluate_run_into
 from forgetkit.incontext.base import ContextInputs, build_input_unlearner
 from forgetkit.io import write_json
 from forgetkit.request import UnlearnRequest, UnlearnResult, audit_of, finish, load_record, now, resolve_inputs
+from forgetkit.summaries import InputSummary
 
 
 def run_input(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
@@ -54,13 +55,13 @@ def run_input(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
     context_dir = out / "context"
     write_json(out / "config.json", {"unlearn": asdict(config), "config_hash": config_hash(config)})
     write_json(context_dir / CONTEXT_FILE, context.to_dict())
-    summary = {"method": config.method, "mode": "input", "steps": 0, "wall_time_s": build_s, "peak_memory_mb": 0.0,
-               "memory_kind": "none", "trainable_parameters": 0, "forget_examples": len(inputs.forget),
-               "retain_examples": len(inputs.retain or []),
-               "context_tokens": {"mean": sum(added) / max(len(added), 1), "max": max(added, default=0)}}
+    summary = InputSummary(method=config.method, mode="input", steps=0, wall_time_s=build_s, peak_memory_mb=0.0,
+                           memory_kind="none", trainable_parameters=0, forget_examples=len(inputs.forget),
+                           retain_examples=len(inputs.retain or []),
+                           context_tokens={"mean": sum(added) / max(len(added), 1), "max": max(added, default=0)})
     if request.evaluate:
         run = request.prepared_run() if request.run else None
-        summary["eval"] = evaluate_run_into(out / "eval", model, guarded, run, request.split, inputs.forget,
+        summary.eval = evaluate_run_into(out / "eval", model, guarded, run, request.split, inputs.forget,
                                             quiet, request.eval_settings).to_dict()
     load = load_record(inputs.model, inputs.adapter, context_dir, in_place=False, full=False, context=True)
     audit = audit_of(config, inputs.model, inputs.forget_set(), context_dir, started,

@@ -47,6 +47,7 @@ from forgetkit.request import (
     record_set,
     resolve_inputs,
 )
+from forgetkit.summaries import GradientSummary
 from forgetkit.train import (
     CHECKPOINT_DIR,
     LOG_FILE,
@@ -259,17 +260,16 @@ def write(job: GradientJob, stats: TrainStats, criterion: dict | None, quiet: bo
     config, inputs, out = job.config, job.inputs, job.out
     result_dir = out / ("adapter" if config.mode == "lora" else "model")
     save_model(job.model, job.tokenizer, result_dir)
-    summary = {"method": config.method, "mode": config.mode, **stats.to_dict(),
-               "forget_examples": len(inputs.forget), "retain_examples": len(inputs.retain or [])}
+    summary = GradientSummary(method=config.method, mode=config.mode, **stats.to_dict(),
+                              forget_examples=len(inputs.forget), retain_examples=len(inputs.retain or []),
+                              phases=job.phases or None)
     details = {"resumed_from_step": stats.resumed_from_step}
-    if job.phases:
-        summary["phases"] = job.phases
     if criterion:
         criterion["calibration"] = {**record_set(job.calibration_file, job.calibration),
                                     "reference": config.criterion.reference}
-        summary["criterion"] = details["criterion"] = criterion
+        summary.criterion = details["criterion"] = criterion
     if job.request.evaluate:
-        summary["eval"] = _evaluate(job.request, job.model, job.tokenizer, inputs, out, quiet)
+        summary.eval = _evaluate(job.request, job.model, job.tokenizer, inputs, out, quiet)
     if "certificate" in job.phases:  # a method with a formal (ε, δ) guarantee
         details["certificate"] = job.phases["certificate"]
     audit = audit_of(config, inputs.model, inputs.forget_set(), result_dir, job.started,
