@@ -432,3 +432,40 @@ def test_robustness_verdict_takes_the_worst_attack_and_averages_by_kind(tmp_path
     assert "input-based: worst-attack forget ROUGE-L, mean over 1 methods: 0.600" in out  # relearn is not counted
     assert "model-based: worst-attack forget ROUGE-L, mean over 2 methods: 0.250 (min 0.200, max 0.300)" in out
     assert "| guardrail | input-based | 0.500 | 0.100 | 0.600 |" in out
+
+
+def test_llmeraser_edit_requests_are_bench_cells_with_their_success_before_and_after(lora_run, tmp_path):
+    """`edits:` makes a method entry the editor's edit request (here a response-edit file; `query` or `response`
+    name a prepared run's own files) instead of the split's removal: its own cell (the removal's key is untouched),
+    with its success measured on the target and on the edited model (greedy exact match, as `unlearn --eval`
+    reports it)."""
+    from forgetkit.bench.runner import Bench
+    from forgetkit.data.edits import read_edits
+    from forgetkit.data.readers import read_records
+    from forgetkit.eval.edit_success import edit_success
+    from forgetkit.models import load_model
+    from forgetkit.request import UnlearnResult
+
+    forget = read_records(lora_run / "benchmark" / "forget01.jsonl")
+    edit_file = tmp_path / "response.jsonl"  # each answer corrected to the next record's
+    edit_file.write_text("".join(json.dumps({"id": r.id, "question": r.question, "answer": r.answer,
+                                             "new_answer": other.answer})
+                                 + "\n" for r, other in zip(forget, forget[1:] + forget[:1], strict=True)))
+    none = {"relearn": {"enabled": False}, "quantize_bits": [], "prompt": False, "sequential": 0}
+    methods = [{"name": "llmeraser", "label": "removal"},
+               {"name": "llmeraser", "label": "response", "edits": str(edit_file)}]
+    bench = Bench(_config(lora_run, tmp_path / "b", methods=methods, attacks=none, splits=["forget01"]), quiet=True)
+    removal_only = Bench(_config(lora_run, tmp_path / "c", methods=methods[:1], attacks=none, splits=["forget01"]),
+                         quiet=True)
+    keys = {c.variant: c.key for c in bench.grid()}
+    assert keys["removal"] == {c.variant: c.key for c in removal_only.grid()}["removal"] != keys["response"]
+    by = {r["cell"]["variant"]: r for r in bench.run()}
+    assert by["response"]["status"] == "done", by["response"].get("reason")
+    assert by["response"]["cell"]["edits"] == str(edit_file) and "edit_success" not in by["removal"]["metrics"]
+    edits = read_edits(edit_file)
+    metrics = by["response"]["metrics"]
+    assert metrics["edit_success_before"] == edit_success(*load_model(lora_run / "base", lora_run / "target"),
+                                                          edits)["success"]
+    edited = UnlearnResult.read(tmp_path / "b" / "cells" / by["response"]["cell"]["id"] / "unlearn").load_model()
+    after = edit_success(*edited, edits)
+    assert (metrics["edit_success"], metrics["edit_old_answer_rate"]) == (after["success"], after["old_answer_rate"])

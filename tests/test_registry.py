@@ -92,3 +92,25 @@ def test_one_recipe_path_for_the_cli_and_the_bench():
         recipe_config("llmeraser", None, ["trian.seed=2"])
     with pytest.raises(ConfigError, match="methods.npo"):
         unlearn_config("npo", None, {"train.lr": "fast"}, seed=0)
+
+
+def test_each_kind_of_summary_reads_back_as_written():
+    """summary.json names its kind; an editor's solve record sits at the file's top level and reads back whole;
+    a file written before summaries named their kind is read as its method's registered kind."""
+    from forgetkit.summaries import EditorSummary, InputSummary, ShardedSummary, read_summary
+
+    cost = {"wall_time_s": 2.5, "peak_memory_mb": 10.0, "forget_examples": 3}
+    written = [GradientSummary(method="npo", mode="lora", steps=4, first_loss=1.0, final_loss=0.5, **cost),
+               EditorSummary(method="llmeraser", mode="lora", request="response", request_examples=3,
+                             solve={"relative_residual": 0.01, "products": 7}, **cost),
+               ShardedSummary(method="sharded_exact", mode="lora", retrained=[1], untouched=[0, 2], deleted=3, shards=3,
+                              share_retrained=1 / 3, **cost),
+               InputSummary(method="icul", mode="input", context_tokens={"mean": 12.0, "max": 20}, **cost)]
+    for summary in written:
+        data = json.loads(json.dumps(summary.to_dict()))
+        assert read_summary(data) == summary
+        data.pop("kind")
+        assert read_summary(data) == summary
+    editor = written[1].to_dict()
+    assert editor["relative_residual"] == 0.01 and "solve" not in editor
+    assert written[2].cost()["steps"] is None and written[0].reached

@@ -101,13 +101,14 @@ class EditorSummary(RequestSummary):
 
     def to_dict(self) -> dict:
         data = super().to_dict()
-        return {**data, **data.pop("solve")}
+        solve = data.pop("solve")
+        return {**data, **solve}
 
     @classmethod
     def from_dict(cls, data: dict) -> EditorSummary:
-        known = {f.name for f in fields(cls)} | {"kind"}
-        return cls(**{k: v for k, v in data.items() if k in known - {"kind"}},
-                   solve={k: v for k, v in data.items() if k not in known})
+        known = {f.name for f in fields(cls)} - {"solve"}
+        return cls(**{k: v for k, v in data.items() if k in known},
+                   solve={k: v for k, v in data.items() if k not in known | {"kind"}})
 
 
 @dataclass(kw_only=True)

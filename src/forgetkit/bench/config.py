@@ -24,6 +24,9 @@ class MethodEntry:
     recipe: str | None = None  # a shipped unlearn recipe or a YAML path; default: the method's own
     overrides: dict = field(default_factory=dict)  # dotted recipe key -> value
     grid: dict = field(default_factory=dict)  # dotted recipe key -> list of values: one variant per combination
+    # an editor's edit request instead of the removal of the split: "query" or "response" (a prepared run's edit
+    # file for the split) or an edit file
+    edits: str | None = field(default=None, metadata=ADDED_SETTING)
 
     def variants(self) -> list[tuple[str, dict]]:
         """(label, overrides) for each point of the grid (one when there is no grid)."""

@@ -33,6 +33,7 @@ class Cell:
     seed: int
     unlearn: dict = field(default_factory=dict)  # the resolved unlearn config (methods)
     key: str = ""
+    edits: str | None = None  # an editor's edit request (MethodEntry.edits) instead of the split's removal
 
     @property
     def id(self) -> str:
@@ -44,8 +45,9 @@ class Cell:
         return build(UnlearnConfig, self.unlearn)
 
     def describe(self) -> dict:
+        edits = {"edits": self.edits} if self.edits else {}
         return {"id": self.id, "kind": self.kind, "method": self.method, "variant": self.variant,
-                "split": self.split, "seed": self.seed, "key": self.key}
+                "split": self.split, "seed": self.seed, "key": self.key, **edits}
 
 
 def unlearn_config(name: str, recipe: str | None, overrides: dict, seed: int) -> UnlearnConfig:
@@ -82,10 +84,12 @@ def grid_cells(config: BenchConfig, source) -> list[Cell]:
             for split in config.splits:
                 for seed in config.seeds:
                     unlearn = unlearn_config(entry.name, entry.recipe, overrides, seed)
-                    cell = Cell("method", entry.name, label, split, seed, plain_config(unlearn))
+                    cell = Cell("method", entry.name, label, split, seed, plain_config(unlearn), edits=entry.edits)
                     key = {**settings_key(config, source), "unlearn": cell.unlearn, "split": split,
                            "attacks": plain_config(config.attacks), "oracle": source.oracle_key(split),
                            "retrain_from_oracle": from_oracle(config, cell)}
+                    if entry.edits:  # a field added later: cells without it keep their keys
+                        key["edits"] = entry.edits
                     if unlearn.until:  # the stopping rule's own version: a changed rule recomputes these cells
                         key["criterion_version"] = CRITERION_VERSION
                     cell.key = config_hash(key)

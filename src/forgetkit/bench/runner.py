@@ -121,7 +121,8 @@ class Bench:
         """The cell's ``unlearn`` request into ``out``: on the source's split, or on ``inputs`` (model, adapter,
         files or records)."""
         return UnlearnRequest(out=str(out), config=cell.unlearn_config(), device=self.config.device,
-                              ledger=str(self.ledger), **(inputs or self.source.request_kwargs(cell.split)))
+                              ledger=str(self.ledger), edits=cell.edits,
+                              **(inputs or self.source.request_kwargs(cell.split)))
 
     def finished_or_run(self, request: UnlearnRequest) -> UnlearnResult:
         """The result of the request in ``request.out``: read when it finished, else run (or resumed). A finished

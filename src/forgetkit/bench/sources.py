@@ -11,8 +11,10 @@ from pathlib import Path
 
 from forgetkit import checks
 from forgetkit.bench.config import BenchConfig, UserData
+from forgetkit.data.edits import EDIT_KINDS
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord, group_of, records_hash
+from forgetkit.errors import ConfigError
 from forgetkit.eval.sets import EvalData, benchmark_data
 from forgetkit.runs import ModelRef, PreparedRun
 
@@ -59,6 +61,10 @@ class RunSource:
 
     def request_kwargs(self, split: str) -> dict:
         return {"run": str(self.run), "split": split}
+
+    def edit_file(self, edits: str, split: str) -> Path:
+        """The edit file of a cell's ``edits``: the run's file of that kind for the split, or the file named."""
+        return self.prepared.edits_file(edits, split) if edits in EDIT_KINDS else Path(edits)
 
     def person_names(self, records: list[QARecord]) -> dict[str, str]:
         return {r.id: self.names[group_of(r.id)] for r in records if group_of(r.id) in self.names}
@@ -122,6 +128,12 @@ class UserFiles:
         d = self.data
         return {"model": d.model, "adapter": d.adapter, "forget": d.forget, "retain": d.retain,
                 "calibration": d.calibration}
+
+    def edit_file(self, edits: str, split: str) -> Path:
+        """The edit file a cell's ``edits`` names (user data has no run edit files)."""
+        if edits in EDIT_KINDS:
+            raise ConfigError(f"methods: edits '{edits}' names a prepared run's edit file; with data:, give a file")
+        return Path(edits)
 
     def person_names(self, records: list[QARecord]) -> dict[str, str]:
         return {}

@@ -96,7 +96,8 @@ def run_edit(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
     from forgetkit.models import load_model, save_model
 
     config = request.config
-    editor = build_editor(config.method, config.params)
+    # the sample's seed: params.seed when given, else the request's train.seed
+    editor = build_editor(config.method, {"seed": config.train.seed, **config.params})
     if config.mode != "lora":
         raise ForgetkitError(f"{config.method} edits a LoRA adapter: mode must be lora")
     if config.adversary.kind:

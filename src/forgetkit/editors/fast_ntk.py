@@ -58,7 +58,7 @@ class FastNTK(Editor):
     ridge: float = 1e-6
     max_memory_gb: float = 4.0
     kept_examples: int | None = None  # a seeded sample of the kept set (None: all of it)
-    seed: int = 0
+    seed: int = 0  # the sample's seed; unless given, the request's train.seed (a bench cell's seed)
 
     name: ClassVar[str] = "fast_ntk"
     summary: ClassVar[str] = "Fast-NTK: NTK-linearised closed-form removal on the LoRA weights (small sizes only)"

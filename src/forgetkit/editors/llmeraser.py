@@ -85,7 +85,7 @@ class LLMEraser(Editor):
     max_residual: float = 1e-2
     curvature_examples: int | None = 64
     batch_size: int = 32
-    seed: int = 0
+    seed: int = 0  # the sample's seed; unless given, the request's train.seed (a bench cell's seed)
 
     name: ClassVar[str] = "llmeraser"
     summary: ClassVar[str] = ("LLMEraser: closed-form influence update of the LoRA weights "
