@@ -13,7 +13,7 @@ success) and ``audit.json`` (hashes and counts, never text).
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -46,7 +46,25 @@ from forgetkit.request import (
 from forgetkit.summaries import EditorSummary
 
 
-def _inputs(request: UnlearnRequest) -> dict:
+@dataclass
+class EditInputs:
+    """An edit request's inputs: the model and the adapter holding the knowledge, the request's records (the
+    originals, and the edits when it is an edit request), the file they came from, and the kept training set."""
+
+    model: Path
+    adapter: Path
+    request_path: Path | None
+    edits: list[EditRecord] | None
+    originals: list[QARecord]
+    kept: list[QARecord]
+    texts: list
+
+    @property
+    def kind(self) -> str:
+        return self.edits[0].kind if self.edits else "removal"
+
+
+def _inputs(request: UnlearnRequest) -> EditInputs:
     """Model and adapter dirs, the request's records (originals, edits) and the kept training records."""
     edits: list[EditRecord] | None = None
     if request.run:
@@ -87,8 +105,7 @@ def _inputs(request: UnlearnRequest) -> dict:
         refuse_overlap(originals, training, "retain", source=request.retain, allow=request.allow_overlap)
     removed = {r.content_hash() for r in originals} | {r.id for r in originals}
     kept = [r for r in training if r.id not in removed and r.content_hash() not in removed]
-    return {"model": model_dir, "adapter": adapter_dir, "request_path": request_path, "edits": edits,
-            "originals": originals, "kept": kept, "texts": texts}
+    return EditInputs(model_dir, adapter_dir, request_path, edits, originals, kept, texts)
 
 
 def run_edit(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
@@ -104,42 +121,42 @@ def run_edit(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
         raise ForgetkitError(f"adversary: {config.method} is a closed-form edit; a latent adversary needs the "
                              "training loop of a gradient method")
     inputs = _inputs(request)
-    kind = inputs["edits"][0].kind if inputs["edits"] else "removal"
+    kind = inputs.kind
     if kind not in editor.requests:
         raise ForgetkitError(f"{config.method} does {', '.join(editor.requests)} requests, not {kind}")
     out = Path(request.out)
     started = now()
     device = resolve_device(request.device)
-    model, tokenizer = load_model(inputs["model"], inputs["adapter"], device=device)
+    model, tokenizer = load_model(inputs.model, inputs.adapter, device=device)
     pad = pad_id(tokenizer)
     length = config.max_length
-    people = {group_of(r.id) for r in inputs["kept"]}
-    kept = tokenize_qa(tokenizer, inputs["kept"], length, name="kept").examples
-    texts = [t for t in inputs["texts"] if group_of(t.id) in people]
+    people = {group_of(r.id) for r in inputs.kept}
+    kept = tokenize_qa(tokenizer, inputs.kept, length, name="kept").examples
+    texts = [t for t in inputs.texts if group_of(t.id) in people]
     if texts:
         kept += tokenize_text(tokenizer, texts, length, name="kept texts").examples
-    edited = [e.edited() for e in inputs["edits"]] if inputs["edits"] else []
-    data = EditData(request=kind, original=tokenize_qa(tokenizer, inputs["originals"], length, name="request").examples,
+    edited = [e.edited() for e in inputs.edits] if inputs.edits else []
+    data = EditData(request=kind, original=tokenize_qa(tokenizer, inputs.originals, length, name="request").examples,
                     edited=tokenize_qa(tokenizer, edited, length, name="edited").examples if edited else [],
                     kept=kept, pad_token_id=pad)
     known = None
     if request.evaluate and kind == "removal":  # which forget answers the model gives before the request
         from forgetkit.eval.edit_success import removal_success
 
-        known = removal_success(model, tokenizer, inputs["originals"])["answered"]
+        known = removal_success(model, tokenizer, inputs.originals)["answered"]
     calibration = None
     if config.until:
         if kind != "removal" or not hasattr(editor, "damping_ratio"):
             raise ForgetkitError(f"--until: {config.method} searches its damping for removals only (llmeraser); "
                                  f"this is a {kind} request")
-        calibration = calibration_of(request, inputs["originals"], inputs["kept"])
+        calibration = calibration_of(request, inputs.originals, inputs.kept)
     search = None
     with measure(device) as cost:  # a refused solve (UnconvergedSolve) leaves the adapter and out/ untouched
         if calibration is None:
             info = editor.apply(model, data, quiet=quiet)
         else:
-            info, search = _damping_search(config, editor, model, tokenizer, data, inputs["originals"],
-                                           calibration[0], inputs["kept"], quiet)
+            info, search = _damping_search(config, editor, model, tokenizer, data, inputs.originals,
+                                           calibration[0], inputs.kept, quiet)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {"unlearn": asdict(config), "config_hash": config_hash(config)})
     adapter_out = out / "adapter"
@@ -153,11 +170,11 @@ def run_edit(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
         summary.criterion = search
     if request.evaluate:
         summary.eval = _evaluate(request, model, tokenizer, inputs, out, quiet, known)
-    removed = record_set(inputs["request_path"], inputs["edits"] or inputs["originals"])
-    audit = audit_of(config, inputs["model"], removed, adapter_out, started, request=kind,
-                     adapter_in=fingerprinted(inputs["adapter"]),
-                     retain=record_set(None, inputs["kept"]),
-                     load=load_record(inputs["model"], inputs["adapter"], adapter_out, in_place=True, full=False),
+    removed = record_set(inputs.request_path, inputs.edits or inputs.originals)
+    audit = audit_of(config, inputs.model, removed, adapter_out, started, request=kind,
+                     adapter_in=fingerprinted(inputs.adapter),
+                     retain=record_set(None, inputs.kept),
+                     load=load_record(inputs.model, inputs.adapter, adapter_out, in_place=True, full=False),
                      details={"criterion": search} if search else {})
     return finish(request, audit, summary, model, tokenizer)
 
@@ -213,7 +230,7 @@ def _damping_search(config, editor, model, tokenizer, data: EditData, forget: li
     return applied[best.step], summary
 
 
-def _evaluate(request, model, tokenizer, inputs: dict, out: Path, quiet: bool, known: list[bool] | None) -> dict:
+def _evaluate(request, model, tokenizer, inputs: EditInputs, out: Path, quiet: bool, known: list[bool] | None) -> dict:
     """The evaluation's metrics (Forget Quality for removals on a run with an oracle log) and the
     request's success rate (for a removal, also among the answers the model gave before: ``known``)."""
     from forgetkit.eval.edit_success import edit_success, removal_success
@@ -221,13 +238,13 @@ def _evaluate(request, model, tokenizer, inputs: dict, out: Path, quiet: bool, k
     if request.run:
         run = request.prepared_run()
         data = benchmark_data(run.benchmark, request.split, request.eval_settings.retain_limit)
-        oracle_log = oracle_log_of(run, request.split) if inputs["edits"] is None else None
+        oracle_log = oracle_log_of(run, request.split) if inputs.edits is None else None
     else:
-        data, oracle_log = EvalData(forget=[QARecord(r.question, r.answer, r.id) for r in inputs["originals"]]), None
+        data, oracle_log = EvalData(forget=[QARecord(r.question, r.answer, r.id) for r in inputs.originals]), None
     headline = evaluate_into(out / "eval", model, tokenizer, data, oracle_log, quiet, request.eval_settings).to_dict()
-    if inputs["edits"]:
-        success = edit_success(model, tokenizer, inputs["edits"])
+    if inputs.edits:
+        success = edit_success(model, tokenizer, inputs.edits)
     else:
-        success = removal_success(model, tokenizer, inputs["originals"], known=known)
+        success = removal_success(model, tokenizer, inputs.originals, known=known)
         del success["answered"]
     return {**headline, "success": success}
