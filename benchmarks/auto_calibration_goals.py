@@ -8,7 +8,11 @@ model scored forget vs calibration people) and the oracle (Forget Quality). A pa
 - the same decision: both final models lie inside the true calibration set's tolerance, or both above it
   (still recognised), or both below it (over-forgotten); or
 - a stop whose Forget Quality is within one KS step: the KS statistics behind the two FQs (equal samples of n
-  forget examples, so D moves in steps of 1/n) differ by at most one step.
+  forget examples, so D moves in steps of 1/n) differ by at most one step (when the data have no perturbed answers,
+  FQ is missing and only the decision counts).
+
+Each pair also shows what the stop itself recorded (``cells/<id>/unlearn/summary.json``): whether it reached the
+tolerance of its own reference, and the retain probability it kept against the target's (its first check's).
 
 It prints the pairs, then per variant: agreement, MIA AUC (forget vs holdout) in [0.4, 0.6], FQ, MU and stop
 steps as mean ± std, and Spearman's ρ between |the criterion's own AUC − 0.5| (twins or people) and FQ over the
@@ -47,13 +51,27 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
 
 
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
 def _side(auc: float, tolerance: float) -> str:
     """Where a final model's forget-vs-people AUC lies: inside the tolerance, above it (still recognised) or
     below it (over-forgotten)."""
     return "inside" if abs(auc - 0.5) <= tolerance else "above" if auc > 0.5 else "below"
 
 
-def pairs(cells: list[dict], n_calibration: int, forget_sizes: dict[str, int], z: float = 1.96) -> list[dict]:
+def stop_record(bench: Path, cell: dict) -> dict:
+    """What the cell's stop recorded: reached, and the retain probability kept (chosen check / first check)."""
+    criterion = json.loads((bench / "cells" / cell["cell"]["id"] / "unlearn" / "summary.json").read_text())["criterion"]
+    start, chosen = criterion.get("start") or {}, criterion.get("chosen") or {}
+    kept = (chosen["retain_probability"] / start["retain_probability"]
+            if start.get("retain_probability") and chosen.get("retain_probability") is not None else None)
+    return {"reached": criterion.get("reached"), "retain kept": kept}
+
+
+def pairs(cells: list[dict], n_calibration: int, forget_sizes: dict[str, int], z: float = 1.96,
+          bench: Path | None = None) -> list[dict]:
     done = {(c["cell"]["split"], c["cell"]["variant"], c["cell"]["seed"]): c for c in cells
             if c["status"] == "done" and c["cell"]["kind"] == "method"}
     out = []
@@ -67,13 +85,16 @@ def pairs(cells: list[dict], n_calibration: int, forget_sizes: dict[str, int], z
         tol = auc_tolerance(n, n_calibration, z)
         sides = [_side(c["metrics"]["calibration_auc"], tol) for c in (true, auto)]
         fq = [c["metrics"]["forget_quality"] for c in (true, auto)]
-        steps = [ks_step(f, n) for f in fq]
+        steps = [ks_step(f, n) for f in fq] if None not in fq else None
+        stops = [stop_record(bench, c) if bench is not None else {} for c in (true, auto)]
         out.append({"split": split, "variant": variant, "seed": seed, "n": n,
+                    "reached (people/auto)": [s.get("reached") for s in stops],
+                    "retain kept (people/auto)": [s.get("retain kept") for s in stops],
                     "stop (people)": true["criterion"]["chosen"]["step"],
                     "stop (auto)": auto["criterion"]["chosen"]["step"],
                     "FQ (people)": fq[0], "FQ (auto)": fq[1], "KS steps": steps,
                     "side (people)": sides[0], "side (auto)": sides[1],
-                    "agree": sides[0] == sides[1] or abs(steps[0] - steps[1]) <= 1,
+                    "agree": sides[0] == sides[1] or (steps is not None and abs(steps[0] - steps[1]) <= 1),
                     "MIA (auto)": auto["metrics"]["mia_auc"], "MU (auto)": auto["metrics"]["model_utility"],
                     "MU (people)": true["metrics"]["model_utility"], "MIA (people)": true["metrics"]["mia_auc"]})
     return out
@@ -88,14 +109,16 @@ def main() -> None:
                         help='JSON: forget QA pairs per split (default: the small benchmark\'s)')
     args = parser.parse_args()
     cells = json.loads((Path(args.bench) / "cells.json").read_text())
-    rows = pairs(cells, args.calibration_examples, args.forget_examples)
+    rows = pairs(cells, args.calibration_examples, args.forget_examples, bench=Path(args.bench))
     print("| split | variant | seed | stop (people) | stop (auto) | FQ (people) | FQ (auto) | vs the people's "
-          "tolerance (people/auto) | agree | MIA AUC (auto) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "tolerance (people/auto) | agree | MIA AUC (auto) | reached (people/auto) | retain kept (people/auto) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        reached = "/".join({True: "yes", False: "no"}.get(x, "–") for x in r["reached (people/auto)"])
+        kept = "/".join(_fmt(x) for x in r["retain kept (people/auto)"])
         print(f"| {r['split']} | {r['variant']} | {r['seed']} | {r['stop (people)']} | {r['stop (auto)']} | "
-              f"{r['FQ (people)']:.3g} | {r['FQ (auto)']:.3g} | {r['side (people)']}/{r['side (auto)']} | "
-              f"{'yes' if r['agree'] else 'no'} | {r['MIA (auto)']:.3f} |")
+              f"{_fmt(r['FQ (people)'])} | {_fmt(r['FQ (auto)'])} | {r['side (people)']}/{r['side (auto)']} | "
+              f"{'yes' if r['agree'] else 'no'} | {r['MIA (auto)']:.3f} | {reached} | {kept} |")
     print()
     by_variant: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
@@ -118,7 +141,7 @@ def main() -> None:
               f"for {mia}/{len(shipped)} (their people-stopped pairs: {mia_people}/{len(shipped)})")
     for reference, suffix in (("twins", AUTO), ("people", TRUE)):
         mine = [c for c in cells if c["status"] == "done" and c["cell"]["variant"].endswith(suffix)
-                and c.get("criterion")]
+                and c.get("criterion") and c["metrics"]["forget_quality"] is not None]
         if len(mine) > 2:
             rho, p = spearmanr([abs(c["criterion"]["chosen"]["auc"] - 0.5) for c in mine],
                                [c["metrics"]["forget_quality"] for c in mine])

@@ -231,3 +231,31 @@ def test_forget_names_its_own_flags_in_one_line_and_writes_nothing(unlearn_run, 
     assert code == 2 and "--records file not found" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 
+
+
+def test_a_calibration_file_and_twins_together_are_refused_and_forget_reads_auto_as_the_twins(unlearn_run, tmp_path,
+                                                                                                capsys, monkeypatch):
+    """`--calibration FILE` with `criterion.reference=twins` names two references: refused in one line before any
+    work, never one of them silently ignored. `forget --calibration auto` is the twins (its default), not a file
+    named 'auto'."""
+    bench = unlearn_run / "benchmark"
+    out = tmp_path / "never"
+    code = main(["unlearn", "--model", str(unlearn_run / "target"), "--forget", str(bench / "forget10.jsonl"),
+                 "--retain", str(bench / "retain90.jsonl"), "--method", "npo", "--until", "indistinguishable",
+                 "--calibration", str(bench / "holdout10.jsonl"), "criterion.reference=twins", "--out", str(out),
+                 "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not both" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+    import forgetkit.deletion as deletion
+
+    seen = {}
+
+    def recorded(request, quiet=False):
+        seen.update(calibration=request.calibration, reference=request.config.criterion.reference)
+        raise ForgetkitError("stopped here")
+
+    monkeypatch.setattr(deletion, "run_unlearn", recorded)
+    code = main(["forget", "--model", str(unlearn_run / "target"), "--records", str(bench / "forget10.jsonl"),
+                 "--retain", str(bench / "retain90.jsonl"), "--calibration", "auto", "--out", str(out), "--quiet"])
+    assert code == 2 and seen == {"calibration": None, "reference": "twins"}

@@ -22,7 +22,6 @@ from forgetkit.errors import ConfigError, ForgetkitError, SettingError, environm
 from forgetkit.eval.settings import EvalSettings
 
 AUDIT_MISMATCH = 4  # forgetkit audit verify: the output is gone or no longer has its recorded fingerprint
-AUTO_CALIBRATION = "auto"  # --calibration auto: the never-seen reference built from the forget set (data.twins)
 # --until ended without the forget set indistinguishable from never-seen data: written and recorded, not a deletion
 NOT_INDISTINGUISHABLE = 5
 
@@ -89,7 +88,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _cmd_unlearn(args: argparse.Namespace) -> int:
-    from forgetkit.request import recipe_config
+    from forgetkit.request import AUTO_CALIBRATION, recipe_config
     from forgetkit.unlearn import UnlearnRequest, run_unlearn
 
     auto = args.calibration == AUTO_CALIBRATION

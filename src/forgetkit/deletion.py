@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgetkit.request import UnlearnRequest, UnlearnResult, recipe_config
+from forgetkit.request import AUTO_CALIBRATION, UnlearnRequest, UnlearnResult, recipe_config
 from forgetkit.unlearn import run_unlearn
 
 DEFAULT_RECIPE = "deletion"  # configs/unlearn/deletion.yaml: the oracle-free recipe measured (docs/results.md)
@@ -105,10 +105,12 @@ def forget(model: str, records: str, retain: str | None, out: str, method: str |
            calibration: str | None = None, ledger: str | None = None, device: str = "auto",
            quiet: bool = False) -> tuple[UnlearnResult, DeletionVerdict]:
     """Delete ``records`` from ``model`` (keeping ``retain``) into ``out``; with ``calibration`` (a file of
-    never-trained examples) the stop is judged against it instead of the twins."""
+    never-trained examples) the stop is judged against it instead of the twins (``auto``: the twins, the
+    default)."""
     from forgetkit.checks import input_file
 
     start = time.perf_counter()
+    calibration = None if calibration == AUTO_CALIBRATION else calibration
     for path, flag in ((records, "--records"), (retain, "--retain")):
         if path is not None:
             input_file(path, flag)  # named by this command's flags, before any import or load

@@ -135,6 +135,9 @@ def default_ledger(ledger: str | None, run: str | None, out: str | None) -> Path
     return Path(out).resolve().parent / LEDGER_FILE if out else Path(LEDGER_FILE)
 
 
+AUTO_CALIBRATION = "auto"  # --calibration auto: the never-seen reference built from the forget set (data.twins)
+
+
 def check_request(request: UnlearnRequest, adapter_is_shard_set: bool = False) -> None:
     """What every kind of request is checked for before any work: its inputs exist and open, its output
     can be written and is inside none of them, its ledger is a ledger. Nothing is written."""
@@ -156,8 +159,12 @@ def check_request(request: UnlearnRequest, adapter_is_shard_set: bool = False) -
         for role in ("forget", "retain"):
             if getattr(request, role):
                 checks.input_file(getattr(request, role), role)
-    if request.calibration:
-        inputs.append(checks.input_file(request.calibration, "calibration"))
+    if request.calibration or request.calibration_records is not None:
+        if request.config.criterion.reference == "twins":
+            raise ConfigError("give --calibration FILE (never-trained examples) or criterion.reference=twins "
+                              "(--calibration auto: twins of the forget records), not both")
+        if request.calibration:
+            inputs.append(checks.input_file(request.calibration, "calibration"))
     checks.output_path(request.out, "--out", inputs, containers=containers)
     check_ledger(request.ledger_path())
 

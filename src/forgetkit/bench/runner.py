@@ -120,9 +120,12 @@ class Bench:
     def request(self, cell: Cell, out: Path, **inputs) -> UnlearnRequest:
         """The cell's ``unlearn`` request into ``out``: on the source's split, or on ``inputs`` (model, adapter,
         files or records)."""
-        return UnlearnRequest(out=str(out), config=cell.unlearn_config(), device=self.config.device,
-                              ledger=str(self.ledger), edits=cell.edits,
-                              **(inputs or self.source.request_kwargs(cell.split)))
+        config = cell.unlearn_config()
+        inputs = inputs or self.source.request_kwargs(cell.split)
+        if config.criterion.reference == "twins":  # the stop's reference is built from the records: no file read
+            inputs = {k: v for k, v in inputs.items() if k != "calibration"}
+        return UnlearnRequest(out=str(out), config=config, device=self.config.device, ledger=str(self.ledger),
+                              edits=cell.edits, **inputs)
 
     def finished_or_run(self, request: UnlearnRequest) -> UnlearnResult:
         """The result of the request in ``request.out``: read when it finished, else run (or resumed). A finished
