@@ -19,7 +19,7 @@ LAYERS: dict[str, int] = {
     "forgetkit.data": 1, "forgetkit.models": 1, "forgetkit.adapters": 1, "forgetkit.influence": 1,
     "forgetkit.runs": 1,
     "forgetkit.train": 2, "forgetkit.eval": 2,
-    "forgetkit.request": 3, "forgetkit.registry": 3, "forgetkit.audit": 3,
+    "forgetkit.request": 3, "forgetkit.summaries": 3, "forgetkit.registry": 3, "forgetkit.audit": 3,
     "forgetkit.methods": 4, "forgetkit.editors": 4, "forgetkit.exact": 4, "forgetkit.certified": 4,
     "forgetkit.prepare": 4, "forgetkit.incontext": 4,
     "forgetkit.unlearn": 5, "forgetkit.deletion": 5, "forgetkit.bench": 5, "forgetkit.cli": 5, "forgetkit.__main__": 5,
