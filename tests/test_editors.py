@@ -13,9 +13,9 @@ from forgetkit.data.formatting import collate, tokenize_qa
 from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord
 from forgetkit.editors.fast_ntk import fast_ntk_update
-from forgetkit.editors.llmeraser import influence_update
+from forgetkit.editors.llmeraser import LLMEraser, influence_update
 from forgetkit.errors import DataError
-from forgetkit.influence import InfluenceScores, example_losses, influence_scores, select_parameters
+from forgetkit.influence import InfluenceError, InfluenceScores, example_losses, influence_scores, select_parameters
 from forgetkit.influence.solvers import SolveResult, exact_matrix
 from forgetkit.models import load_model
 
@@ -231,3 +231,24 @@ def test_module_scores_top_k_budget_and_mask_by_hand():
     mask = scores.top_parameter_mask(2 / 9)
     assert [m.tolist() for m in mask.values()] == [[True, True], [False], [False] * 4, [[False, False]]]
     assert sum(int(m.sum()) for m in scores.top_parameter_mask(0.5).values()) == round(0.5 * 9)
+
+
+def test_damping_of_the_largest_eigenvalue_bounds_the_condition_number(linear_problem):
+    """damping_of="largest": λ = ratio × λ_max(H) (power iteration), so the damped system's condition number is at
+    most (1 + ratio) / ratio however skewed the spectrum; here the Hessian xᵀx/n, whose eigenvalues are exact."""
+    model, x, y = linear_problem
+    hessian = x.T @ x / len(x)
+    eigenvalues = torch.linalg.eigvalsh(hessian)
+    batches = [{"x": x, "y": y}]
+    _, result, damping = influence_update(model, [model.weight], [{"x": x[:3], "y": y[:3]}], [], batches, 12,
+                                          solver="cg", kind="hessian", damping_ratio=0.1, damping_of="largest",
+                                          example_loss_fn=squared_losses, tol=1e-10)
+    assert damping == pytest.approx(0.1 * float(eigenvalues[-1]), rel=1e-6)
+    assert (float(eigenvalues[-1]) + damping) / (float(eigenvalues[0]) + damping) <= 11 + 1e-9
+    assert result.info["relative_residual"] <= 1e-9
+    _, _, by_mean = influence_update(model, [model.weight], [{"x": x[:3], "y": y[:3]}], [], batches, 12,
+                                     solver="exact", kind="hessian", damping_ratio=0.1,
+                                     example_loss_fn=squared_losses)
+    assert by_mean == pytest.approx(0.1 * float(eigenvalues.mean()), rel=0.5)  # Hutchinson's trace estimate
+    with pytest.raises(InfluenceError, match="damping_of must be mean or largest"):
+        LLMEraser(damping_of="smallest")
