@@ -19,6 +19,7 @@ not in the logs, so Forget Quality is missing: the verdict is the true calibrati
 the holdout authors, and the retain probability kept against the target's. Every stage and cell is cached.
 
     python benchmarks/tofu_real_qa.py [--fixtures ../shared/fixtures/tofu] [--work runs/tofu-real] [--seeds 0 1 2]
+        [--utility-tolerance 1.0]
     python benchmarks/auto_calibration_goals.py runs/tofu-real/run/bench/tofu_real_qa
 """
 
@@ -75,8 +76,10 @@ def write_layout(fixtures: Path, data: Path, n_forget: int, n_retain: int, n_hol
     return {name: len(records) for name, records in splits.items()}
 
 
-def write_configs(work: Path, data: Path, base: str, seeds: list[int], name: str) -> Path:
-    """The prepare config (tofu_smollm2's recipe on these files) and the bench config; returns the latter."""
+def write_configs(work: Path, data: Path, base: str, seeds: list[int], name: str,
+                  tolerances: list[float] = ()) -> Path:
+    """The prepare config (tofu_smollm2's recipe on these files) and the bench config; returns the latter.
+    ``tolerances``: a twin-stopped variant per utility-guard tolerance (criterion.utility_tolerance)."""
     prepare = yaml.safe_load(config_path("tofu_smollm2").read_text())
     prepare.update(run_dir=str(work / "run"), base_model=base)
     prepare["data"].update(path=str(data), forget_splits=["forget10"])
@@ -86,6 +89,9 @@ def write_configs(work: Path, data: Path, base: str, seeds: list[int], name: str
         {"name": "npo", "recipe": "deletion", "label": "deletion+auto",
          "overrides": {"until": "indistinguishable", "criterion.reference": "twins"}},
         {"name": "npo", "recipe": "deletion", "label": "deletion+until", "overrides": {"until": "indistinguishable"}},
+        *({"name": "npo", "recipe": "deletion", "label": f"deletion+auto[utility_tolerance={t}]",
+           "overrides": {"until": "indistinguishable", "criterion.reference": "twins",
+                         "criterion.utility_tolerance": t}} for t in tolerances),
         {"name": "retrain"}])
     path = work / "bench.yaml"
     path.write_text(yaml.safe_dump(bench, sort_keys=False))
@@ -103,12 +109,14 @@ def main() -> int:
     parser.add_argument("--calibration-authors", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--name", default="tofu_real_qa", help="the bench's name (its directory in RUN/bench)")
+    parser.add_argument("--utility-tolerance", type=float, nargs="*", default=[],
+                        help="also a twin-stopped variant with the utility guard at each of these tolerances")
     args = parser.parse_args()
     work, name = Path(args.work), args.name
     counts = write_layout(Path(args.fixtures), work / "data", args.forget_authors, args.retain_authors,
                           args.holdout_authors, args.calibration_authors)
     print("TOFU layout:", json.dumps(counts))
-    bench = write_configs(work, work / "data", args.base, args.seeds, name)
+    bench = write_configs(work, work / "data", args.base, args.seeds, name, args.utility_tolerance)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "forgetkit", "bench", "--config", str(bench)], check=True)
     print(f"\nprepare + bench: {time.perf_counter() - start:.0f} s wall in this call (cached stages and cells "
