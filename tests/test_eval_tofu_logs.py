@@ -89,3 +89,29 @@ def test_bad_logs_are_one_line_errors(logs, tmp_path, capsys):
     small.write_text(json.dumps(doc))
     assert main(["aggregate", "--logs", str(small), "--oracle-logs", str(logs["full"])]) == 2
     assert "not the same forget set" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/fixtures/tofu not beside the repository")
+def test_tofu_real_qa_deals_tofus_own_pairs_out_by_author_and_the_user_data_path_reads_them(tmp_path):
+    """benchmarks/tofu_real_qa.py's data: the released logs' ground-truth pairs, 20 per author, dealt out so that
+    no author is in two splits; `prepare --data`'s reader takes the directory as TOFU's layout with those splits."""
+    import importlib.util
+
+    from forgetkit.data.user_splits import DatasetSettings, split_user_data
+
+    spec = importlib.util.spec_from_file_location("tofu_real_qa", Path(__file__).parents[1] / "benchmarks" /
+                                                  "tofu_real_qa.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    counts = script.write_layout(SHARED, tmp_path / "data", 3, 6, 3, 3)
+    assert counts == {"forget10": 60, "retain90": 120, "holdout10": 60, "calibration": 60, "full": 180}
+    log = json.loads((SHARED / script.LOG).read_text())["eval_log_forget.json"]["generated_text"]
+    forget = [json.loads(line) for line in (tmp_path / "data" / "forget10.json").read_text().splitlines()]
+    assert [r["answer"] for r in forget] == [log[str(i)][2].strip() for i in range(60)]
+    assert "[INST]" not in forget[0]["question"] and forget[0]["question"] in log["0"][0]
+    splits = split_user_data(DatasetSettings(path=str(tmp_path / "data"), group_size=20, forget_splits=["forget10"]))
+    questions = {name: {r.question for r in records} for name, records in splits.files.items()}
+    for a, b in (("forget10", "retain90"), ("forget10", "holdout10"), ("forget10", "calibration"),
+                 ("holdout10", "calibration"), ("retain90", "calibration")):
+        assert not questions[a] & questions[b], (a, b)
+    assert len(questions["forget10"]) == 60 and len(questions["calibration"]) == 60
