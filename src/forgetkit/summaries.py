@@ -8,14 +8,17 @@ did (:meth:`RequestSummary.headline`) and what it wrote (:meth:`RequestSummary.o
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 from forgetkit.registry import EDITOR, GRADIENT, INPUT, SHARDED, unlearner
 
+COST_FIELDS = ("wall_time_s", "peak_memory_mb", "trainable_parameters", "steps")  # a bench cell's cost columns
+
 
 @dataclass(kw_only=True)
-class RequestSummary:
+class RequestSummary(ABC):
     """The part of a summary every request has."""
 
     method: str
@@ -31,12 +34,12 @@ class RequestSummary:
     eval: dict | None = None  # --eval: the evaluation's headline numbers (EvalResult.to_dict)
     ledger: dict | None = None  # the ledger row the request was recorded in: {path, id}
 
-    KIND: ClassVar[str] = GRADIENT
+    KIND: ClassVar[str]
     OUTPUTS: ClassVar[str] = "adapter or model, train_log.jsonl"
 
+    @abstractmethod
     def headline(self) -> str:
         """One line: what the request did and what it cost."""
-        raise NotImplementedError
 
     def outputs(self) -> str:
         """What the request wrote beside ``summary.json`` and ``audit.json``."""
@@ -44,8 +47,12 @@ class RequestSummary:
 
     def cost(self) -> dict:
         """The cost columns of a bench cell."""
-        return {"wall_time_s": self.wall_time_s, "peak_memory_mb": self.peak_memory_mb,
-                "trainable_parameters": self.trainable_parameters, "steps": self.steps}
+        return {name: getattr(self, name) for name in COST_FIELDS}
+
+    @property
+    def certificate(self) -> dict | None:
+        """A certified method's (ε, δ) certificate, when its run issued one."""
+        return None
 
     @property
     def reached(self) -> bool:
@@ -67,6 +74,8 @@ class RequestSummary:
 class GradientSummary(RequestSummary):
     """A method trained by gradient steps (``forgetkit.methods``)."""
 
+    KIND: ClassVar[str] = GRADIENT
+
     examples: int = 0
     tokens: int = 0
     first_loss: float | None = None
@@ -75,6 +84,10 @@ class GradientSummary(RequestSummary):
     resumed_from_step: int = 0
     stopped: str | None = None  # why a hook ended the run early
     phases: dict | None = None  # a multi-phase method's per-phase times and numbers
+
+    @property
+    def certificate(self) -> dict | None:
+        return (self.phases or {}).get("certificate")
 
     def headline(self) -> str:
         return (f"{self.method} ({self.mode}): {self.steps} steps in {self.wall_time_s:.1f}s, peak "

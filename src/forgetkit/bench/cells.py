@@ -15,6 +15,7 @@ from forgetkit.bench.grid import Cell, failure, from_oracle
 from forgetkit.errors import ForgetkitError
 from forgetkit.exact.sharded import load_sharded
 from forgetkit.registry import SHARDED, unlearner
+from forgetkit.summaries import COST_FIELDS
 
 CRITERION_KEPT = ("criterion", "stopped", "reached", "tolerance", "chosen", "rolled_back", "checks_s")
 
@@ -75,26 +76,12 @@ def request(bench, cell: Cell, cell_dir: Path, result: dict) -> dict:
     if done.summary.criterion is not None:  # --until: the oracle-free criterion's chosen check
         c = done.summary.criterion
         result["criterion"] = {k: c[k] for k in CRITERION_KEPT if k in c}
-    certificate = (getattr(done.summary, "phases", None) or {}).get("certificate")
-    if certificate:  # a certified method's (ε, δ) and the noise it rests on
+    if (certificate := done.summary.certificate) is not None:  # a certified method's (ε, δ) and its noise
         result["certificate"] = {k: certificate[k] for k in ("epsilon", "delta", "sigma")}
     if cell.edits:
-        result["metrics"].update(edit_success_of(bench, cell, model, tokenizer))
+        result["metrics"].update(bench.evaluation.edit_success(model, tokenizer, cell))
     result["attacks"] = attacks.attack_cell(bench, cell, model, tokenizer, cell_dir / "attacks")
     return result
-
-
-def edit_success_of(bench, cell: Cell, model, tokenizer) -> dict:
-    """An edit request's success (greedy exact match, ``eval.edit_success``) after the edit and, as the baseline,
-    on the target before it; and how often the edited model still gives the old answer."""
-    from forgetkit.data.edits import read_edits
-    from forgetkit.eval.edit_success import edit_success
-
-    edits = read_edits(bench.source.edit_file(cell.edits, cell.split))
-    after = edit_success(model, tokenizer, edits)
-    before = edit_success(*bench.load(bench.source.target()), edits)
-    return {"edit_success": after["success"], "edit_success_before": before["success"],
-            "edit_old_answer_rate": after["old_answer_rate"]}
 
 
 def sharded(bench, cell: Cell, cell_dir: Path, result: dict) -> dict:
@@ -120,9 +107,8 @@ def sharded(bench, cell: Cell, cell_dir: Path, result: dict) -> dict:
 
 
 def cost(stats: dict) -> dict:
-    """A request's (or a training stage's) cost columns."""
-    return {"wall_time_s": stats.get("wall_time_s"), "peak_memory_mb": stats.get("peak_memory_mb"),
-            "trainable_parameters": stats.get("trainable_parameters"), "steps": stats.get("steps")}
+    """A training stage's cost columns (a request's: its summary's ``cost()``)."""
+    return {name: stats.get(name) for name in COST_FIELDS}
 
 
 def curve(unlearn_dir: Path) -> list[dict]:

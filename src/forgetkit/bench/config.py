@@ -10,7 +10,7 @@ settings; and the robustness attacks each cell gets.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 
 from forgetkit.config import ADDED_SETTING, load_config
 from forgetkit.errors import ConfigError, require_positive
@@ -108,9 +108,7 @@ class BenchEvalSettings(EvalSettings):
 
     def quick(self) -> EvalSettings:
         """The quick evaluation's settings."""
-        return EvalSettings(**{**{f.name: getattr(self, f.name) for f in fields(EvalSettings)},
-                               "retain_limit": self.quick_retain, "gradnorm": False, "weat": None, "toxicity": None,
-                               "smoothing": None})
+        return replace(self, retain_limit=self.quick_retain, gradnorm=False, weat=None, toxicity=None, smoothing=None)
 
 
 @dataclass

@@ -25,6 +25,7 @@ class CellEvaluation:
 
     def __init__(self, config: BenchConfig, source, out: Path, load, quiet: bool) -> None:
         self.config, self.source, self.out, self.load, self.quiet = config, source, out, load, quiet
+        self._target_edit_success: dict[Path, float] = {}  # an edit file's success on the target, once
 
     def oracle_eval_dir(self, split: str) -> Path:
         """Where the split's oracle is evaluated (``retrain`` on a prepared run shares it)."""
@@ -75,6 +76,22 @@ class CellEvaluation:
         if utility:
             out["model_utility"] = summary.get("model_utility")
         return out
+
+
+    def edit_success(self, model, tokenizer, cell: Cell) -> dict:
+        """An edit request's success (greedy exact match, ``eval.edit_success``) after the edit and, as the
+        baseline, on the target before it (once per edit file); and how often the edited model still gives the
+        old answer."""
+        from forgetkit.data.edits import read_edits
+        from forgetkit.eval.edit_success import edit_success
+
+        path = self.source.edit_file(cell.edits, cell.split)
+        edits = read_edits(path)
+        after = edit_success(model, tokenizer, edits)
+        if path not in self._target_edit_success:
+            self._target_edit_success[path] = edit_success(*self.load(self.source.target()), edits)["success"]
+        return {"edit_success": after["success"], "edit_success_before": self._target_edit_success[path],
+                "edit_old_answer_rate": after["old_answer_rate"]}
 
 
 def cached_evaluation(out: Path) -> dict | None:
