@@ -39,9 +39,17 @@ def test_every_shipped_bench_config_loads(name):
 
 
 def test_shipped_configs_cover_the_issue():
-    assert {"demo", "full", "tofu_llama"} <= set(shipped_configs("bench"))
+    assert {"demo", "full", "tofu_llama", "methods_small", "influence_peft_small", "bounded_study"} <= set(
+        shipped_configs("bench"))
     demo = {m.name for m in load_bench_config("demo").methods}
     assert {"influence_peft", "bounded_graddiff", "llmeraser", "npo", "graddiff", "retrain"} <= demo
+
+
+def test_methods_small_runs_every_registered_method():
+    """The every-method table cannot skip a method added later: its list is checked against the registry."""
+    from forgetkit.unlearn import UNLEARNERS  # every unlearner package imported: all registered
+
+    assert {m.name for m in load_bench_config("methods_small").methods} == set(UNLEARNERS)
 
 
 def test_world_facts_limit_takes_an_evenly_spaced_subset_and_keeps_default_cell_ids(unlearn_run, tmp_path):
@@ -90,6 +98,72 @@ def test_cells_cover_the_grid_with_distinct_keys(unlearn_run, tmp_path):
     assert {c.unlearn["train"]["seed"] for c in methods} == {0, 1}
     with pytest.raises(ConfigError, match="unknown method"):
         Bench(_config(unlearn_run, tmp_path / "c", methods=[{"name": "nope"}]), quiet=True)
+
+
+def test_a_method_entry_can_keep_to_some_splits(unlearn_run, tmp_path):
+    """An ablation on one split beside a comparison on every split: ``splits`` restricts the entry's cells, and a
+    split the bench does not have is refused in one line."""
+    from forgetkit.bench.runner import Bench
+
+    config = _config(unlearn_run, tmp_path / "b", splits=["forget10", "forget05"], methods=[
+        {"name": "npo"}, {"name": "npo", "label": "npo: lr", "grid": {"train.lr": [1e-2]}, "splits": ["forget05"]}])
+    methods = [c for c in Bench(config, quiet=True).grid() if c.kind == "method"]
+    assert sorted((c.variant, c.split) for c in methods) == [
+        ("npo", "forget05"), ("npo", "forget10"), ("npo: lr[train.lr=0.01]", "forget05")]
+    with pytest.raises(ConfigError, match=r"methods.npo.splits: give some of the bench's splits \(forget10\)"):
+        _config(unlearn_run, tmp_path / "c", methods=[{"name": "npo", "splits": ["forget01"]}])
+    with pytest.raises(ConfigError, match="eval_every needs a prepared run"):
+        build(BenchConfig, {"methods": [{"name": "npo", "eval_every": 5}], "data": {"model": "m", "forget": "f"}})
+
+
+def test_a_method_with_eval_every_has_its_quality_per_step_in_the_curve(unlearn_run, tmp_path):
+    """``eval_every`` runs the request's quick evaluation into the step log: the cell's curve holds Forget
+    Quality and Model Utility at those steps beside the loss, gradient and weight norms; the leaderboard's
+    best-in-training columns are that curve's; the curves plot draws it. The setting is in the cell's key
+    only when given."""
+    from forgetkit.bench.leaderboard import cell_value, leaderboard
+    from forgetkit.bench.plots import write_plots
+    from forgetkit.bench.runner import Bench
+
+    none = {"relearn": {"enabled": False}, "quantize_bits": [], "prompt": False, "sequential": 0}
+    base = {"train.epochs": 2, "train.batch_size": 8}
+    plain = Bench(_config(unlearn_run, tmp_path / "a", attacks=none, methods=[{"name": "npo", "overrides": base}]),
+                  quiet=True)
+    bench = Bench(_config(unlearn_run, tmp_path / "b", attacks=none,
+                          methods=[{"name": "npo", "overrides": base, "eval_every": 2}]), quiet=True)
+    assert {c.key for c in plain.grid() if c.kind == "method"}.isdisjoint(c.key for c in bench.grid())
+    results = bench.run()
+    cell = next(r for r in results if r["cell"]["kind"] == "method")
+    curve = cell["curve"]
+    evaluated = [p for p in curve if "forget_quality" in p]
+    assert [p["step"] for p in evaluated] == [p["step"] for p in curve if p["step"] % 2 == 0]
+    assert all(0 <= p["forget_quality"] <= 1 and 0 <= p["model_utility"] <= 1 for p in evaluated)
+    best = max(evaluated, key=lambda p: p["forget_quality"])
+    assert cell_value(cell, "curve.best_forget_quality") == best["forget_quality"]
+    assert cell_value(cell, "curve.best_step") == best["step"]
+    assert cell_value(cell, "curve.grad_norm_growth") == pytest.approx(
+        max(p["grad_norm"] for p in curve) / curve[0]["grad_norm"])
+    assert cell_value(cell, "curve.final_weight_norm") == curve[-1]["weight_norm"]
+    row = next(r for r in leaderboard(results) if r["variant"] == "npo")
+    assert row["columns"]["curve.model_utility_at_best"]["mean"] == best["model_utility"]
+    assert "curves" in write_plots(results, leaderboard(results), tmp_path / "plots")
+
+
+def test_best_in_training_columns_by_hand():
+    """The curve's derived columns on a curve written by hand."""
+    from forgetkit.bench.leaderboard import cell_value
+
+    cell = {"curve": [{"step": 1, "loss": 2.0, "grad_norm": 0.5, "weight_norm": 3.0},
+                      {"step": 2, "loss": 1.0, "grad_norm": 4.0, "weight_norm": 3.5, "forget_quality": 0.2,
+                       "model_utility": 0.6},
+                      {"step": 3, "loss": 0.5, "grad_norm": 2.0, "weight_norm": 4.0, "forget_quality": 0.1,
+                       "model_utility": 0.7}]}
+    assert cell_value(cell, "curve.best_forget_quality") == 0.2
+    assert cell_value(cell, "curve.best_step") == 2
+    assert cell_value(cell, "curve.model_utility_at_best") == 0.6
+    assert cell_value(cell, "curve.grad_norm_growth") == 8.0
+    assert cell_value(cell, "curve.final_weight_norm") == 4.0
+    assert cell_value({"curve": [{"step": 1, "loss": 1.0}]}, "curve.best_forget_quality") is None
 
 
 def test_grid_runs_caches_and_resumes(unlearn_run, tmp_path, monkeypatch):

@@ -108,6 +108,8 @@ class UnlearnRequest:
     evaluate: bool = False
     eval_settings: EvalSettings = field(default_factory=EvalSettings)  # how --eval evaluates the result
     eval_every: int = 0  # with --run: Forget Quality and Model Utility every N steps, into the step log
+    # eval_every's Forget Quality is taken against this oracle evaluation directory (default: RUN/eval/oracle_SPLIT)
+    oracle_log: str | None = None
     device: str = "auto"
     edits: str | None = None  # closed-form editors: an edit file (or, with --run, "query" / "response")
     ledger: str | None = None  # the audit ledger (SQLite); None: RUN/ledger.sqlite, else beside --out

@@ -111,12 +111,17 @@ def cost(stats: dict) -> dict:
     return {name: stats.get(name) for name in COST_FIELDS}
 
 
+CURVE_KEYS = ("loss", "grad_norm", "weight_norm", "forget_quality", "model_utility")
+
+
 def curve(unlearn_dir: Path) -> list[dict]:
-    """The request's loss per logged step."""
+    """The request's step log, per logged step: its loss, gradient norm (before clipping) and adapter weight
+    norm, and the quick evaluation's Forget Quality and Model Utility at the steps that had one
+    (``MethodEntry.eval_every``)."""
     from forgetkit.train import LOG_FILE
 
     path = unlearn_dir / LOG_FILE
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [{"step": r["step"], "loss": r["loss"]} for r in rows if "loss" in r]
+    return [{"step": r["step"], **{k: r[k] for k in CURVE_KEYS if r.get(k) is not None}} for r in rows if "loss" in r]

@@ -27,6 +27,13 @@ class MethodEntry:
     # an editor's edit request instead of the removal of the split: "query" or "response" (a prepared run's edit
     # file for the split) or an edit file
     edits: str | None = field(default=None, metadata=ADDED_SETTING)
+    splits: list[str] | None = field(default=None, metadata=ADDED_SETTING)  # a subset of the bench's; default: all
+    # on a prepared run: Forget Quality and Model Utility from a quick evaluation every N steps, into the cell's
+    # curve (the leaderboard's best-in-training columns and the curves plot); 0: off
+    eval_every: int = field(default=0, metadata=ADDED_SETTING)
+
+    def __post_init__(self) -> None:
+        require_positive(self, "eval_every", allow_zero=True)
 
     def variants(self) -> list[tuple[str, dict]]:
         """(label, overrides) for each point of the grid (one when there is no grid)."""
@@ -160,9 +167,15 @@ class BenchConfig:
             raise ConfigError("methods: list at least one method")
         if not self.seeds:
             raise ConfigError("seeds: list at least one seed")
+        for entry in self.methods:
+            if entry.splits is not None and (not entry.splits or set(entry.splits) - set(self.splits)):
+                raise ConfigError(f"methods.{entry.name}.splits: give some of the bench's splits "
+                                  f"({', '.join(self.splits)}), got {entry.splits}")
         if self.data is not None:
             if not self.data.model or not self.data.forget:
                 raise ConfigError("data: give at least model and forget")
+            if any(entry.eval_every for entry in self.methods):
+                raise ConfigError("methods: eval_every needs a prepared run (its oracle log); data: has none")
             self.prepare = None
             self.splits = ["custom"]
         elif self.run is not None:

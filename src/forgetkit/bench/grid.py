@@ -34,6 +34,7 @@ class Cell:
     unlearn: dict = field(default_factory=dict)  # the resolved unlearn config (methods)
     key: str = ""
     edits: str | None = None  # an editor's edit request (MethodEntry.edits) instead of the split's removal
+    eval_every: int = 0  # the request's quick evaluation every N steps (MethodEntry.eval_every)
 
     @property
     def id(self) -> str:
@@ -81,15 +82,18 @@ def grid_cells(config: BenchConfig, source) -> list[Cell]:
         cells += [reference_cell(config, source, "oracle", split), reference_cell(config, source, "target", split)]
     for entry in config.methods:
         for label, overrides in entry.variants():
-            for split in config.splits:
+            for split in entry.splits or config.splits:
                 for seed in config.seeds:
                     unlearn = unlearn_config(entry.name, entry.recipe, overrides, seed)
-                    cell = Cell("method", entry.name, label, split, seed, plain_config(unlearn), edits=entry.edits)
+                    cell = Cell("method", entry.name, label, split, seed, plain_config(unlearn), edits=entry.edits,
+                                eval_every=entry.eval_every)
                     key = {**settings_key(config, source), "unlearn": cell.unlearn, "split": split,
                            "attacks": plain_config(config.attacks), "oracle": source.oracle_key(split),
                            "retrain_from_oracle": from_oracle(config, cell)}
-                    if entry.edits:  # a field added later: cells without it keep their keys
+                    if entry.edits:  # fields added later: cells without them keep their keys
                         key["edits"] = entry.edits
+                    if entry.eval_every:
+                        key["eval_every"] = entry.eval_every
                     if unlearn.until:  # the stopping rule's own version: a changed rule recomputes these cells
                         key["criterion_version"] = CRITERION_VERSION
                     cell.key = config_hash(key)

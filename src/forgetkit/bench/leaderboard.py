@@ -60,7 +60,42 @@ def _worst_jailbreak(cell: dict) -> float | None:
     return max(values) if values else None
 
 
+def _curve_points(cell: dict, key: str) -> list[tuple[int, float]]:
+    return [(p["step"], p[key]) for p in cell.get("curve") or [] if _is_number(p.get(key))]
+
+
+def _best_in_training(cell: dict) -> dict | None:
+    """The curve's quick evaluation with the highest Forget Quality (the first such step)."""
+    evals = [p for p in cell.get("curve") or [] if _is_number(p.get("forget_quality"))]
+    return max(evals, key=lambda p: p["forget_quality"]) if evals else None
+
+
+def _best_value(key: str) -> Callable[[dict], float | None]:
+    """A column: ``key`` of the curve's best quick evaluation."""
+    def value(cell: dict) -> float | None:
+        best = _best_in_training(cell)
+        return None if best is None else best.get(key)
+
+    return value
+
+
+def _grad_norm_growth(cell: dict) -> float | None:
+    """The largest gradient norm of the run over its first step's: how far the objective ran away."""
+    norms = [n for _, n in _curve_points(cell, "grad_norm")]
+    return max(norms) / norms[0] if norms and norms[0] > 0 else None
+
+
+def _final_weight_norm(cell: dict) -> float | None:
+    norms = _curve_points(cell, "weight_norm")
+    return norms[-1][1] if norms else None
+
+
 DERIVED: dict[str, Callable[[dict], float | None]] = {
+    "curve.best_forget_quality": _best_value("forget_quality"),
+    "curve.model_utility_at_best": _best_value("model_utility"),
+    "curve.best_step": _best_value("step"),
+    "curve.grad_norm_growth": _grad_norm_growth,
+    "curve.final_weight_norm": _final_weight_norm,
     "attacks.relearn.recovery": _relearn_recovery,
     "attacks.jailbreak.worst_rouge_l": _worst_jailbreak,
     "attacks.sequential.final_model_utility": _sequential_final_utility,
@@ -87,6 +122,11 @@ COLUMNS: list[tuple[str, str]] = [
     ("metrics.edit_old_answer_rate", "old answer rate"),
     ("certificate.epsilon", "ε"),
     ("certificate.sigma", "σ per step"),
+    ("curve.best_forget_quality", "best FQ in training"),
+    ("curve.best_step", "best step"),
+    ("curve.model_utility_at_best", "MU at best"),
+    ("curve.grad_norm_growth", "grad norm growth"),
+    ("curve.final_weight_norm", "final weight norm"),
     ("cost.wall_time_s", "time s"),
     ("cost.time_vs_retrain", "× retrain time"),
     ("cost.peak_memory_mb", "peak MB"),

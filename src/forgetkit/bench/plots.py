@@ -52,7 +52,9 @@ CAPTIONS = {
               "dashed: the Pareto front of the methods (higher is better on both axes).",
     "cost": "Forget quality against wall time relative to retraining (both log scale), mean over seeds. "
             "Left of the dotted line a method is cheaper than retraining.",
-    "curves": "Training loss per step of each method variant (seed 0, or the first cell with a curve).",
+    "curves": "Per step of each method variant (seed 0, or the first cell with a curve): the training loss, the "
+              "gradient norm before clipping, and Forget Quality where the variant had a quick evaluation every "
+              "few steps (eval_every).",
     "attacks": "Forget probability after unlearning and under each attack, mean over seeds (bars: sample std). "
                "Relearning trains on half of the forget people and is measured on the other half, before and "
                "after. A bar that rises after an attack means the forgotten answers came back.",
@@ -158,25 +160,35 @@ def _cost(cells: list[dict], rows: list[dict], styles: dict[str, dict]) -> Figur
     return fig
 
 
+CURVE_PANELS = (("loss", "training loss", "linear"), ("grad_norm", "gradient norm (before clipping)", "log"),
+                ("forget_quality", "Forget Quality (quick evaluation)", "log"))
+
+
 def _curves(cells: list[dict], rows: list[dict], styles: dict[str, dict]) -> Figure | None:
-    chosen: dict[str, tuple[dict, list[tuple[int, float]]]] = {}
+    chosen: dict[str, dict] = {}
     method_cells = [c for c in cells if c["cell"].get("kind", "method") != "reference"]
     # Seed 0 of a done cell first; a diverged cell's curve is shown when it is the variant's only one.
     for cell in sorted(method_cells, key=lambda c: (c["status"] != "done", c["cell"]["seed"], c["cell"]["split"])):
-        points = [(p["step"], p["loss"]) for p in cell.get("curve") or [] if p.get("loss") is not None]
-        if points:
-            chosen.setdefault(cell["cell"]["variant"], (cell, points))
+        if any(p.get("loss") is not None for p in cell.get("curve") or []):
+            chosen.setdefault(cell["cell"]["variant"], cell)
     if not chosen:
         return None
-    fig = Figure(figsize=(8, 5), layout="constrained")
-    ax = fig.subplots()
-    for variant, (cell, points) in sorted(chosen.items()):
-        info = cell["cell"]
-        status = "" if cell["status"] == "done" else f", {cell['status']}"
-        ax.plot(*zip(*points, strict=True), color=styles.get(variant, {}).get("color"),
-                label=f"{variant} ({info['split']}, seed {info['seed']}{status})")
-    ax.set(title="Training loss", xlabel="step", ylabel="loss")
-    ax.legend(fontsize="small")
+    panels = [panel for panel in CURVE_PANELS
+              if any(p.get(panel[0]) is not None for c in chosen.values() for p in c["curve"])]
+    fig = Figure(figsize=(8 * len(panels), 5), layout="constrained")
+    for ax, (key, title, scale) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
+        for variant, cell in sorted(chosen.items()):
+            points = [(p["step"], p[key]) for p in cell["curve"] if p.get(key) is not None]
+            if not points:
+                continue
+            info = cell["cell"]
+            status = "" if cell["status"] == "done" else f", {cell['status']}"
+            ax.plot(*zip(*points, strict=True), color=styles.get(variant, {}).get("color"),
+                    marker="o" if key == "forget_quality" else None, markersize=3,
+                    label=f"{variant} ({info['split']}, seed {info['seed']}{status})")
+        ax.set_yscale(scale)
+        ax.set(title=title, xlabel="step", ylabel=key.replace("_", " "))
+        ax.legend(fontsize="x-small")
     return fig
 
 

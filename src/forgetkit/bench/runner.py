@@ -20,7 +20,7 @@ from forgetkit.bench import executors
 from forgetkit.bench.cells import compute_cell as compute
 from forgetkit.bench.config import BenchConfig
 from forgetkit.bench.evaluation import CellEvaluation
-from forgetkit.bench.grid import RESULT, Cell, cached_result, grid_cells, intact
+from forgetkit.bench.grid import RESULT, Cell, cached_result, grid_cells, intact, reference_cell
 from forgetkit.bench.sources import RunSource, open_source
 from forgetkit.checks import output_path
 from forgetkit.config import build, config_hash
@@ -124,8 +124,16 @@ class Bench:
         inputs = inputs or self.source.request_kwargs(cell.split)
         if config.criterion.reference == "twins":  # the stop's reference is built from the records: no file read
             inputs = {k: v for k, v in inputs.items() if k != "calibration"}
+        if cell.eval_every:  # the quick evaluations' Forget Quality: against the bench's own oracle evaluation
+            inputs["oracle_log"] = str(self.oracle_evaluated(cell.split))
         return UnlearnRequest(out=str(out), config=config, device=self.config.device, ledger=str(self.ledger),
-                              edits=cell.edits, **inputs)
+                              edits=cell.edits, eval_every=cell.eval_every, **inputs)
+
+    def oracle_evaluated(self, split: str) -> Path:
+        """The directory of the split's oracle evaluation, computing its cell first where it is not done."""
+        if self.evaluation.oracle_log(split) is None:
+            self.result_of(reference_cell(self.config, self.source, "oracle", split))
+        return self.evaluation.oracle_eval_dir(split)
 
     def finished_or_run(self, request: UnlearnRequest) -> UnlearnResult:
         """The result of the request in ``request.out``: read when it finished, else run (or resumed). A finished

@@ -24,7 +24,7 @@ from forgetkit.data.formatting import pad_id, tokenize_qa
 from forgetkit.data.records import QARecord
 from forgetkit.device import resolve_device
 from forgetkit.errors import ConfigError, ForgetkitError
-from forgetkit.eval.command import evaluate_run_into, oracle_log_of
+from forgetkit.eval.command import evaluate_run_into, oracle_log_of, read_log
 from forgetkit.eval.evaluate import check_oracle_log, evaluate
 from forgetkit.eval.result import EvalResult
 from forgetkit.eval.sets import EvalData, benchmark_data
@@ -332,7 +332,7 @@ def _periodic_eval(request: UnlearnRequest, tokenizer):
     run = request.prepared_run()
     full = benchmark_data(run.benchmark, request.split, retain_limit=100)
     data = EvalData(forget=full.forget, retain=full.retain, world_facts=full.world_facts)
-    oracle_log = oracle_log_of(run, request.split)
+    oracle_log = read_log(Path(request.oracle_log)) if request.oracle_log else oracle_log_of(run, request.split)
     if oracle_log is not None:
         check_oracle_log(data, oracle_log)  # before the first step, not at the first evaluation
     settings = EvalSettings(max_new_tokens=40, retain_limit=100, gradnorm=False)
