@@ -12,7 +12,7 @@ from forgetkit.audit.ledger import entries
 from forgetkit.cli import main
 from forgetkit.errors import ConfigError
 from forgetkit.registry import CERTIFIED, EMPIRICAL, EXACT, GUARANTEES, KINDS, SHARDED, register_unlearner, unlearner
-from forgetkit.request import AuditRecord, UnlearnConfig, UnlearnRequest, UnlearnResult, finish
+from forgetkit.request import AuditRecord, Fingerprint, RecordSet, UnlearnConfig, UnlearnRequest, UnlearnResult, finish
 from forgetkit.summaries import GradientSummary
 from forgetkit.unlearn import RUNNERS, UNLEARNERS
 
@@ -52,8 +52,8 @@ def test_methods_command_lists_the_registry(capsys):
 
 
 def _audit(tmp_path, guarantee: str, **details) -> AuditRecord:
-    return AuditRecord(method="noisy_finetune", config={}, config_hash="c0ffee", model={"path": "m", "hash": "a"},
-                       forget={"file": None, "hash": "f", "count": 2}, output={"path": str(tmp_path), "hash": "o"},
+    return AuditRecord(method="noisy_finetune", config={}, config_hash="c0ffee", model=Fingerprint("m", "a"),
+                       forget=RecordSet(None, "f", 2), output=Fingerprint(str(tmp_path), "o"),
                        started="2026-12-01T00:00:00+00:00", guarantee=guarantee, details=details)
 
 

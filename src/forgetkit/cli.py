@@ -116,13 +116,12 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
             print(f"verdict: {c['verdict']}")
     if summary.eval is not None:
         ev = summary.eval
-        fq = ev["forget_quality"]
+        fq = ev.forget_quality
         print(f"forget quality: {fq:.4g}" if fq is not None else "forget quality: missing (no oracle log)")
-        if ev["model_utility"] is not None:
-            print(f"model utility: {ev['model_utility']:.4f}")
-        if "success" in ev:
-            print(f"{ev['success']['request']} success: {ev['success']['success']:.3f} "
-                  f"({ev['success']['count']} examples)")
+        if ev.model_utility is not None:
+            print(f"model utility: {ev.model_utility:.4f}")
+        if ev.success is not None:
+            print(f"{ev.success['request']} success: {ev.success['success']:.3f} ({ev.success['count']} examples)")
     print(f"Wrote {args.out}: {summary.outputs()}, summary.json, audit.json")
     print(f"Recorded request {summary.ledger['id']} in {summary.ledger['path']} (forgetkit audit show ID)")
     if not summary.reached:

@@ -10,7 +10,7 @@ starts from; :func:`finish` writes what every kind leaves behind (``audit.json``
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -184,11 +184,11 @@ class RequestInputs:
     retain_file: Path | None
     origin: dict
 
-    def forget_set(self) -> dict:
-        return record_set(self.forget_file, self.forget)
+    def forget_set(self) -> RecordSet:
+        return RecordSet.of(self.forget_file, self.forget)
 
-    def retain_set(self) -> dict | None:
-        return record_set(self.retain_file, self.retain) if self.retain else None
+    def retain_set(self) -> RecordSet | None:
+        return RecordSet.of(self.retain_file, self.retain) if self.retain else None
 
 
 def resolve_inputs(request: UnlearnRequest, starts_from_base: bool = False) -> RequestInputs:
@@ -285,9 +285,76 @@ def _refuse_too_small(file: Path | None, n_forget: int, n_calibration: int, z: f
                          f"forget set the model knows perfectly would pass as never seen; {need}")
 
 
-def record_set(file: Path | str | None, records: list) -> dict:
-    """An audit record's view of a set: its file (None when given in memory), content hash and count."""
-    return {"file": str(file) if file else None, "hash": records_hash(records), "count": len(records)}
+@dataclass(frozen=True)
+class RecordSet:
+    """An audit record's view of a set of records: its file (None when given in memory), content hash and count;
+    never the records' text."""
+
+    file: str | None
+    hash: str
+    count: int
+
+    @classmethod
+    def of(cls, file: Path | str | None, records: list) -> RecordSet:
+        return cls(str(file) if file else None, records_hash(records), len(records))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """An audit record's view of a directory (or an in-memory object): its absolute path and fingerprint, and the
+    pattern of the files fingerprinted when not the default, so that ``forgetkit audit verify`` can recompute it."""
+
+    path: str | None
+    hash: str | None
+    pattern: str | None = None
+
+    @classmethod
+    def of(cls, path: Path | str | None, pattern: str | None = None) -> Fingerprint | None:
+        """The directory's fingerprint; None for no directory."""
+        if not path:
+            return None
+        return cls(str(Path(path).resolve()), dir_hash(path, pattern), pattern)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "hash": self.hash, **({"pattern": self.pattern} if self.pattern else {})}
+
+
+@dataclass(frozen=True)
+class LoadRecord:
+    """How to rebuild an unlearned model: a model directory, an adapter merged into it first (the LoRA target a
+    method trained a new adapter over), then the result's adapter; or, for an input-based result, the unchanged
+    model with the context its prompts carry."""
+
+    model: str
+    merge: str | None = None
+    adapter: str | None = None
+    context: str | None = None
+
+    @classmethod
+    def of(cls, model_dir: Path, adapter_in: Path | None, result: Path, in_place: bool, full: bool,
+           context: bool = False) -> LoadRecord:
+        """A full-mode result is the model itself; an adapter result goes over the model (with the adapter it
+        was trained over merged first unless it edited that adapter ``in_place``); a ``context`` result is the
+        model with ``result`` as its context."""
+        if full:
+            return cls(str(result))
+        merge = None if in_place or adapter_in is None else str(adapter_in)
+        if context:
+            return cls(str(model_dir), merge, context=str(result))
+        return cls(str(model_dir), merge, str(result))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LoadRecord:
+        return cls(data["model"], data.get("merge"), data.get("adapter"), data.get("context"))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        if data["context"] is None:
+            del data["context"]
+        return data
 
 
 def now() -> str:
@@ -304,40 +371,35 @@ class AuditRecord:
     method: str
     config: dict
     config_hash: str
-    model: dict
-    forget: dict
-    output: dict
+    model: Fingerprint
+    forget: RecordSet
+    output: Fingerprint
     started: str
     guarantee: str = EMPIRICAL
     request: str = "removal"  # removal, query or response
-    adapter_in: dict | None = None
-    retain: dict | None = None
+    adapter_in: Fingerprint | None = None
+    retain: RecordSet | None = None
     origin: dict = field(default_factory=dict)
-    load: dict | None = None  # how UnlearnResult.load_model rebuilds the result (None: not one model)
+    load: LoadRecord | None = None  # how UnlearnResult.load_model rebuilds the result (None: not one model)
     metrics: dict | None = None
     details: dict = field(default_factory=dict)
     tool: str = "forgetkit unlearn"
     ended: str = ""
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        return {**data, **data.pop("details")}
+        """``audit.json``'s object: the typed parts as their files hold them, ``details`` at the top level."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "details"}
+        data = {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in data.items()}
+        return {**data, **self.details}
 
 
-def fingerprinted(path: Path | None, pattern: str | None = None) -> dict | None:
-    """An audit record's view of a directory: its absolute path and fingerprint (None for no directory), and the
-    pattern of the files fingerprinted when not the default, so that ``forgetkit audit verify`` can recompute it."""
-    if not path:
-        return None
-    return {"path": str(Path(path).resolve()), "hash": dir_hash(path, pattern), **({"pattern": pattern} if pattern
-                                                                                  else {})}
-
-
-def audit_of(config: UnlearnConfig, model: Path, forget: dict, output: Path, started: str, **fields) -> AuditRecord:
-    """An :class:`AuditRecord` of ``config``'s method: the model, the removed set and the output fingerprinted."""
+def audit_of(config: UnlearnConfig, model: Path, adapter: Path | None, forget: RecordSet, output: Path, started: str,
+             **extra) -> AuditRecord:
+    """An :class:`AuditRecord` of ``config``'s method: the model, the adapter it started from, the removed set
+    and the output fingerprinted."""
     return AuditRecord(method=config.method, config=asdict(config), config_hash=config_hash(config),
-                       model=fingerprinted(model), forget=forget, output=fingerprinted(output), started=started,
-                       **fields)
+                       model=Fingerprint.of(model), adapter_in=Fingerprint.of(adapter), forget=forget,
+                       output=Fingerprint.of(output), started=started, **extra)
 
 
 @dataclass
@@ -375,34 +437,21 @@ class UnlearnResult:
         from forgetkit.adapters.loading import load_adapter
         from forgetkit.models import load_model
 
-        load = self.audit.get("load")
-        if not load:
+        if not self.audit.get("load"):
             raise ForgetkitError(f"{self.out}/audit.json: field 'load' is missing: this result is not one model "
                                  "(a shard set is served by forgetkit.exact.sharded.load_sharded)")
-        model, tokenizer = load_model(load["model"], load["merge"], device=device)
-        if load["merge"]:
+        load = LoadRecord.from_dict(self.audit["load"])
+        model, tokenizer = load_model(load.model, load.merge, device=device)
+        if load.merge:
             model = model.merge_and_unload()
-        if load["adapter"]:
-            model = load_adapter(model, load["adapter"]).to(device)
+        if load.adapter:
+            model = load_adapter(model, load.adapter).to(device)
             model.eval()
-        if load.get("context"):  # an input-based unlearner: the model unchanged, its prompts behind the context
+        if load.context:  # an input-based unlearner: the model unchanged, its prompts behind the context
             from forgetkit.data.context import read_context, with_context
 
-            tokenizer = with_context(tokenizer, read_context(load["context"]))
+            tokenizer = with_context(tokenizer, read_context(load.context))
         return model, tokenizer
-
-
-def load_record(model_dir: Path, adapter_in: Path | None, result: Path, in_place: bool, full: bool,
-                context: bool = False) -> dict:
-    """How to rebuild an unlearned model: a model directory, an adapter merged into it first (the LoRA target
-    a method trained a new adapter over), then the result's adapter; a full-mode result is the model; an
-    input-based result (``context``) is the unchanged model with ``result`` as the context its prompts carry."""
-    if full:
-        return {"model": str(result), "merge": None, "adapter": None}
-    merge = None if in_place or adapter_in is None else str(adapter_in)
-    if context:
-        return {"model": str(model_dir), "merge": merge, "adapter": None, "context": str(result)}
-    return {"model": str(model_dir), "merge": merge, "adapter": str(result)}
 
 
 def finish(request: UnlearnRequest, audit: AuditRecord, summary: RequestSummary, model=None,
@@ -410,7 +459,7 @@ def finish(request: UnlearnRequest, audit: AuditRecord, summary: RequestSummary,
     """End any request: ``audit.json`` (with its guarantee: a certified unlearner whose certificate was withheld
     is an empirical one), its ledger row (the id goes into the summary), then ``summary.json``."""
     audit.ended = now()
-    audit.metrics = summary.eval
+    audit.metrics = summary.eval.to_dict() if summary.eval is not None else None
     if audit.guarantee == CERTIFIED and "certificate" not in audit.details:
         audit.guarantee = EMPIRICAL
     record = audit.to_dict()

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
+from forgetkit.eval.result import EvalHeadline
 from forgetkit.registry import EDITOR, GRADIENT, INPUT, SHARDED, unlearner
 
 COST_FIELDS = ("wall_time_s", "peak_memory_mb", "trainable_parameters", "steps")  # a bench cell's cost columns
@@ -31,7 +32,7 @@ class RequestSummary(ABC):
     forget_examples: int = 0
     retain_examples: int = 0
     criterion: dict | None = None  # --until: the oracle-free stop (kept check, verdict, reached, trace)
-    eval: dict | None = None  # --eval: the evaluation's headline numbers (EvalResult.to_dict)
+    eval: EvalHeadline | None = None  # --eval: the evaluation's headline numbers
     ledger: dict | None = None  # the ledger row the request was recorded in: {path, id}
 
     KIND: ClassVar[str]
@@ -61,13 +62,22 @@ class RequestSummary(ABC):
 
     def to_dict(self) -> dict:
         """``summary.json``'s object: the kind, then every field that is set."""
-        return {"kind": self.KIND, **{f.name: getattr(self, f.name) for f in fields(self)
-                                     if getattr(self, f.name) is not None}}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        if self.eval is not None:
+            values["eval"] = self.eval.to_dict()
+        return {"kind": self.KIND, **values}
 
     @classmethod
     def from_dict(cls, data: dict) -> RequestSummary:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**cls._fields_of(data, {f.name for f in fields(cls)}))
+
+    @staticmethod
+    def _fields_of(data: dict, known: set[str]) -> dict:
+        """The ``known`` fields of a summary file's object, its evaluation typed."""
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("eval"), dict):
+            values["eval"] = EvalHeadline.from_dict(values["eval"])
+        return values
 
 
 @dataclass(kw_only=True)
@@ -120,7 +130,7 @@ class EditorSummary(RequestSummary):
     @classmethod
     def from_dict(cls, data: dict) -> EditorSummary:
         known = {f.name for f in fields(cls)} - {"solve"}
-        return cls(**{k: v for k, v in data.items() if k in known},
+        return cls(**cls._fields_of(data, known),
                    solve={k: v for k, v in data.items() if k not in known | {"kind"}})
 
 

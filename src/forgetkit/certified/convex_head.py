@@ -34,7 +34,7 @@ from forgetkit.config import config_hash
 from forgetkit.errors import ForgetkitError
 from forgetkit.io import fingerprint, write_json
 from forgetkit.registry import CERTIFIED
-from forgetkit.request import AuditRecord, now
+from forgetkit.request import AuditRecord, Fingerprint, RecordSet, now
 
 GAMMA_LOGISTIC = 0.25
 TENSORS, STATE = "head.safetensors", "head.json"
@@ -175,10 +175,10 @@ class CertifiedHead:
         started = now()
         return AuditRecord(
             tool="forgetkit.certified.convex_head", method="certified_head", config=settings,
-            config_hash=config_hash(settings), model={"path": None, "hash": model_hash}, guarantee=CERTIFIED,
-            forget={"file": None, "hash": removed_hash, "count": record["removed"]},
-            retain={"file": None, "hash": _tensor_hash(self.X, self.y), "count": record["remaining"]},
-            output={"path": saved_to, "hash": _tensor_hash(self.w)}, started=started, ended=started,
+            config_hash=config_hash(settings), model=Fingerprint(None, model_hash), guarantee=CERTIFIED,
+            forget=RecordSet(None, removed_hash, record["removed"]),
+            retain=RecordSet(None, _tensor_hash(self.X, self.y), record["remaining"]),
+            output=Fingerprint(saved_to, _tensor_hash(self.w)), started=started, ended=started,
             metrics={"certified_removal": {"action": record["action"], "budget": record["budget"],
                                            "residual_bound": record["residual_bound"],
                                            "budget_spent": record["spent"]}},

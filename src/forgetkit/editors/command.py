@@ -29,19 +29,19 @@ from forgetkit.editors.base import EditData, build_editor, lora_parameters
 from forgetkit.errors import ForgetkitError
 from forgetkit.eval.calibration import CONTINUE, EXHAUSTED, Check, CriterionSets
 from forgetkit.eval.command import evaluate_into, oracle_log_of
+from forgetkit.eval.result import EvalHeadline
 from forgetkit.eval.sets import EvalData, benchmark_data
 from forgetkit.influence.solvers import UnconvergedSolve
 from forgetkit.io import write_json
 from forgetkit.request import (
+    LoadRecord,
+    RecordSet,
     UnlearnRequest,
     UnlearnResult,
     audit_of,
     calibration_of,
-    fingerprinted,
     finish,
-    load_record,
     now,
-    record_set,
 )
 from forgetkit.summaries import EditorSummary
 
@@ -166,15 +166,15 @@ def run_edit(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
                             trainable_parameters=sum(p.numel() for n, p in model.named_parameters() if "lora_" in n),
                             request_examples=len(data.original), kept_examples=len(data.kept), solve=info)
     if search is not None:
-        search["calibration"] = {**record_set(calibration[1], calibration[0]), "reference": config.criterion.reference}
+        search["calibration"] = {**RecordSet.of(calibration[1], calibration[0]).to_dict(),
+                                 "reference": config.criterion.reference}
         summary.criterion = search
     if request.evaluate:
         summary.eval = _evaluate(request, model, tokenizer, inputs, out, quiet, known)
-    removed = record_set(inputs.request_path, inputs.edits or inputs.originals)
-    audit = audit_of(config, inputs.model, removed, adapter_out, started, request=kind,
-                     adapter_in=fingerprinted(inputs.adapter),
-                     retain=record_set(None, inputs.kept),
-                     load=load_record(inputs.model, inputs.adapter, adapter_out, in_place=True, full=False),
+    removed = RecordSet.of(inputs.request_path, inputs.edits or inputs.originals)
+    audit = audit_of(config, inputs.model, inputs.adapter, removed, adapter_out, started, request=kind,
+                     retain=RecordSet.of(None, inputs.kept),
+                     load=LoadRecord.of(inputs.model, inputs.adapter, adapter_out, in_place=True, full=False),
                      details={"criterion": search} if search else {})
     return finish(request, audit, summary, model, tokenizer)
 
@@ -230,7 +230,8 @@ def _damping_search(config, editor, model, tokenizer, data: EditData, forget: li
     return applied[best.step], summary
 
 
-def _evaluate(request, model, tokenizer, inputs: EditInputs, out: Path, quiet: bool, known: list[bool] | None) -> dict:
+def _evaluate(request, model, tokenizer, inputs: EditInputs, out: Path, quiet: bool,
+              known: list[bool] | None) -> EvalHeadline:
     """The evaluation's metrics (Forget Quality for removals on a run with an oracle log) and the
     request's success rate (for a removal, also among the answers the model gave before: ``known``)."""
     from forgetkit.eval.edit_success import edit_success, removal_success
@@ -241,10 +242,11 @@ def _evaluate(request, model, tokenizer, inputs: EditInputs, out: Path, quiet: b
         oracle_log = oracle_log_of(run, request.split) if inputs.edits is None else None
     else:
         data, oracle_log = EvalData(forget=[QARecord(r.question, r.answer, r.id) for r in inputs.originals]), None
-    headline = evaluate_into(out / "eval", model, tokenizer, data, oracle_log, quiet, request.eval_settings).to_dict()
+    headline = evaluate_into(out / "eval", model, tokenizer, data, oracle_log, quiet, request.eval_settings).headline()
     if inputs.edits:
         success = edit_success(model, tokenizer, inputs.edits)
     else:
         success = removal_success(model, tokenizer, inputs.originals, known=known)
         del success["answered"]
-    return {**headline, "success": success}
+    headline.success = success
+    return headline

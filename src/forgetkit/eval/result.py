@@ -3,7 +3,31 @@ read from an evaluation ``summary.json`` (``forgetkit eval`` writes the full sum
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class EvalHeadline:
+    """An unlearning request's evaluation as its ``summary.json`` (``eval``) and audit record keep it; an edit
+    request adds its success rate on the edited examples (``success``)."""
+
+    forget_quality: float | None = None
+    model_utility: float | None = None
+    mia_auc: dict | None = None  # forget vs holdout AUC, per attack
+    forget: dict | None = None  # the forget set's aggregates
+    empirical_epsilon: dict | None = None
+    success: dict | None = None  # an editor's request: {request, success, count, ...}
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        if data["success"] is None:
+            del data["success"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EvalHeadline:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -40,11 +64,11 @@ class EvalResult:
         """The best attack's AUC."""
         return self.mia_aucs.get(self.mia_attack) if self.mia_aucs else None
 
-    def to_dict(self) -> dict:
+    def headline(self) -> EvalHeadline:
         """What an unlearning summary (``summary.json``'s ``eval``) and its audit record keep."""
-        return {"forget_quality": self.forget_quality, "model_utility": self.model_utility,
-                "mia_auc": self.mia_aucs or None, "forget": self.forget or None,
-                "empirical_epsilon": self.empirical_epsilon}
+        return EvalHeadline(forget_quality=self.forget_quality, model_utility=self.model_utility,
+                            mia_auc=self.mia_aucs or None, forget=self.forget or None,
+                            empirical_epsilon=self.empirical_epsilon)
 
     def leaderboard(self) -> dict:
         """The numbers of a bench cell's row (``result.json``'s ``metrics``)."""

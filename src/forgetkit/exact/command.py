@@ -21,6 +21,7 @@ from forgetkit.data.readers import read_records
 from forgetkit.data.records import QARecord, records_hash
 from forgetkit.errors import ForgetkitError
 from forgetkit.eval.command import evaluate_into, oracle_log_of
+from forgetkit.eval.result import EvalHeadline
 from forgetkit.eval.sets import benchmark_data
 from forgetkit.eval.settings import EvalSettings
 from forgetkit.exact.sharded import (
@@ -36,7 +37,7 @@ from forgetkit.exact.sharded import (
 from forgetkit.io import write_json
 from forgetkit.locks import output_lock
 from forgetkit.registry import EXACT, SHARDED, register_unlearner, unlearner
-from forgetkit.request import AuditRecord, UnlearnRequest, UnlearnResult, fingerprinted, finish, now, record_set
+from forgetkit.request import AuditRecord, Fingerprint, RecordSet, UnlearnRequest, UnlearnResult, finish, now
 from forgetkit.runs import PreparedRun
 from forgetkit.summaries import ShardedSummary
 
@@ -118,8 +119,8 @@ def run_shard_train(request: ShardTrainRequest, quiet: bool = False) -> dict:
         if request.evaluate:
             summary["routing_accuracy"] = routing_accuracy(out, records)
             run = PreparedRun(request.run)
-            summary["eval"] = {mode: evaluate_sharded(out, run, request.split, mode, out / "eval" / mode, quiet)
-                               for mode in request.serving}
+            summary["eval"] = {mode: evaluate_sharded(out, run, request.split, mode, out / "eval" / mode,
+                                                      quiet).to_dict() for mode in request.serving}
         write_json(out / "summary.json", summary)
     return summary
 
@@ -142,12 +143,13 @@ def routing_accuracy(shards: Path, records: list[QARecord]) -> dict:
     return out
 
 
-def evaluate_sharded(shards: Path, run: PreparedRun, split: str, serving: str, out: Path, quiet: bool) -> dict:
+def evaluate_sharded(shards: Path, run: PreparedRun, split: str, serving: str, out: Path,
+                     quiet: bool) -> EvalHeadline:
     """Every metric of ``forgetkit eval`` on the served shards (GradNorm aside), Forget Quality against the
     run's oracle log where there is one; the logs go to ``out``."""
     model, tokenizer = load_sharded(shards, serving)
     return evaluate_into(out, model, tokenizer, benchmark_data(run.benchmark, split), oracle_log_of(run, split),
-                         quiet, EvalSettings(gradnorm=False)).to_dict()
+                         quiet, EvalSettings(gradnorm=False)).headline()
 
 
 def _current_training_set(manifest: dict, where: Path) -> tuple[list[QARecord], list[QARecord]]:
@@ -206,9 +208,9 @@ def run_shard_delete(request: UnlearnRequest, quiet: bool = False) -> UnlearnRes
                                            out / "eval", quiet)
     config = {**asdict(request.config), "shards": manifest["config"]}
     audit = AuditRecord(method=SHARDED_METHOD, config=config, config_hash=config_hash(request.config),
-                        model=fingerprinted(Path(manifest["base"])), forget=record_set(forget_file, forget),
-                        output=fingerprinted(result, SHARD_WEIGHTS), started=started, guarantee=EXACT,
-                        adapter_in=fingerprinted(source, SHARD_WEIGHTS),
-                        retain=record_set(manifest["data"]["file"], remaining),
+                        model=Fingerprint.of(Path(manifest["base"])), forget=RecordSet.of(forget_file, forget),
+                        output=Fingerprint.of(result, SHARD_WEIGHTS), started=started, guarantee=EXACT,
+                        adapter_in=Fingerprint.of(source, SHARD_WEIGHTS),
+                        retain=RecordSet.of(manifest["data"]["file"], remaining),
                         details={"retrained_shards": report["retrained"], "untouched_shards": report["untouched"]})
     return finish(request, audit, summary)

@@ -23,7 +23,7 @@ from forgetkit.errors import ForgetkitError
 from forgetkit.eval.command import evaluate_run_into
 from forgetkit.incontext.base import ContextInputs, build_input_unlearner
 from forgetkit.io import write_json
-from forgetkit.request import UnlearnRequest, UnlearnResult, audit_of, finish, load_record, now, resolve_inputs
+from forgetkit.request import LoadRecord, UnlearnRequest, UnlearnResult, audit_of, finish, now, resolve_inputs
 from forgetkit.summaries import InputSummary
 
 
@@ -62,8 +62,8 @@ def run_input(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
     if request.evaluate:
         run = request.prepared_run() if request.run else None
         summary.eval = evaluate_run_into(out / "eval", model, guarded, run, request.split, inputs.forget,
-                                            quiet, request.eval_settings).to_dict()
-    load = load_record(inputs.model, inputs.adapter, context_dir, in_place=False, full=False, context=True)
-    audit = audit_of(config, inputs.model, inputs.forget_set(), context_dir, started,
+                                            quiet, request.eval_settings).headline()
+    load = LoadRecord.of(inputs.model, inputs.adapter, context_dir, in_place=False, full=False, context=True)
+    audit = audit_of(config, inputs.model, inputs.adapter, inputs.forget_set(), context_dir, started,
                      retain=inputs.retain_set(), origin=inputs.origin, load=load)
     return finish(request, audit, summary, model, guarded)

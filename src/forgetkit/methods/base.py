@@ -143,12 +143,38 @@ class Method(ABC):
         return sum_parts(self.parts(model, batch, reference))
 
     def retain_ce(self, model, batch: UnlearnBatch) -> torch.Tensor:
-        return losses.mean_nll(forward(model, batch.retain).logits, batch.retain["labels"])
+        return self.ce(model, batch.retain)
+
+    @staticmethod
+    def ce(model, part: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The mean cross-entropy of a batch part's answer tokens."""
+        return losses.mean_nll(forward(model, part).logits, part["labels"])
+
+    @staticmethod
+    def nll_and_reference(model, reference: Reference, part: dict[str, torch.Tensor]
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sequence's answer NLL under the model and under the reference."""
+        nll, _ = losses.sequence_nll(forward(model, part).logits, part["labels"])
+        ref_nll, _ = losses.sequence_nll(reference(model, part).logits, part["labels"])
+        return nll, ref_nll
 
     @staticmethod
     def term(weight: float, value: torch.Tensor, name: str) -> LossPart:
         """The part ``weight·value``, logging ``value`` under ``name``."""
         return weight * value, {name: float(value.detach())}
+
+
+class ForgetRetain(Method):
+    """The objectives of the shape L = γ·(a forget term) + α·CE(D_r): a method of this shape gives its forget term
+    (:meth:`forget_loss`, logged under ``forget_term``)."""
+
+    @abstractmethod
+    def forget_loss(self, model, batch: UnlearnBatch, reference: Reference | None) -> torch.Tensor:
+        """The forget term, before γ."""
+
+    def parts(self, model, batch: UnlearnBatch, reference: Reference | None = None) -> Iterator[LossPart]:
+        yield self.term(self.gamma, self.forget_loss(model, batch, reference), self.forget_term)
+        yield self.term(self.alpha, self.retain_ce(model, batch), "retain_ce")
 
 
 def register(cls: type[Method]) -> type[Method]:

@@ -26,7 +26,7 @@ from forgetkit.device import resolve_device
 from forgetkit.errors import ConfigError, ForgetkitError
 from forgetkit.eval.command import evaluate_run_into, oracle_log_of, read_log
 from forgetkit.eval.evaluate import check_oracle_log, evaluate
-from forgetkit.eval.result import EvalResult
+from forgetkit.eval.result import EvalHeadline, EvalResult
 from forgetkit.eval.sets import EvalData, benchmark_data
 from forgetkit.eval.settings import EvalSettings
 from forgetkit.io import write_json
@@ -34,17 +34,16 @@ from forgetkit.methods.adversarial import LatentAdversary
 from forgetkit.methods.base import Method, Reference, UnlearnContext, build_method
 from forgetkit.methods.stopping import StoppingHook
 from forgetkit.request import (
+    LoadRecord,
+    RecordSet,
     RequestInputs,
     UnlearnConfig,
     UnlearnRequest,
     UnlearnResult,
     audit_of,
     calibration_of,
-    fingerprinted,
     finish,
-    load_record,
     now,
-    record_set,
     resolve_inputs,
 )
 from forgetkit.summaries import GradientSummary
@@ -265,17 +264,17 @@ def write(job: GradientJob, stats: TrainStats, criterion: dict | None, quiet: bo
                               phases=job.phases or None)
     details = {"resumed_from_step": stats.resumed_from_step}
     if criterion:
-        criterion["calibration"] = {**record_set(job.calibration_file, job.calibration),
+        criterion["calibration"] = {**RecordSet.of(job.calibration_file, job.calibration).to_dict(),
                                     "reference": config.criterion.reference}
         summary.criterion = details["criterion"] = criterion
     if job.request.evaluate:
         summary.eval = _evaluate(job.request, job.model, job.tokenizer, inputs, out, quiet)
     if "certificate" in job.phases:  # a method with a formal (ε, δ) guarantee
         details["certificate"] = job.phases["certificate"]
-    audit = audit_of(config, inputs.model, inputs.forget_set(), result_dir, job.started,
-                     guarantee=job.method.guarantee, adapter_in=fingerprinted(inputs.adapter),
+    audit = audit_of(config, inputs.model, inputs.adapter, inputs.forget_set(), result_dir, job.started,
+                     guarantee=job.method.guarantee,
                      retain=inputs.retain_set(), origin=inputs.origin,
-                     load=load_record(inputs.model, inputs.adapter, result_dir, in_place=job.existing_adapter,
+                     load=LoadRecord.of(inputs.model, inputs.adapter, result_dir, in_place=job.existing_adapter,
                                       full=config.mode == "full"),
                      details=details)
     result = finish(job.request, audit, summary, job.model, job.tokenizer)
@@ -350,7 +349,8 @@ def _periodic_eval(request: UnlearnRequest, tokenizer):
     return on_step
 
 
-def _evaluate(request: UnlearnRequest, model, tokenizer, inputs: RequestInputs, out: Path, quiet: bool) -> dict:
+def _evaluate(request: UnlearnRequest, model, tokenizer, inputs: RequestInputs, out: Path,
+              quiet: bool) -> EvalHeadline:
     run = request.prepared_run() if request.run else None
     return evaluate_run_into(out / "eval", model, tokenizer, run, request.split, inputs.forget, quiet,
-                             request.eval_settings).to_dict()
+                             request.eval_settings).headline()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from forgetkit.methods import losses
-from forgetkit.methods.base import Method, UnlearnBatch, forward, register
+from forgetkit.methods.base import Method, UnlearnBatch, register
 
 
 @register
@@ -17,5 +16,4 @@ class GradAscent(Method):
     needs_retain = False
 
     def parts(self, model, batch: UnlearnBatch, reference=None):
-        forget_ce = losses.mean_nll(forward(model, batch.forget).logits, batch.forget["labels"])
-        yield self.term(self.gamma, -forget_ce, "neg_forget_ce")
+        yield self.term(self.gamma, -self.ce(model, batch.forget), "neg_forget_ce")

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from forgetkit.methods import losses
-from forgetkit.methods.base import Method, UnlearnBatch, forward, register
+from forgetkit.methods.base import ForgetRetain, UnlearnBatch, register
 
 
 @register
 @dataclass
-class IdkDPO(Method):
+class IdkDPO(ForgetRetain):
     beta: float = 0.1
 
     name = "idk_dpo"
@@ -19,11 +19,7 @@ class IdkDPO(Method):
     needs_reference = True
     alternate_answers = "idk"
 
-    def parts(self, model, batch: UnlearnBatch, reference=None):
-        win, lose = batch.alternate, batch.forget
-        win_nll, _ = losses.sequence_nll(forward(model, win).logits, win["labels"])
-        win_ref, _ = losses.sequence_nll(reference(model, win).logits, win["labels"])
-        lose_nll, _ = losses.sequence_nll(forward(model, lose).logits, lose["labels"])
-        lose_ref, _ = losses.sequence_nll(reference(model, lose).logits, lose["labels"])
-        yield self.term(self.gamma, losses.dpo_loss(win_nll, win_ref, lose_nll, lose_ref, self.beta), "idk_dpo")
-        yield self.term(self.alpha, self.retain_ce(model, batch), "retain_ce")
+    def forget_loss(self, model, batch: UnlearnBatch, reference=None):
+        win_nll, win_ref = self.nll_and_reference(model, reference, batch.alternate)  # win: a refusal
+        lose_nll, lose_ref = self.nll_and_reference(model, reference, batch.forget)
+        return losses.dpo_loss(win_nll, win_ref, lose_nll, lose_ref, self.beta)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from forgetkit.methods import losses
-from forgetkit.methods.base import Method, UnlearnBatch, forward, register
+from forgetkit.methods.base import ForgetRetain, UnlearnBatch, forward, register
 
 
 @register
 @dataclass
-class SimNPO(Method):
+class SimNPO(ForgetRetain):
     gamma: float = 0.125
     beta: float = 4.5
     delta: float = 0.0
@@ -19,7 +19,6 @@ class SimNPO(Method):
     forget_term = "simnpo"
     summary = "L = -γ·(2/β)·log σ(β·(NLL_f/|y| - δ)) + α·CE(D_r)"
 
-    def parts(self, model, batch: UnlearnBatch, reference=None):
+    def forget_loss(self, model, batch: UnlearnBatch, reference=None):
         nll, counts = losses.sequence_nll(forward(model, batch.forget).logits, batch.forget["labels"])
-        yield self.term(self.gamma, losses.simnpo_loss(nll, counts, self.beta, self.delta), "simnpo")
-        yield self.term(self.alpha, self.retain_ce(model, batch), "retain_ce")
+        return losses.simnpo_loss(nll, counts, self.beta, self.delta)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from forgetkit.methods import losses
-from forgetkit.methods.base import Method, UnlearnBatch, forward, register
+from forgetkit.methods.base import ForgetRetain, UnlearnBatch, forward, register
 
 
 @register
 @dataclass
-class UNDIAL(Method):
+class UNDIAL(ForgetRetain):
     beta: float = 10.0
 
     name = "undial"
@@ -18,9 +18,6 @@ class UNDIAL(Method):
     summary = "L = γ·CE(π_θ, softmax(z_ref - β·onehot(y))) on D_f + α·CE(D_r)"
     needs_reference = True
 
-    def parts(self, model, batch: UnlearnBatch, reference=None):
-        labels = batch.forget["labels"]
-        distil = losses.undial_loss(forward(model, batch.forget).logits, reference(model, batch.forget).logits,
-                                    labels, self.beta)
-        yield self.term(self.gamma, distil, "undial")
-        yield self.term(self.alpha, self.retain_ce(model, batch), "retain_ce")
+    def forget_loss(self, model, batch: UnlearnBatch, reference=None):
+        return losses.undial_loss(forward(model, batch.forget).logits, reference(model, batch.forget).logits,
+                                  batch.forget["labels"], self.beta)
