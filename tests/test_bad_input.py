@@ -357,6 +357,11 @@ CASES = [
     Case("bench out is a file", lambda d, r: ["--quiet", "bench", "--config", str(d / "in/bench.yaml")],
          "is an existing file", lambda d, r: (_bench_yaml("run: RUN\nout: D/out\nmethods: [{name: npo}]\n")(d, r),
                                               _write(d / "out", "x"))),
+    Case("bench unknown column", lambda d, r: ["--quiet", "bench", "--config", str(d / "in/bench.yaml"),
+                                               "--columns", "FQ,nope"], "--columns: unknown nope",
+         _bench_yaml("run: RUN\nout: D/out\nmethods: [{name: npo}]\n")),
+    Case("bench entry split not in the bench", lambda d, r: ["--quiet", "bench", "--config", str(d / "in/bench.yaml")],
+         "methods.npo.splits", _bench_yaml("run: RUN\nout: D/out\nmethods: [{name: npo, splits: [forget05]}]\n")),
     Case("bench unknown method key", lambda d, r: ["--quiet", "bench", "--config", str(d / "in/bench.yaml")],
          "train.nope", _bench_yaml("run: RUN\nout: D/out\nmethods: [{name: npo, overrides: {train.nope: 1}}]\n")),
     # --- shard-train

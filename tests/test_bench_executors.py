@@ -63,7 +63,7 @@ def ray_runtime():
     ray.shutdown()
 
 
-def test_serial_ray_and_slices_give_the_same_leaderboard(unlearn_run, tmp_path, ray_runtime):
+def test_serial_ray_and_slices_give_the_same_leaderboard(unlearn_run, tmp_path, ray_runtime, capsys):
     outs = {name: tmp_path / name for name in ("serial", "ray", "sliced")}
     configs = {name: _config(tmp_path / f"{name}.yaml", unlearn_run, out) for name, out in outs.items()}
     assert main(["--quiet", "bench", "--config", str(configs["serial"])]) == 0
@@ -71,7 +71,11 @@ def test_serial_ray_and_slices_give_the_same_leaderboard(unlearn_run, tmp_path, 
     for part in ("1/2", "2/2"):
         assert main(["--quiet", "bench", "--config", str(configs["sliced"]), "--cells", part]) == 0
     assert not (outs["sliced"] / "leaderboard.json").exists()  # a slice reports nothing
-    assert main(["--quiet", "bench", "--config", str(configs["sliced"]), "--report-only"]) == 0
+    capsys.readouterr()
+    assert main(["--quiet", "bench", "--config", str(configs["sliced"]), "--report-only", "--columns",
+                 "MU,FQ,time s"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header == "| split | variant | n | status | MU | FQ | time s |"  # the columns asked for, in that order
 
     serial = _numbers(outs["serial"])
     assert len({k[1] for k in serial}) == 4  # npo, graddiff, target, oracle

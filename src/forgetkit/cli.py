@@ -287,6 +287,10 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
+SHOWN_COLUMNS = ("FQ", "MU", "forget prob", "MIA AUC", "× retrain time", "relearn recovery", "4-bit forget prob",
+                 "prompt forget ROUGE-L")  # the bench's printed table (leaderboard.md has every column)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from forgetkit.bench.command import run_bench
     from forgetkit.bench.config import load_bench_config
@@ -294,6 +298,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from forgetkit.bench.leaderboard import COLUMNS, format_markdown
 
     cells_slice = parse_slice(args.cells) if args.cells else None
+    shown = [label.strip() for label in args.columns.split(",")] if args.columns else list(SHOWN_COLUMNS)
+    labels = [label for _, label in COLUMNS]
+    if unknown := [label for label in shown if label not in labels]:
+        raise ConfigError(f"--columns: unknown {', '.join(unknown)} (known: {', '.join(labels)})")
     result = run_bench(load_bench_config(args.config, args.overrides), quiet=args.quiet, executor=args.executor,
                        ray_address=args.ray_address, cells_slice=cells_slice, report_only=args.report_only)
     if cells_slice:
@@ -305,9 +313,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"Gather every slice with: forgetkit bench --config {args.config} --report-only")
         return 0
     meta = result["meta"]
-    shown = ("FQ", "MU", "forget prob", "MIA AUC", "× retrain time", "relearn recovery", "4-bit forget prob",
-             "prompt forget ROUGE-L")
-    print(format_markdown(result["rows"], [c for c in COLUMNS if c[1] in shown]))
+    print(format_markdown(result["rows"], [next(c for c in COLUMNS if c[1] == label) for label in shown]))
     print(f"{meta['cells']} cells ({meta['computed now']} computed now, {meta['done']} done, "
           f"{meta['refused or diverged']} refused or diverged, {meta['crashed']} crashed)")
     if "oracle-free criterion vs Forget Quality" in meta:
@@ -597,6 +603,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--report-only", action="store_true",
                    help="compute nothing: gather the finished cells (e.g. of every slice) into the leaderboard, "
                         "plots and report")
+    p.add_argument("--columns", help="the printed table's columns, comma-separated leaderboard labels, e.g. "
+                                     "'FQ,MU,MIA AUC,× retrain time' (default: " + ",".join(SHOWN_COLUMNS) + "; "
+                                     "leaderboard.md has every column)")
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_bench)
 
