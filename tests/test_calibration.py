@@ -21,6 +21,7 @@ from forgetkit.eval.calibration import (
     REACHED,
     UTILITY,
     Criterion,
+    CriterionRecord,
     CriterionSettings,
     auc_tolerance,
     calibration_needed,
@@ -46,7 +47,7 @@ def test_the_criterion_stops_at_the_first_indistinguishable_check():
     verdicts = [c.judge(step, forget, calibration, retain_loss=1.0).verdict for step, forget in enumerate(sequence)]
     assert verdicts == [CONTINUE, CONTINUE, REACHED]
     assert c.checks[0].auc == 1.0 and c.checks[1].auc == pytest.approx(1 - 55 / 400)
-    assert c.best is c.checks[2] and c.summary(REACHED)["chosen"]["step"] == 2
+    assert c.best is c.checks[2] and c.summary(REACHED).chosen.step == 2
 
 
 def test_overshooting_keeps_the_check_closest_to_one_half():
@@ -284,8 +285,10 @@ def test_a_recipe_that_collapses_between_two_checks_is_checked_where_it_moves_an
     assert records_by_step[3]["backtrack"] == 0.5 and records_by_step[3]["criterion"]["backtracked_to"] == 0
     assert records_by_step[6]["stop"] == "indistinguishable" and "backtrack" not in records_by_step[6]
     summary = hook.finish(model, 6)
-    assert summary["reached"] and summary["chosen"]["step"] == 6 and not summary["rolled_back"]
-    assert summary["backtracked"] == [{"step": 3, "verdict": "overshot", "to_step": 0, "lr_scale": 0.5}]
+    assert summary.reached and summary.chosen.step == 6 and not summary.rolled_back
+    assert summary.backtracked == [{"step": 3, "verdict": "overshot", "to_step": 0, "lr_scale": 0.5}]
+    again = CriterionRecord.from_dict(json.loads(json.dumps(summary.to_dict())))  # as summary.json reads it back
+    assert json.dumps(again.to_dict()) == json.dumps(summary.to_dict()) and "trace" not in summary.to_dict()
 
 
 def test_backtracking_puts_the_best_weights_back_and_ends_when_its_budget_is_spent(bpe_tokenizer, tmp_path):

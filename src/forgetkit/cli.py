@@ -107,13 +107,12 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
     print(summary.headline())
     if summary.criterion is not None:
         c = summary.criterion
-        chosen = c["chosen"] or {}
-        print(f"until indistinguishable: {c['stopped']} after {c['checks']} checks; kept step {chosen.get('step')} "
-              f"(forget vs calibration AUC {chosen.get('auc', float('nan')):.3f}, tolerance ±{c['tolerance']:.3f} "
-              f"for {c['forget_examples']} vs {c['calibration_examples']} examples"
-              f"{'; rolled back' if c.get('rolled_back') else ''})")
-        if "verdict" in c:
-            print(f"verdict: {c['verdict']}")
+        step, auc = (c.chosen.step, c.chosen.auc) if c.chosen else (None, float("nan"))
+        print(f"until indistinguishable: {c.stopped} after {c.checks} checks; kept step {step} "
+              f"(forget vs calibration AUC {auc:.3f}, tolerance ±{c.tolerance:.3f} "
+              f"for {c.forget_examples} vs {c.calibration_examples} examples"
+              f"{'; rolled back' if c.rolled_back else ''})")
+        print(f"verdict: {c.verdict}")
     if summary.eval is not None:
         ev = summary.eval
         fq = ev.forget_quality
@@ -125,7 +124,7 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
     print(f"Wrote {args.out}: {summary.outputs()}, summary.json, audit.json")
     print(f"Recorded request {summary.ledger['id']} in {summary.ledger['path']} (forgetkit audit show ID)")
     if not summary.reached:
-        return _not_a_deletion(summary.criterion["verdict"])
+        return _not_a_deletion(summary.criterion.verdict)
     return 0
 
 

@@ -81,12 +81,11 @@ class DeletionVerdict:
 
     @classmethod
     def of(cls, result: UnlearnResult, total_s: float, import_s: float) -> DeletionVerdict:
-        criterion = result.summary.criterion
-        chosen, start = criterion.get("chosen") or {}, criterion.get("start") or {}
-        checks_s = criterion.get("checks_s", 0.0)
+        c = result.summary.criterion
+        checks_s = c.checks_s or 0.0
         wall = result.summary.wall_time_s
-        return cls(criterion["reached"], criterion["verdict"], chosen.get("step"), chosen.get("auc"),
-                   criterion["tolerance"], start.get("retain_probability"), chosen.get("retain_probability"),
+        return cls(c.reached, c.verdict, c.chosen and c.chosen.step, c.chosen and c.chosen.auc, c.tolerance,
+                   c.start and c.start.retain_probability, c.chosen and c.chosen.retain_probability,
                    total_s, import_s, wall - checks_s, checks_s, total_s - import_s - wall)
 
     def lines(self) -> list[str]:

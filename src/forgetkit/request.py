@@ -389,8 +389,7 @@ class AuditRecord:
     def to_dict(self) -> dict:
         """``audit.json``'s object: the typed parts as their files hold them, ``details`` at the top level."""
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "details"}
-        data = {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in data.items()}
-        return {**data, **self.details}
+        return {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in {**data, **self.details}.items()}
 
 
 def audit_of(config: UnlearnConfig, model: Path, adapter: Path | None, forget: RecordSet, output: Path, started: str,

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
+from forgetkit.eval.calibration import CriterionRecord
 from forgetkit.eval.result import EvalHeadline
 from forgetkit.registry import EDITOR, GRADIENT, INPUT, SHARDED, unlearner
 
@@ -31,7 +32,7 @@ class RequestSummary(ABC):
     steps: int | None = None
     forget_examples: int = 0
     retain_examples: int = 0
-    criterion: dict | None = None  # --until: the oracle-free stop (kept check, verdict, reached, trace)
+    criterion: CriterionRecord | None = None  # --until: the oracle-free stop (kept check, verdict, reached, trace)
     eval: EvalHeadline | None = None  # --eval: the evaluation's headline numbers
     ledger: dict | None = None  # the ledger row the request was recorded in: {path, id}
 
@@ -58,13 +59,14 @@ class RequestSummary(ABC):
     @property
     def reached(self) -> bool:
         """False only when an oracle-free stop ended outside its tolerance (not a finished deletion)."""
-        return self.criterion is None or self.criterion.get("reached", True)
+        return self.criterion is None or self.criterion.reached
 
     def to_dict(self) -> dict:
         """``summary.json``'s object: the kind, then every field that is set."""
         values = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
-        if self.eval is not None:
-            values["eval"] = self.eval.to_dict()
+        for name in ("eval", "criterion"):
+            if values.get(name) is not None:
+                values[name] = values[name].to_dict()
         return {"kind": self.KIND, **values}
 
     @classmethod
@@ -77,6 +79,8 @@ class RequestSummary(ABC):
         values = {k: v for k, v in data.items() if k in known}
         if isinstance(values.get("eval"), dict):
             values["eval"] = EvalHeadline.from_dict(values["eval"])
+        if isinstance(values.get("criterion"), dict):
+            values["criterion"] = CriterionRecord.from_dict(values["criterion"])
         return values
 
 

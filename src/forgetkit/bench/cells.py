@@ -74,7 +74,7 @@ def request(bench, cell: Cell, cell_dir: Path, result: dict) -> dict:
     result["cost"] = done.summary.cost()
     result["curve"] = curve(unlearn_dir)
     if done.summary.criterion is not None:  # --until: the oracle-free criterion's chosen check
-        c = done.summary.criterion
+        c = done.summary.criterion.to_dict()
         result["criterion"] = {k: c[k] for k in CRITERION_KEPT if k in c}
     if (certificate := done.summary.certificate) is not None:  # a certified method's (ε, δ) and its noise
         result["certificate"] = {k: certificate[k] for k in ("epsilon", "delta", "sigma")}

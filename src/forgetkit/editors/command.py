@@ -13,7 +13,7 @@ success) and ``audit.json`` (hashes and counts, never text).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from forgetkit.data.records import QARecord, group_of
 from forgetkit.device import resolve_device
 from forgetkit.editors.base import EditData, build_editor, lora_parameters
 from forgetkit.errors import ForgetkitError
-from forgetkit.eval.calibration import CONTINUE, EXHAUSTED, Check, CriterionSets
+from forgetkit.eval.calibration import CONTINUE, EXHAUSTED, Check, CriterionRecord, CriterionSets
 from forgetkit.eval.command import evaluate_into, oracle_log_of
 from forgetkit.eval.result import EvalHeadline
 from forgetkit.eval.sets import EvalData, benchmark_data
@@ -166,7 +166,7 @@ def run_edit(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
                             trainable_parameters=sum(p.numel() for n, p in model.named_parameters() if "lora_" in n),
                             request_examples=len(data.original), kept_examples=len(data.kept), solve=info)
     if search is not None:
-        search["calibration"] = {**RecordSet.of(calibration[1], calibration[0]).to_dict(),
+        search.calibration = {**RecordSet.of(calibration[1], calibration[0]).to_dict(),
                                  "reference": config.criterion.reference}
         summary.criterion = search
     if request.evaluate:
@@ -180,7 +180,7 @@ def run_edit(request: UnlearnRequest, quiet: bool = False) -> UnlearnResult:
 
 
 def _damping_search(config, editor, model, tokenizer, data: EditData, forget: list[QARecord],
-                    calibration: list[QARecord], kept: list[QARecord], quiet: bool) -> tuple[dict, dict]:
+                    calibration: list[QARecord], kept: list[QARecord], quiet: bool) -> tuple[dict, CriterionRecord]:
     """``--until indistinguishable`` for an editor: apply it at each damping ratio of ``criterion.dampings`` (from
     the weakest update to the strongest) to the adapter as it was, judge each result as the training criterion
     judges a step (the unedited adapter first: the utility guard's baseline), stop at the first indistinguishable
@@ -223,11 +223,9 @@ def _damping_search(config, editor, model, tokenizer, data: EditData, forget: li
     if best is not last or unconverged:  # redo the kept ratio's edit (or restore the unedited adapter)
         applied[best.step] = edit_at(ratio_of(best), quiet=True)
     stopped = last.verdict if last.verdict != CONTINUE else EXHAUSTED
-    summary = {**criterion.summary(stopped), "rolled_back": best is not last,
-               "trace": [{**c.to_dict(), "damping_ratio": ratio_of(c)} for c in criterion.checks]}
-    if unconverged:
-        summary["unconverged"] = unconverged
-    return applied[best.step], summary
+    return applied[best.step], replace(
+        criterion.summary(stopped), rolled_back=best is not last, unconverged=unconverged,
+        trace=[{**c.to_dict(), "damping_ratio": ratio_of(c)} for c in criterion.checks])
 
 
 def _evaluate(request, model, tokenizer, inputs: EditInputs, out: Path, quiet: bool,

@@ -20,7 +20,8 @@ sequences; the training hook that scores the model and keeps the best weights is
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 import torch
 
@@ -108,6 +109,53 @@ class Check:
                 "calibration_loss": self.calibration_loss, "retain_probability": self.retain_probability,
                 "verdict": self.verdict}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Check:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass
+class CriterionRecord:
+    """What a request's summary and audit record keep of its oracle-free stop: why it stopped, whether the kept
+    check is within the tolerance (``reached``; ``verdict`` in words: a run short of it is never presented as a
+    finished deletion), the kept (``chosen``) and first checks, the reference set; then what only a gradient run
+    records (roll-back, backtracks, the checks' time) or an editor's damping search (each ratio's check, a ratio
+    whose solve did not converge)."""
+
+    stopped: str
+    reached: bool
+    verdict: str
+    tolerance: float
+    utility_bound: float | None
+    z: float
+    forget_examples: int
+    calibration_examples: int
+    checks: int
+    chosen: Check | None
+    start: Check | None
+    criterion: str = "indistinguishable"
+    rolled_back: bool = False
+    calibration: dict | None = None  # the reference set: file, hash, count, and its kind (calibration or twins)
+    checks_s: float | None = None
+    backtracked: list[dict] | None = None
+    trace: list[dict] | None = None
+    unconverged: dict | None = None
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("calibration", "checks_s", "backtracked", "trace", "unconverged")
+
+    def to_dict(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data.update(chosen=self.chosen.to_dict() if self.chosen else None,
+                    start=self.start.to_dict() if self.start else None)
+        return {k: v for k, v in data.items() if v is not None or k not in self.OPTIONAL}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CriterionRecord:
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        for name in ("chosen", "start"):
+            values[name] = Check.from_dict(values[name]) if values.get(name) else None
+        return cls(**values)
+
 
 @dataclass
 class Criterion:
@@ -155,7 +203,7 @@ class Criterion:
             return (1 + self.settings.utility_tolerance) * start.retain_loss
         return start.retain_loss + self.settings.utility_tolerance * gap
 
-    def summary(self, final_verdict: str) -> dict:
+    def summary(self, final_verdict: str) -> CriterionRecord:
         """What the unlearning summary and the audit record keep: the criterion, the chosen check, the trace's
         length, why the run stopped, and whether the kept check is within the tolerance (``reached``, with the
         ``verdict`` in words: a run that ends short of it is never presented as a finished deletion)."""
@@ -167,12 +215,11 @@ class Criterion:
                    f"not indistinguishable: best AUC {best.auc:.3f} at step {best.step} (tolerance "
                    f"±{self.tolerance:.3f}); the forget set can still be told from never-seen data"
                    if best is not None else "not indistinguishable: no check was kept")
-        return {"criterion": "indistinguishable", "stopped": final_verdict, "reached": reached, "verdict": verdict,
-                "tolerance": self.tolerance,
-                "utility_bound": self.utility_bound(start.retain_loss, start.calibration_loss) if start else None,
-                "z": self.settings.z, "forget_examples": self.n_forget, "calibration_examples": self.n_calibration,
-                "checks": len(self.checks), "chosen": best.to_dict() if best else None,
-                "start": start.to_dict() if start else None}
+        return CriterionRecord(
+            stopped=final_verdict, reached=reached, verdict=verdict, tolerance=self.tolerance,
+            utility_bound=self.utility_bound(start.retain_loss, start.calibration_loss) if start else None,
+            z=self.settings.z, forget_examples=self.n_forget, calibration_examples=self.n_calibration,
+            checks=len(self.checks), chosen=best, start=start)
 
 
 def compare(forget_losses: list[float], calibration_losses: list[float]) -> tuple[float, float]:

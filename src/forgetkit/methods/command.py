@@ -24,6 +24,7 @@ from forgetkit.data.formatting import pad_id, tokenize_qa
 from forgetkit.data.records import QARecord
 from forgetkit.device import resolve_device
 from forgetkit.errors import ConfigError, ForgetkitError
+from forgetkit.eval.calibration import CriterionRecord
 from forgetkit.eval.command import evaluate_run_into, oracle_log_of, read_log
 from forgetkit.eval.evaluate import check_oracle_log, evaluate
 from forgetkit.eval.result import EvalHeadline, EvalResult
@@ -209,7 +210,7 @@ def _place_adapter(job: GradientJob) -> None:
         job.model.requires_grad_(True)
 
 
-def train(job: GradientJob, quiet: bool = False) -> tuple[TrainStats, dict | None]:
+def train(job: GradientJob, quiet: bool = False) -> tuple[TrainStats, CriterionRecord | None]:
     """Step 2: the loop over the method's loss, with its hooks (``--eval-every``, ``--until``'s stop and
     rollback), then the method's ``finish`` phase; the statistics, and the criterion's record with ``--until``.
     The time of the checks outside the loop and of the phases counts in the method's time."""
@@ -264,7 +265,7 @@ def write(job: GradientJob, stats: TrainStats, criterion: dict | None, quiet: bo
                               phases=job.phases or None)
     details = {"resumed_from_step": stats.resumed_from_step}
     if criterion:
-        criterion["calibration"] = {**RecordSet.of(job.calibration_file, job.calibration).to_dict(),
+        criterion.calibration = {**RecordSet.of(job.calibration_file, job.calibration).to_dict(),
                                     "reference": config.criterion.reference}
         summary.criterion = details["criterion"] = criterion
     if job.request.evaluate:

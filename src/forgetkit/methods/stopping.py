@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,7 +23,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from forgetkit.data.records import QARecord
-from forgetkit.eval.calibration import CONTINUE, EXHAUSTED, OVERSHOT, UTILITY, Check, CriterionSets, CriterionSettings
+from forgetkit.eval.calibration import (
+    CONTINUE,
+    EXHAUSTED,
+    OVERSHOT,
+    UTILITY,
+    Check,
+    CriterionRecord,
+    CriterionSets,
+    CriterionSettings,
+)
 from forgetkit.io import atomic_path
 from forgetkit.train import CHECKPOINT_DIR, LOG_FILE, trainable
 
@@ -128,7 +138,7 @@ class StoppingHook:
             for name, value in self._best_weights.items():
                 params[name].copy_(value.to(params[name].device))
 
-    def finish(self, model, final_step: int) -> dict:
+    def finish(self, model, final_step: int) -> CriterionRecord:
         """After training: a last check when the run ended between checks without stopping, then the roll-back to
         the best check's weights when the run ended elsewhere; what the summary and the audit record keep."""
         if self.last is None or (self.last.verdict == CONTINUE and self.last.step != final_step):
@@ -139,5 +149,5 @@ class StoppingHook:
         if rolled_back:
             self._restore(model)
         (self.out / BEST_FILE).unlink(missing_ok=True)
-        return {**self.criterion.summary(stopped), "rolled_back": rolled_back, "backtracked": self.backtracked,
-                "checks_s": self.check_s}
+        return replace(self.criterion.summary(stopped), rolled_back=rolled_back, backtracked=self.backtracked,
+                       checks_s=self.check_s)
