@@ -261,3 +261,34 @@ def test_every_attack_column_has_a_bar_label():
     from forgetkit.bench.plots import BAR_LABELS
 
     assert {key for key, _ in ATTACK_COLUMNS} <= set(BAR_LABELS)
+
+
+def test_a_long_legend_moves_outside_the_axes_and_the_figure_grows():
+    """A grid of many variants would squeeze the axes to nothing under their legends (matplotlib then drops the
+    layout): past ``LEGEND_INSIDE`` entries the axes' legends become one figure legend beside them."""
+    import warnings
+    from io import BytesIO
+
+    from matplotlib.figure import Figure
+
+    from forgetkit.bench.plots import LEGEND_INSIDE, fit_legends
+
+    def figure(lines: int) -> Figure:
+        fig = Figure(figsize=(8, 4), layout="constrained")
+        for ax in fig.subplots(1, 2):
+            for i in range(lines):
+                ax.plot([0, 1], [i, i + 1], label=f"variant {i}")
+            ax.legend(fontsize="small")
+        return fig
+
+    few = figure(3)
+    fit_legends(few)
+    assert all(ax.get_legend() is not None for ax in few.axes) and not few.legends
+    many = figure(LEGEND_INSIDE + 28)
+    fit_legends(many)
+    assert all(ax.get_legend() is None for ax in many.axes) and len(many.legends) == 1
+    assert len(many.legends[0].get_texts()) == LEGEND_INSIDE + 28  # each label once, not once per axis
+    assert many.get_size_inches()[1] > 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied because axes sizes collapsed"
+        many.savefig(BytesIO(), format="png", dpi=50)

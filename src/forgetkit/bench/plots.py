@@ -52,9 +52,9 @@ CAPTIONS = {
               "dashed: the Pareto front of the methods (higher is better on both axes).",
     "cost": "Forget quality against wall time relative to retraining (both log scale), mean over seeds. "
             "Left of the dotted line a method is cheaper than retraining.",
-    "curves": "Per step of each method variant (seed 0, or the first cell with a curve): the training loss, the "
-              "gradient norm before clipping, and Forget Quality where the variant had a quick evaluation every "
-              "few steps (eval_every).",
+    "curves": "Per step of each method variant and split (seed 0, or the first cell with a curve): the training "
+              "loss, the gradient norm before clipping, and Forget Quality where the variant had a quick evaluation "
+              "every few steps (eval_every).",
     "attacks": "Forget probability after unlearning and under each attack, mean over seeds (bars: sample std). "
                "Relearning trains on half of the forget people and is measured on the other half, before and "
                "after. A bar that rises after an attack means the forgotten answers came back.",
@@ -165,19 +165,19 @@ CURVE_PANELS = (("loss", "training loss", "linear"), ("grad_norm", "gradient nor
 
 
 def _curves(cells: list[dict], rows: list[dict], styles: dict[str, dict]) -> Figure | None:
-    chosen: dict[str, dict] = {}
+    chosen: dict[tuple[str, str], dict] = {}  # one curve per variant and split
     method_cells = [c for c in cells if c["cell"].get("kind", "method") != "reference"]
     # Seed 0 of a done cell first; a diverged cell's curve is shown when it is the variant's only one.
     for cell in sorted(method_cells, key=lambda c: (c["status"] != "done", c["cell"]["seed"], c["cell"]["split"])):
         if any(p.get("loss") is not None for p in cell.get("curve") or []):
-            chosen.setdefault(cell["cell"]["variant"], cell)
+            chosen.setdefault((cell["cell"]["variant"], cell["cell"]["split"]), cell)
     if not chosen:
         return None
     panels = [panel for panel in CURVE_PANELS
               if any(p.get(panel[0]) is not None for c in chosen.values() for p in c["curve"])]
-    fig = Figure(figsize=(8 * len(panels), 5), layout="constrained")
+    fig = Figure(figsize=(6 * len(panels), 5), layout="constrained")
     for ax, (key, title, scale) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
-        for variant, cell in sorted(chosen.items()):
+        for (variant, _), cell in sorted(chosen.items()):
             points = [(p["step"], p[key]) for p in cell["curve"] if p.get(key) is not None]
             if not points:
                 continue
@@ -314,6 +314,26 @@ PLOTS: dict[str, Callable[[list[dict], list[dict], dict[str, dict]], Figure | No
 }
 
 
+LEGEND_INSIDE = 12  # legend entries an axis keeps inside it; a longer legend would squeeze the axes away
+
+
+def fit_legends(fig: Figure) -> None:
+    """Where an axis' legend is longer than ``LEGEND_INSIDE`` entries (a grid of many variants), the axes' legends
+    become one legend outside them, on the right, and the figure grows to hold it."""
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    if not legends or max(len(legend.get_texts()) for legend in legends) <= LEGEND_INSIDE:
+        return
+    entries: dict[str, object] = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width + 4, max(height, 0.17 * len(entries) + 1))
+    fig.legend(list(entries.values()), list(entries), loc="outside right upper", fontsize="x-small")
+
+
 def write_plots(cells: list[dict], rows: list[dict], out_dir: Path) -> dict[str, Path]:
     """Write ``<name>.png`` into ``out_dir`` for each plot of `PLOTS` that has data (atomically); return their paths.
 
@@ -325,6 +345,7 @@ def write_plots(cells: list[dict], rows: list[dict], out_dir: Path) -> dict[str,
         fig = draw(cells, rows, styles)
         if fig is None:
             continue
+        fit_legends(fig)
         path = Path(out_dir) / f"{name}.png"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
